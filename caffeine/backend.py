@@ -1,0 +1,217 @@
+"""The array backend: the only module that knows NumPy from CuPy.
+
+Every layer is written once against an array module ``xp`` (NumPy on the CPU,
+CuPy on the GPU), in the Chainer/CuPy style.  Nothing else in caffeine imports
+CuPy; ``import caffeine`` never needs it.
+
+Mode follows Caffe's ``Caffe::set_mode``: :func:`set_mode_cpu` (the default)
+and :func:`set_mode_gpu` / :func:`set_device`.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy
+
+from .errors import CaffeineError
+
+_state = threading.local()
+_cupy = None          # the cupy module once imported
+_cupy_error = None    # why cupy could not be used
+_mode = 'cpu'
+_device_id = 0
+
+# Buffer allocation counter: Blob storage reports every new buffer here, so a
+# test can check that a net allocates nothing after its first iteration.
+alloc_count = 0
+
+
+class BackendError(CaffeineError):
+    """GPU asked for where there is none, or CuPy is missing."""
+
+
+def _import_cupy():
+    global _cupy, _cupy_error
+    if _cupy is not None:
+        return _cupy
+    if _cupy_error is not None:
+        raise BackendError(_cupy_error)
+    try:
+        import cupy  # noqa: the one place CuPy is imported
+    except Exception as e:  # ImportError, or a broken CUDA install
+        _cupy_error = ('GPU mode needs CuPy: install caffeine with the cuda12 or cuda13 extra '
+                       '(pip install caffeine[cuda12]) (%s: %s)' % (type(e).__name__, str(e).splitlines()[0] if str(e) else ''))
+        raise BackendError(_cupy_error)
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        _cupy_error = 'GPU mode needs a CUDA device, but CUDA reports none (%s)' % (str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise BackendError(_cupy_error)
+    if n < 1:
+        _cupy_error = 'GPU mode needs a CUDA device, but none was found'
+        raise BackendError(_cupy_error)
+    _cupy = cupy
+    return cupy
+
+
+def gpu_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    try:
+        _import_cupy()
+        return True
+    except BackendError:
+        return False
+
+
+def device_count() -> int:
+    try:
+        return _import_cupy().cuda.runtime.getDeviceCount()
+    except BackendError:
+        return 0
+
+
+def set_mode_cpu():
+    global _mode
+    _mode = 'cpu'
+
+
+def set_mode_gpu():
+    global _mode
+    cp = _import_cupy()
+    cp.cuda.Device(_device_id).use()
+    _mode = 'gpu'
+
+
+def set_device(device_id: int):
+    global _device_id
+    device_id = int(device_id)
+    if device_id < 0:
+        raise BackendError('device id must be >= 0, got %d' % device_id)
+    if _cupy is not None or _mode == 'gpu':
+        cp = _import_cupy()
+        n = cp.cuda.runtime.getDeviceCount()
+        if device_id >= n:
+            raise BackendError('GPU %d does not exist: %d device(s) found' % (device_id, n))
+        cp.cuda.Device(device_id).use()
+    _device_id = device_id
+
+
+def mode() -> str:
+    """'cpu' or 'gpu'."""
+    return _mode
+
+
+def is_gpu() -> bool:
+    return _mode == 'gpu'
+
+
+def device_id() -> int:
+    return _device_id
+
+
+def get_xp():
+    """The array module of the current mode: numpy, or cupy in GPU mode."""
+    if _mode == 'gpu':
+        return _cupy
+    return numpy
+
+
+def get_array_module(*arrays):
+    """The array module that owns ``arrays`` (numpy when none is a CuPy array)."""
+    if _cupy is not None:
+        for a in arrays:
+            if isinstance(a, _cupy.ndarray):
+                return _cupy
+    return numpy
+
+
+def is_device_array(a) -> bool:
+    return _cupy is not None and isinstance(a, _cupy.ndarray)
+
+
+def is_numpy(xp) -> bool:
+    return xp is numpy
+
+
+def to_host(a):
+    """A NumPy array with ``a``'s values (no copy when it already is one)."""
+    if _cupy is not None and isinstance(a, _cupy.ndarray):
+        return _cupy.asnumpy(a)
+    return numpy.asarray(a)
+
+
+def to_device(a, dtype=None):
+    """``a`` as an array of the current mode's module."""
+    xp = get_xp()
+    if dtype is None:
+        return xp.asarray(a)
+    return xp.asarray(a, dtype=dtype)
+
+
+def copy_into(dst, src):
+    """dst[...] = src, across host and device as needed."""
+    if is_device_array(dst) and not is_device_array(src):
+        dst.set(numpy.ascontiguousarray(src, dtype=dst.dtype).reshape(dst.shape)) if dst.flags.c_contiguous else dst.__setitem__(Ellipsis, _cupy.asarray(src))
+    elif is_device_array(src) and not is_device_array(dst):
+        dst[...] = _cupy.asnumpy(src).reshape(dst.shape)
+    else:
+        dst[...] = src.reshape(dst.shape) if hasattr(src, 'reshape') and getattr(src, 'size', None) == dst.size else src
+
+
+def empty(shape, dtype=numpy.float32, device=None):
+    """A new buffer on the host (device=False) or in the current mode's memory."""
+    global alloc_count
+    alloc_count += 1
+    if device is None:
+        device = is_gpu()
+    if device:
+        return _import_cupy().empty(shape, dtype=dtype)
+    return numpy.empty(shape, dtype=dtype)
+
+
+def zeros(shape, dtype=numpy.float32, device=None):
+    a = empty(shape, dtype, device)
+    a.fill(0)
+    return a
+
+
+def elementwise_kernel(in_params, out_params, operation, name, **kwargs):
+    """A fused CuPy ElementwiseKernel, or None on the CPU.
+
+    Layers use it as ``k = backend.elementwise_kernel(...)`` once, and call it
+    only when ``xp`` is CuPy, keeping their NumPy expression as the CPU path.
+    """
+    if _cupy is None:
+        return None
+    return _cupy.ElementwiseKernel(in_params, out_params, operation, name, **kwargs)
+
+
+def synchronize():
+    if _cupy is not None and _mode == 'gpu':
+        _cupy.cuda.Stream.null.synchronize()
+
+
+# Random numbers --------------------------------------------------------------
+# One NumPy generator drives every random choice in caffeine (fillers, dropout
+# masks, shuffles, crops), so a seed makes a run repeatable on the CPU.
+_rng = numpy.random.Generator(numpy.random.PCG64(None))
+
+
+def set_random_seed(seed: int):
+    """Caffe's ``Caffe::set_random_seed``: seeds every random stream."""
+    global _rng
+    _rng = numpy.random.Generator(numpy.random.PCG64(int(seed) & 0xFFFFFFFFFFFFFFFF))
+    if _cupy is not None:
+        _cupy.random.seed(int(seed) & 0xFFFFFFFF)
+
+
+def rng() -> numpy.random.Generator:
+    return _rng
+
+
+def rng_state():
+    return _rng.bit_generator.state
+
+
+def set_rng_state(state):
+    _rng.bit_generator.state = state
