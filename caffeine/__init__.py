@@ -27,12 +27,14 @@ _LAZY = {
     'RMSPropSolver': 'solver', 'AdaDeltaSolver': 'solver', 'AdamSolver': 'solver',
     'get_solver': 'solver', 'Solver': 'solver',
     'Classifier': 'classifier', 'Detector': 'detector',
-    'NetSpec': 'net_spec', 'layers': 'net_spec', 'params': 'net_spec', 'to_proto': 'net_spec',
+    'NetSpec': 'net_spec', 'params': 'net_spec', 'to_proto': 'net_spec',
     'solver_count': 'parallel', 'solver_rank': 'parallel', 'set_solver_count': 'parallel',
     'set_solver_rank': 'parallel', 'set_multiprocess': 'parallel', 'has_nccl': 'parallel',
     'Timer': 'parallel', 'NCCL': 'parallel', 'init_log': 'parallel', 'log': 'parallel',
 }
-_LAZY_MODULES = ('io', 'draw', 'coord_map', 'zoo', 'net_spec', 'fillers', 'weights')
+# `caffeine.layers` is the package of built-in layers; it also answers pycaffe's
+# `caffe.layers.Convolution(...)` (NetSpec) through its module __getattr__.
+_LAZY_MODULES = ('layers', 'io', 'draw', 'coord_map', 'zoo', 'net_spec', 'fillers', 'weights')
 
 
 def __getattr__(name):

@@ -43,7 +43,8 @@ def register(*type_names):
 
 def _load_all():
     # Importing the families fills the registry.
-    from . import layers  # noqa: F401
+    import importlib
+    importlib.import_module(__package__ + '.layers')
 
 
 def layer_type_list():

@@ -1,7 +1,7 @@
 """Every built-in layer, grouped by family as in Caffe; importing fills the registry."""
 import importlib
 
-_FAMILIES = ('neuron', 'common', 'vision', 'loss', 'recurrent', 'data', 'python')
+_FAMILIES = ('input', 'neuron', 'common', 'vision', 'loss', 'recurrent', 'data', 'python')
 
 for _f in _FAMILIES:
     try:
@@ -9,3 +9,11 @@ for _f in _FAMILIES:
     except ModuleNotFoundError as e:  # a family not written yet
         if e.name != __name__ + '.' + _f:
             raise
+
+
+def __getattr__(name):
+    """pycaffe's ``caffe.layers.<Type>(...)`` NetSpec functions, e.g. ``L.Convolution``."""
+    if name.startswith('__'):
+        raise AttributeError(name)
+    from ..net_spec import layers as _netspec_layers
+    return getattr(_netspec_layers, name)

@@ -1,0 +1,226 @@
+"""Weights I/O: .caffemodel (binary NetParameter) and Caffe's HDF5 layout.
+
+Loading never executes code: a caffemodel is parsed as a protobuf message and
+an HDF5 file is read as plain datasets.  Weights are copied by layer name,
+as Caffe's CopyTrainedLayersFrom does (fine-tuning copies the layers whose
+names match; a matching name with a different shape is an error).
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from .errors import WeightsError, CaffeineError
+from .proto import caffe_pb2
+from .utils import atomic_write
+
+log = logging.getLogger('caffeine')
+
+_HDF5_MAGIC = b'\x89HDF\r\n\x1a\n'
+
+
+def is_hdf5(path):
+    if str(path).endswith('.h5'):
+        return True
+    try:
+        with open(path, 'rb') as f:
+            return f.read(8) == _HDF5_MAGIC
+    except OSError:
+        return False
+
+
+# -- BlobProto <-> arrays -----------------------------------------------------
+def blob_proto_shape(bp):
+    """The shape a BlobProto describes (its ``shape``, else legacy num/channels/height/width)."""
+    if bp.HasField('shape'):
+        return tuple(int(d) for d in bp.shape.dim)
+    if bp.HasField('num') or bp.HasField('channels') or bp.HasField('height') or bp.HasField('width'):
+        return (bp.num, bp.channels, bp.height, bp.width)
+    n = len(bp.data) or len(bp.double_data)
+    return (n,)
+
+
+def blob_proto_to_array(bp, diff=False):
+    """float32 array with the values (or diff) of a BlobProto, shaped."""
+    shape = blob_proto_shape(bp)
+    if diff:
+        vals = bp.double_diff if len(bp.double_diff) else bp.diff
+    else:
+        vals = bp.double_data if len(bp.double_data) else bp.data
+    arr = np.array(vals, dtype=np.float32)
+    count = int(np.prod(shape)) if shape else 1
+    if arr.size != count:
+        raise WeightsError('blob proto has %d values for shape %s (count %d)' % (arr.size, list(shape), count))
+    return arr.reshape(shape)
+
+
+def array_to_blob_proto(arr, diff=None, proto=None):
+    proto = proto if proto is not None else caffe_pb2.BlobProto()
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    proto.shape.dim.extend(arr.shape)
+    proto.data.extend(arr.ravel())
+    if diff is not None:
+        proto.diff.extend(np.ascontiguousarray(diff, dtype=np.float32).ravel())
+    return proto
+
+
+def _legacy_shape(shape, i):
+    n = len(shape)
+    if i >= n or i < -n:
+        return 1
+    return shape[i]
+
+
+def shape_equals_proto(shape, bp):
+    """Caffe's Blob::ShapeEquals, legacy 4-D blob fields included."""
+    if bp.HasField('num') or bp.HasField('channels') or bp.HasField('height') or bp.HasField('width'):
+        return (len(shape) <= 4 and _legacy_shape(shape, -4) == bp.num and _legacy_shape(shape, -3) == bp.channels
+                and _legacy_shape(shape, -2) == bp.height and _legacy_shape(shape, -1) == bp.width)
+    return tuple(shape) == tuple(int(d) for d in bp.shape.dim)
+
+
+# -- reading ------------------------------------------------------------------
+def read_caffemodel(path):
+    """The NetParameter in a binary .caffemodel, upgraded from V0/V1 layers if needed."""
+    param = caffe_pb2.NetParameter()
+    try:
+        with open(path, 'rb') as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise WeightsError('%s: no such weights file' % path)
+    except IsADirectoryError:
+        raise WeightsError('%s: is a directory, not a weights file' % path)
+    try:
+        param.ParseFromString(data)
+    except Exception as e:
+        raise WeightsError('%s: not a valid .caffemodel (binary NetParameter): %s' % (path, e))
+    if len(param.layers) or any(len(l.blobs) == 0 and False for l in param.layer):
+        from .upgrade import upgrade_net_param
+        upgrade_net_param(param, str(path))
+    return param
+
+
+def copy_trained_layers_from(net, path):
+    path = os.fspath(path)
+    if path.startswith('zoo:'):
+        from .zoo import resolve_weights
+        path = resolve_weights(path)
+    if is_hdf5(path):
+        return load_hdf5(net, path)
+    return copy_trained_layers_from_param(net, read_caffemodel(path), source=path)
+
+
+def copy_trained_layers_from_param(net, param, source='<weights>'):
+    """Copy each source layer's blobs into the net's layer of the same name.
+
+    Returns a dict with the lists 'copied' and 'ignored' (source layers the net lacks).
+    """
+    copied, ignored = [], []
+    for sl in param.layer:
+        name = sl.name
+        if name not in net.layer_dict:
+            if len(sl.blobs):
+                log.info('Ignoring source layer %s', name)
+            ignored.append(name)
+            continue
+        target = net.layer_dict[name].blobs
+        if len(sl.blobs) == 0 and len(target) == 0:
+            continue
+        if len(target) != len(sl.blobs):
+            raise WeightsError('%s: incompatible number of blobs for layer %r: the net has %d, the weights have %d'
+                               % (source, name, len(target), len(sl.blobs)))
+        log.debug('Copying source layer %s', name)
+        for j, (tb, bp) in enumerate(zip(target, sl.blobs)):
+            if not shape_equals_proto(tb.shape, bp):
+                raise WeightsError(
+                    "%s: cannot copy param %d weights from layer %r: shape mismatch, source %s vs target %s; "
+                    "rename the layer to learn it from scratch" % (source, j, name, list(blob_proto_shape(bp)), list(tb.shape)))
+            tb.data[...] = blob_proto_to_array(bp).reshape(tb.shape)
+        copied.append(name)
+    return {'copied': copied, 'ignored': ignored}
+
+
+# -- writing ------------------------------------------------------------------
+def net_to_proto(net, write_diff=False):
+    """A NetParameter with the net's layers and their blobs (Caffe's Net::ToProto)."""
+    param = caffe_pb2.NetParameter()
+    param.name = net.name
+    for lp, layer in zip(net.param.layer, net.layers):
+        out = param.layer.add()
+        out.CopyFrom(lp)
+        del out.blobs[:]
+        for b in layer.blobs:
+            bp = out.blobs.add()
+            bp.shape.dim.extend(b.shape)
+            bp.data.extend(b.host_data().ravel())
+            if write_diff:
+                bp.diff.extend(b.host_diff().ravel())
+    return param
+
+
+def save_caffemodel(net, filename, write_diff=False):
+    data = net_to_proto(net, write_diff).SerializeToString()
+    with atomic_write(filename, 'wb') as f:
+        f.write(data)
+
+
+def save_hdf5(net, filename, write_diff=False):
+    """Caffe's HDF5 weight layout: /data/<layer>/<i> (and /diff/<layer>/<i>)."""
+    import h5py
+    with atomic_write(filename, 'wb') as f:
+        with h5py.File(f, 'w') as h:
+            data = h.create_group('data')
+            diff = h.create_group('diff') if write_diff else None
+            for layer_id, (name, layer) in enumerate(zip(net.layer_names, net.layers)):
+                if not layer.blobs:
+                    continue
+                g = data.create_group(name)
+                gd = diff.create_group(name) if diff is not None else None
+                for j, b in enumerate(layer.blobs):
+                    pid = net.param_id_vecs[layer_id][j]
+                    if net.param_owners[pid] == -1:
+                        g.create_dataset(str(j), data=b.host_data())
+                    if gd is not None:
+                        gd.create_dataset(str(j), data=b.host_diff())
+
+
+def load_hdf5(net, filename):
+    import h5py
+    copied, ignored = [], []
+    try:
+        h = h5py.File(filename, 'r')
+    except (OSError, FileNotFoundError) as e:
+        raise WeightsError('%s: cannot open HDF5 weights (%s)' % (filename, e))
+    with h:
+        if 'data' not in h:
+            raise WeightsError('%s: no /data group: not a Caffe HDF5 weights file' % filename)
+        data = h['data']
+        for name in data:
+            if name not in net.layer_dict:
+                log.info('Ignoring source layer %s', name)
+                ignored.append(name)
+                continue
+            layer_id = net.layer_names.index(name)
+            target = net.layer_dict[name].blobs
+            g = data[name]
+            if len(g) > len(target):
+                raise WeightsError('%s: incompatible number of blobs for layer %r: the net has %d, the file has %d'
+                                   % (filename, name, len(target), len(g)))
+            for j, tb in enumerate(target):
+                key = str(j)
+                if key not in g:
+                    pid = net.param_id_vecs[layer_id][j]
+                    if net.param_owners[pid] != -1:
+                        continue
+                    raise WeightsError('%s: incompatible number of blobs for layer %r: param %d missing'
+                                       % (filename, name, j))
+                arr = np.asarray(g[key], dtype=np.float32)
+                if tuple(arr.shape) != tuple(tb.shape):
+                    raise WeightsError("%s: cannot copy param %d weights from layer %r: shape mismatch, source %s vs "
+                                       "target %s; rename the layer to learn it from scratch"
+                                       % (filename, j, name, list(arr.shape), list(tb.shape)))
+                tb.data[...] = arr
+            copied.append(name)
+    return {'copied': copied, 'ignored': ignored}
