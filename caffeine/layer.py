@@ -28,6 +28,15 @@ from .errors import LayerError
 _REGISTRY = {}
 
 
+class BlobVec(list):
+    """A layer's parameter blobs; ``add_blob(*shape)`` as pycaffe's Layer.blobs."""
+
+    def add_blob(self, *shape):
+        b = Blob(*shape)
+        self.append(b)
+        return b
+
+
 def register(*type_names):
     """Class decorator: register a layer class under Caffe type name(s)."""
     def deco(cls):
@@ -100,7 +109,7 @@ class Layer:
         if phase is None:
             phase = layer_param.phase
         self.phase = int(phase)
-        self.blobs = []
+        self.blobs = BlobVec()
         self.param_propagate_down = []
         self.loss_weights = []
         self.name = layer_param.name

@@ -20,12 +20,16 @@ _COMMAND_MODULES = ('upgrade', 'train', 'data', 'zoo', 'summary', 'plot', 'draw'
 
 @click.group(context_settings={'help_option_names': ['-h', '--help']})
 @click.option('--debug', is_flag=True, help='Show full tracebacks on errors.')
+@click.option('--no-python-layers', is_flag=True,
+              help='Refuse "Python" layers (they import code named in a prototxt).')
 @click.version_option(package_name='caffeine', prog_name='caffeine')
 @click.pass_context
-def main(ctx, debug):
+def main(ctx, debug, no_python_layers):
     """caffeine: Caffe's prototxt nets, solvers and weights, in Python."""
     if debug:
         os.environ['CAFFEINE_DEBUG'] = '1'
+    if no_python_layers:
+        os.environ['CAFFEINE_NO_PYTHON_LAYERS'] = '1'
     import logging
     logging.basicConfig(level=logging.INFO, format='%(message)s', stream=sys.stderr)
 
@@ -49,7 +53,8 @@ def run(argv=None):
     """Console-script entry point: one-line errors, exit status 1."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # Caffe's single-dash spellings (-solver, -gpu, ...) become --solver, --gpu
-    argv = [('-' + a) if (a.startswith('-') and not a.startswith('--') and len(a.split('=')[0]) > 2) else a
+    argv = [('-' + a) if (a.startswith('-') and not a.startswith('--') and len(a.split('=')[0]) > 2
+                          and a[1].isalpha()) else a
             for a in argv]
     try:
         main.main(args=argv, prog_name='caffeine', standalone_mode=False)
