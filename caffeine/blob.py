@@ -84,9 +84,10 @@ class Blob:
         self._data = None
         self._diff = None
         self._views = {}
-        if len(shape) == 1 and isinstance(shape[0], (list, tuple)):
+        explicit = len(shape) == 1 and isinstance(shape[0], (list, tuple))
+        if explicit:
             shape = tuple(shape[0])
-        if shape:
+        if shape or explicit:  # Blob(()) is a 0-axis blob of one value, as Caffe's
             self.reshape(shape)
 
     # -- shape ---------------------------------------------------------
@@ -217,6 +218,13 @@ class Blob:
         if self._count != other._count:
             raise CaffeineError('share_diff: count %d != %d' % (self._count, other._count))
         self._diff = other._diff
+        self._views = {}
+
+    def _set_data_memory(self, mem):
+        """Put this blob's data in ``mem`` (a SyncedMemory at least as large): the memory planner."""
+        if mem.capacity < self._count:
+            raise CaffeineError('planned buffer of %d values too small for blob of %d' % (mem.capacity, self._count))
+        self._data = mem
         self._views = {}
 
     def shares_data_with(self, other):
