@@ -146,7 +146,7 @@ class Net:
     ``Net(model, phase, weights=..., level=..., stages=...)``; ``model`` is a
     prototxt path, prototxt text, or a caffe_pb2.NetParameter."""
 
-    def __init__(self, model, *args, level=0, stages=(), state=None, **kwargs):
+    def __init__(self, model, *args, level=0, stages=(), state=None, memory_plan=False, **kwargs):
         phase, weights = _parse_net_args(args, kwargs)
         if kwargs:
             raise TypeError('Net() got unexpected arguments: %s' % ', '.join(kwargs))
@@ -165,6 +165,9 @@ class Net:
             del param.state.stage[:]
             param.state.stage.extend(stages)
         self._init(param)
+        self.memory_planned = False
+        if memory_plan:
+            self.plan_memory()
         if weights is not None:
             if isinstance(weights, (list, tuple)):
                 for w in weights:
@@ -401,6 +404,59 @@ class Net:
         self.bottom_names = collections.OrderedDict(
             (name, [self._blob_names[i] for i in ids]) for name, ids in zip(self._layer_names, self.bottom_id_vecs))
         self.blob_loss_weights = collections.OrderedDict(zip(self._blob_names, self.blob_loss_weights_))
+
+    # -- memory planning ------------------------------------------------------
+    def plan_memory(self):
+        """Let blobs whose values are no longer needed share storage (inference only).
+
+        Each blob's data lives from the layer that makes it to the last layer
+        that reads it; blobs whose lives do not overlap share one buffer, chosen
+        best-fit by size.  Inputs and outputs keep their own buffers.  Only for
+        nets with no backward pass: afterwards an intermediate blob holds its
+        value only until a later layer reuses its buffer (read outputs, or
+        forward(end=...) to stop at the blob you want).  Returns the bytes saved.
+        """
+        if any(self.layer_need_backward):
+            return 0
+        from .blob import SyncedMemory
+        keep = set(self._input_blob_indices) | set(self._output_blob_indices)
+        groups = {}  # id(SyncedMemory) -> [first, last, count, [blob ids], fixed]
+        for layer_id in range(len(self._layers)):
+            for bid in self.bottom_id_vecs[layer_id] + self.top_id_vecs[layer_id]:
+                b = self._blobs[bid]
+                if b._data is None:
+                    continue
+                g = groups.setdefault(id(b._data), [layer_id, layer_id, 0, [], False])
+                g[0] = min(g[0], layer_id)
+                g[1] = max(g[1], layer_id)
+                g[2] = max(g[2], b._data.capacity)
+                if bid not in g[3]:
+                    g[3].append(bid)
+                if bid in keep or getattr(self._layers[layer_id], 'is_data_layer', False):
+                    g[4] = True
+        before = sum(g[2] for g in groups.values())
+        plan = sorted((g for g in groups.values() if not g[4]), key=lambda g: (g[0], -g[2]))
+        buffers = []  # [free_after_layer, capacity, [groups]]
+        for g in plan:
+            best = None
+            for buf in buffers:
+                if buf[0] < g[0] and (best is None or abs(buf[1] - g[2]) < abs(best[1] - g[2])):
+                    best = buf
+            if best is None:
+                best = [g[1], g[2], []]
+                buffers.append(best)
+            best[0] = g[1]
+            best[1] = max(best[1], g[2])
+            best[2].append(g)
+        for buf in buffers:
+            mem = SyncedMemory(buf[1])
+            for g in buf[2]:
+                for bid in g[3]:
+                    self._blobs[bid]._set_data_memory(mem)
+        after = sum(g[2] for g in groups.values() if g[4]) + sum(buf[1] for buf in buffers)
+        self.memory_planned = True
+        self._planned_saving = (before - after) * 4
+        return self._planned_saving
 
     # -- pycaffe-style properties -------------------------------------------
     @property

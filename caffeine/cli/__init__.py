@@ -15,7 +15,7 @@ import click
 from ..errors import CaffeineError
 
 # module name -> attribute holding a click command (or a list of them)
-_COMMAND_MODULES = ('upgrade', 'train', 'data', 'zoo', 'summary', 'plot', 'draw', 'device')
+_COMMAND_MODULES = ('upgrade', 'train', 'data', 'zoo', 'summary', 'draw', 'device')
 
 
 @click.group(context_settings={'help_option_names': ['-h', '--help']})
