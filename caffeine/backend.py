@@ -79,6 +79,8 @@ def set_mode_gpu():
     global _mode
     cp = _import_cupy()
     cp.cuda.Device(_device_id).use()
+    if _mode != 'gpu' and _last_seed is not None:
+        cp.random.seed(_last_seed & 0xFFFFFFFF)
     _mode = 'gpu'
 
 
@@ -197,9 +199,13 @@ def synchronize():
 _rng = numpy.random.Generator(numpy.random.PCG64(None))
 
 
+_last_seed = None
+
+
 def set_random_seed(seed: int):
     """Caffe's ``Caffe::set_random_seed``: seeds every random stream."""
-    global _rng
+    global _rng, _last_seed
+    _last_seed = int(seed)
     _rng = numpy.random.Generator(numpy.random.PCG64(int(seed) & 0xFFFFFFFFFFFFFFFF))
     if _cupy is not None:
         _cupy.random.seed(int(seed) & 0xFFFFFFFF)

@@ -195,7 +195,8 @@ class Layer:
         self.loss_weights[top_index] = float(value)
 
     def Forward(self, bottom, top):
-        """Reshape-free forward pass; returns this layer's weighted loss."""
+        """Reshape, then forward (as Caffe's Layer::Forward); returns this layer's weighted loss."""
+        self.reshape(bottom, top)
         self.forward(bottom, top)
         loss = 0.0
         for t, w in zip(top, self.loss_weights):
