@@ -1,0 +1,381 @@
+"""caffeine train / test / time / extract_features, as Caffe's tools/caffe.
+
+Caffe's single-dash spellings work too (``caffeine train -solver s.prototxt
+-gpu 0``), and so do its underscore flag names (``--sigint_effect``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time as _time
+
+import click
+
+from ..errors import CaffeineError, SolverError
+from .device import parse_gpus, use_gpus
+
+log = logging.getLogger('caffeine')
+
+_EFFECTS = click.Choice(['stop', 'snapshot', 'none'])
+
+
+def _stages(stage):
+    out = []
+    for s in stage:
+        out += [x for x in s.split(',') if x]
+    return out
+
+
+def _split_weights(weights):
+    return [w.strip() for w in (weights or '').split(',') if w.strip()]
+
+
+def copy_layers(solver, weights):
+    """--weights a.caffemodel,b.caffemodel: copy into the train net and every test net, and say what matched."""
+    any_copied = False
+    for w in _split_weights(weights):
+        path = w
+        if w.startswith('zoo:'):
+            from ..zoo import resolve_weights
+            path = resolve_weights(w)
+        if not os.path.exists(path):
+            raise CaffeineError('--weights %s: no such file' % w)
+        res = solver.net.copy_from(path)
+        for tn in solver.test_nets:
+            tn.copy_from(path)
+        with_blobs = [n for n in res['copied'] if solver.net.layer_dict[n].blobs]
+        log.info('Copied weights from %s: %d layer(s) (%s)', w, len(with_blobs), ', '.join(with_blobs) or '-')
+        if res['ignored']:
+            log.info('Ignored layer(s) of %s not in net %r: %s', w, solver.net.name, ', '.join(res['ignored']))
+        learnable = [n for n, l in zip(solver.net.layer_names, solver.net.layers) if l.blobs]
+        missing = [n for n in learnable if n not in res['copied']]
+        if missing:
+            log.info('Layers of %r left as initialized: %s', solver.net.name, ', '.join(missing))
+        any_copied |= bool(with_blobs)
+    if not any_copied:
+        raise CaffeineError('--weights %s: no layer name matches a layer with weights in net %r'
+                            % (weights, solver.net.name))
+
+
+@click.command('train')
+@click.option('--solver', default='', help='The solver definition (solver.prototxt).')
+@click.option('--weights', default='', help='Weights to fine-tune from: a.caffemodel[,b.caffemodel], or zoo:NAME.')
+@click.option('--snapshot', default='', help='A .solverstate (or .solverstate.h5) to resume from.')
+@click.option('--gpu', default='', help='GPU id to train on (default: the solver\'s solver_mode, else the CPU).')
+@click.option('--level', type=int, default=0, show_default=True, help='The train net state level.')
+@click.option('--stage', multiple=True, help='Train net state stage(s): a,b or repeated.')
+@click.option('--sigint-effect', '--sigint_effect', 'sigint_effect', type=_EFFECTS, default='stop',
+              show_default=True, help='What SIGINT (Ctrl-C) does.')
+@click.option('--sighup-effect', '--sighup_effect', 'sighup_effect', type=_EFFECTS, default='snapshot',
+              show_default=True, help='What SIGHUP does.')
+@click.option('--allow-nan', '--allow_nan', 'allow_nan', is_flag=True,
+              help='Keep training when the loss turns NaN or infinite.')
+@click.option('--progress/--no-progress', default=None, help='Live progress bar (default: on a terminal only).')
+def train_cmd(solver, weights, snapshot, gpu, level, stage, sigint_effect, sighup_effect, allow_nan, progress):
+    """Train or fine-tune a model (Caffe's `caffe train`)."""
+    from .. import backend
+    from ..proto import caffe_pb2
+    from ..solver import SignalHandler, load_solver_param, solver_class
+    if not solver:
+        raise CaffeineError('train: need a solver definition (--solver solver.prototxt)')
+    if snapshot and weights:
+        raise CaffeineError('train: give --snapshot to resume training or --weights to fine-tune, not both')
+    param, source = load_solver_param(solver)
+    param.train_state.level = level
+    param.train_state.stage.extend(_stages(stage))
+    gpus = parse_gpus(gpu)
+    if not gpus and param.HasField('solver_mode') and param.solver_mode == caffe_pb2.SolverParameter.GPU:
+        dev = param.device_id if param.HasField('device_id') else 0
+        if backend.gpu_available():
+            gpus = [dev]
+        else:
+            try:
+                backend.set_mode_gpu()
+            except backend.BackendError as e:
+                log.warning('%s asks for solver_mode: GPU, but %s; training on the CPU', source, e)
+    use_gpus(gpus, 'train')
+    if gpus:
+        param.device_id = gpus[0]
+    cls = solver_class(param.type, source)
+    with SignalHandler(sigint_effect, sighup_effect) as handler:
+        s = cls(param, source=source)
+        s.set_action_function(handler.action)
+        s.allow_nan = allow_nan
+        if snapshot:
+            log.info('Resuming from %s', snapshot)
+            s.restore(snapshot)
+        elif weights:
+            copy_layers(s, weights)
+        log.info('Starting Optimization')
+        s.solve(progress=progress)
+
+
+def _load_net(model, phase, weights, level, stage):
+    import caffeine
+    from ..prototxt import _looks_like_path
+    if _looks_like_path(model) and not os.path.exists(model):
+        raise CaffeineError('--model %s: no such file' % model)
+    net = caffeine.Net(model, phase, level=level, stages=_stages(stage))
+    for w in _split_weights(weights):
+        res = net.copy_from(w)
+        if not res['copied']:
+            raise CaffeineError('--weights %s: no layer name matches a layer of net %r' % (w, net.name))
+    return net
+
+
+@click.command('test')
+@click.option('--model', default='', help='The net definition (TEST phase).')
+@click.option('--weights', default='', help='Trained weights (.caffemodel, .caffemodel.h5 or zoo:NAME).')
+@click.option('--iterations', type=int, default=50, show_default=True, help='Batches to score.')
+@click.option('--gpu', default='', help='GPU id (default: CPU).')
+@click.option('--level', type=int, default=0)
+@click.option('--stage', multiple=True)
+def test_cmd(model, weights, iterations, gpu, level, stage):
+    """Score a trained model on its TEST-phase data (Caffe's `caffe test`)."""
+    import numpy as np
+    import caffeine
+    if not model:
+        raise CaffeineError('test: need a model definition to score (--model)')
+    if not weights:
+        raise CaffeineError('test: need model weights to score (--weights)')
+    use_gpus(parse_gpus(gpu), 'test')
+    net = _load_net(model, caffeine.TEST, weights, level, stage)
+    log.info('Running for %d iterations.', iterations)
+    scores, names = None, []
+    loss = np.float32(0)
+    for i in range(iterations):
+        iter_loss = net.forward_prefilled()
+        loss += np.float32(iter_loss)
+        vals = []
+        for name in net.outputs:
+            for v in net.blobs[name].host_data().ravel():
+                log.info('Batch %d, %s = %s', i, name, '%g' % v)
+                vals.append(v)
+                if i == 0:
+                    names.append(name)
+        vals = np.asarray(vals, dtype=np.float32)
+        scores = vals if scores is None else scores + vals
+    loss /= np.float32(max(iterations, 1))
+    log.info('Loss: %g', loss)
+    if scores is None:
+        return
+    for name, s in zip(names, scores):
+        mean = np.float32(s / np.float32(iterations))
+        w = np.float32(net.blob_loss_weights[name])
+        extra = (' (* %g = %g loss)' % (w, np.float32(w * mean))) if w else ''
+        log.info('%s = %g%s', name, mean, extra)
+
+
+@click.command('time')
+@click.option('--model', default='', help='The net definition to time.')
+@click.option('--weights', default='', help='Optional weights.')
+@click.option('--iterations', type=int, default=50, show_default=True)
+@click.option('--gpu', default='', help='GPU id (default: CPU).')
+@click.option('--phase', type=click.Choice(['TRAIN', 'TEST']), default='TRAIN', show_default=True)
+@click.option('--level', type=int, default=0)
+@click.option('--stage', multiple=True)
+def time_cmd(model, weights, iterations, gpu, phase, level, stage):
+    """Benchmark forward and backward, layer by layer (Caffe's `caffe time`)."""
+    import caffeine
+    from .. import backend
+    if not model:
+        raise CaffeineError('time: need a model definition to time (--model)')
+    if iterations < 1:
+        raise CaffeineError('time: --iterations must be at least 1')
+    use_gpus(parse_gpus(gpu), 'time')
+    net = _load_net(model, caffeine.TRAIN if phase == 'TRAIN' else caffeine.TEST, weights, level, stage)
+    log.info('Performing Forward')
+    initial_loss = net.forward_prefilled()
+    log.info('Initial loss: %g', initial_loss)
+    log.info('Performing Backward')
+    net.backward_all()
+    layers = net.layers
+    n = len(layers)
+    fwd = [0.0] * n
+    bwd = [0.0] * n
+    fwd_total = bwd_total = 0.0
+    clock = _time.perf_counter
+    sync = backend.synchronize
+    log.info('*** Benchmark begins ***')
+    log.info('Testing for %d iterations.', iterations)
+    total_start = clock()
+    for j in range(iterations):
+        it_start = clock()
+        for i in range(n):
+            t0 = clock()
+            layers[i].Forward(net.bottom_vecs[i], net.top_vecs[i])
+            sync()
+            fwd[i] += clock() - t0
+        t1 = clock()
+        fwd_total += t1 - it_start
+        for i in range(n - 1, -1, -1):
+            t0 = clock()
+            if net.layer_need_backward[i]:
+                layers[i].Backward(net.top_vecs[i], net.bottom_need_backward[i], net.bottom_vecs[i])
+                sync()
+            bwd[i] += clock() - t0
+        bwd_total += clock() - t1
+        log.info('Iteration: %d forward-backward time: %g ms.', j + 1, (clock() - it_start) * 1000)
+    total = clock() - total_start
+    log.info('Average time per layer: ')
+    for i, name in enumerate(net.layer_names):
+        log.info('%10s\tforward: %g ms.', name, fwd[i] * 1000 / iterations)
+        log.info('%10s\tbackward: %g ms.', name, bwd[i] * 1000 / iterations)
+    log.info('Average Forward pass: %g ms.', fwd_total * 1000 / iterations)
+    log.info('Average Backward pass: %g ms.', bwd_total * 1000 / iterations)
+    log.info('Average Forward-Backward: %g ms.', total * 1000 / iterations)
+    log.info('Total Time: %g ms.', total * 1000)
+    log.info('*** Benchmark ends ***')
+
+
+# -- extract_features ----------------------------------------------------------------
+class _FeatureDB:
+    """A new LMDB or LevelDB written under a temporary name, renamed into place on close."""
+
+    def __init__(self, path, backend_name):
+        from ..utils import atomic_path
+        self.path = path
+        self.backend = backend_name
+        if os.path.exists(path):
+            raise CaffeineError('%s already exists: give a new database name' % path)
+        self._ctx = atomic_path(path)
+        self.tmp = self._ctx.__enter__()
+        self.pending = []
+        if backend_name == 'lmdb':
+            import lmdb
+            self.map_size = 64 << 20
+            self.db = lmdb.open(self.tmp, map_size=self.map_size, subdir=True, lock=True)
+        else:
+            try:
+                import plyvel
+            except ImportError:
+                raise CaffeineError('--backend leveldb needs plyvel (pip install caffeine[leveldb])')
+            self.db = plyvel.DB(self.tmp, create_if_missing=True, error_if_exists=True)
+
+    def put(self, key, value):
+        self.pending.append((key, value))
+
+    def commit(self):
+        if not self.pending:
+            return
+        if self.backend == 'lmdb':
+            import lmdb
+            while True:
+                try:
+                    with self.db.begin(write=True) as txn:
+                        for k, v in self.pending:
+                            txn.put(k, v)
+                    break
+                except lmdb.MapFullError:
+                    self.map_size *= 2
+                    self.db.set_mapsize(self.map_size)
+        else:
+            with self.db.write_batch() as wb:
+                for k, v in self.pending:
+                    wb.put(k, v)
+        self.pending = []
+
+    def close(self, ok=True):
+        try:
+            if ok:
+                self.commit()
+            self.db.close()
+        finally:
+            if ok:
+                self._ctx.__exit__(None, None, None)
+            else:
+                err = CaffeineError('aborted')
+                try:
+                    self._ctx.__exit__(type(err), err, None)
+                except CaffeineError:
+                    pass
+
+
+@click.command('extract_features')
+@click.argument('weights')
+@click.argument('model')
+@click.argument('blobs')
+@click.argument('dbs')
+@click.argument('num_mini_batches', type=int)
+@click.argument('extra', nargs=-1)
+@click.option('--backend', 'db_backend', type=click.Choice(['lmdb', 'leveldb']), default=None,
+              help='Database kind to write (default lmdb).')
+@click.option('--gpu', default='', help='GPU id (default: CPU).')
+def extract_features_cmd(weights, model, blobs, dbs, num_mini_batches, extra, db_backend, gpu):
+    """Save blobs of a trained net, batch by batch, as Datum float_data in new databases.
+
+    WEIGHTS MODEL BLOB[,BLOB...] DB[,DB...] NUM_MINI_BATCHES, as Caffe's
+    extract_features (whose trailing `lmdb|leveldb [CPU|GPU] [DEVICE_ID]` are accepted too).
+    """
+    import caffeine
+    from ..proto import caffe_pb2
+    extra = list(extra)
+    if extra and extra[0].lower() in ('lmdb', 'leveldb'):
+        db_backend = db_backend or extra.pop(0).lower()
+    if extra and extra[0].upper() in ('CPU', 'GPU'):
+        mode = extra.pop(0).upper()
+        dev = extra.pop(0) if extra else '0'
+        if mode == 'GPU' and not gpu:
+            gpu = dev
+    if extra:
+        raise CaffeineError('extract_features: unexpected arguments %s' % ' '.join(extra))
+    db_backend = db_backend or 'lmdb'
+    blob_names = [b for b in blobs.split(',') if b]
+    db_names = [d for d in dbs.split(',') if d]
+    if len(blob_names) != len(db_names):
+        raise CaffeineError('extract_features: %d blob name(s) but %d database name(s): give one database per blob'
+                            % (len(blob_names), len(db_names)))
+    if num_mini_batches < 1:
+        raise CaffeineError('extract_features: NUM_MINI_BATCHES must be at least 1')
+    use_gpus(parse_gpus(gpu), 'extract_features')
+    net = _load_net(model, caffeine.TEST, weights, 0, ())
+    for b in blob_names:
+        if not net.has_blob(b):
+            raise CaffeineError('Unknown feature blob name %s in the network %s' % (b, model))
+    for d in db_names:
+        if os.path.exists(d):
+            raise CaffeineError('%s already exists: give a new database name' % d)
+    log.info('Extracting Features')
+    out = [_FeatureDB(d, db_backend) for d in db_names]
+    ok = False
+    try:
+        counts = [0] * len(blob_names)
+        datum = caffe_pb2.Datum()
+        for _ in range(num_mini_batches):
+            net.forward_prefilled()
+            for i, name in enumerate(blob_names):
+                blob = net.blobs[name]
+                data = blob.host_data()
+                num = blob.shape[0] if blob.shape else 1
+                feats = data.reshape(num, -1)
+                try:
+                    c, h, w = blob.channels, blob.height, blob.width
+                except CaffeineError:
+                    c, h, w = feats.shape[1], 1, 1
+                for n in range(num):
+                    datum.Clear()
+                    datum.channels, datum.height, datum.width = c, h, w
+                    datum.float_data.extend(feats[n].tolist())
+                    out[i].put(b'%010d' % counts[i], datum.SerializeToString())
+                    counts[i] += 1
+                    if counts[i] % 1000 == 0:
+                        out[i].commit()
+                        log.info('Extracted features of %d query images for feature blob %s', counts[i], name)
+        for i, name in enumerate(blob_names):
+            if counts[i] % 1000 != 0:
+                log.info('Extracted features of %d query images for feature blob %s', counts[i], name)
+        ok = True
+    finally:
+        for db in out:
+            db.close(ok)
+    log.info('Successfully extracted the features!')
+
+
+def _alias(cmd, name):
+    c = click.Command(name, callback=cmd.callback, params=cmd.params, help=cmd.help, hidden=True,
+                      short_help=cmd.short_help)
+    return c
+
+
+COMMANDS = [train_cmd, test_cmd, time_cmd, extract_features_cmd,
+            _alias(extract_features_cmd, 'extract-features')]
