@@ -1,0 +1,208 @@
+#!/usr/bin/env python
+"""caffeine on the GPU (CuPy) against PyTorch CUDA (eager), same nets and weights, larger batches.
+
+    pip install -e '.[cuda12]' torch==2.13.0      # torch: the benchmark only
+    python benchmarks/bench_gpu.py [--quick] [--only lenet,cifar10_quick,caffenet,resnet50] [--iters N]
+
+LeNet and CIFAR10-quick: one SGD training iteration at batch 256; CaffeNet
+(batch 128) and ResNet-50 (batch 64): a TEST forward pass with the memory
+planner.  Timing: warm-up iterations (CuPy compiles its kernels there), then
+the median of N iterations, each between device synchronizations.  TF32 is
+turned off in PyTorch, so that both sides compute in float32.
+
+Without CuPy or a CUDA device it prints "no GPU: skipped" and exits 0.  A net
+that fails is reported and the others still run (exit status 1 then).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+
+def gpu_reason():
+    """None when caffeine can use a GPU, else why not (one line)."""
+    try:
+        from caffeine import backend
+    except Exception as e:  # caffeine itself broken: say so rather than skip
+        raise SystemExit('cannot import caffeine: %s' % e)
+    try:
+        backend._import_cupy()
+        return None
+    except Exception as e:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--quick', action='store_true', help='few iterations (a smoke run)')
+    ap.add_argument('--only', default='', help='comma-separated nets: lenet,cifar10_quick,caffenet,resnet50')
+    ap.add_argument('--iters', type=int, default=None, help='timed iterations (default 10, --quick 3)')
+    ap.add_argument('--warmup', type=int, default=None, help='warm-up iterations (default 3, --quick 2)')
+    ap.add_argument('--no-layers', action='store_true', help='skip the per-layer timing')
+    ap.add_argument('--json', help='also write the results to this JSON file')
+    ap.add_argument('--cpu-dry-run', action='store_true',
+                    help='run the same code on the CPU at the CPU batch sizes (tests the script without a GPU)')
+    args = ap.parse_args(argv)
+    if args.iters is None:
+        args.iters = 3 if args.quick else 10
+    if args.warmup is None:
+        args.warmup = 2 if args.quick else 3
+
+    dry = args.cpu_dry_run
+    if not dry:
+        why = gpu_reason()
+        if why is not None:
+            print('no GPU: skipped (%s)' % why)
+            return 0
+
+    import numpy as np
+    import caffeine
+    import models as M
+    import bench_cpu as B
+
+    names = [n.strip() for n in args.only.split(',') if n.strip()] or list(M.NETS)
+    for n in names:
+        if n not in M.NETS:
+            ap.error('unknown net %r (choose from %s)' % (n, ', '.join(M.NETS)))
+
+    if dry:
+        caffeine.set_mode_cpu()
+        cp = None
+
+        def csync():
+            pass
+        gpu_name = 'CPU (dry run)'
+    else:
+        caffeine.set_mode_gpu()
+        from caffeine import backend
+        cp = backend._import_cupy()
+
+        def csync():
+            cp.cuda.Device().synchronize()
+        try:
+            props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+            gpu_name = props['name'].decode() if isinstance(props['name'], bytes) else str(props['name'])
+        except Exception:
+            gpu_name = 'CUDA device %d' % cp.cuda.Device().id
+
+    torch = None
+    tdev = None
+    tinfo = 'PyTorch: not installed (pip install torch==2.13.0): caffeine alone'
+    try:
+        import torch as _torch
+        if dry:
+            torch, tdev = _torch, 'cpu'
+        elif _torch.cuda.is_available():
+            torch, tdev = _torch, 'cuda'
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        else:
+            tinfo = 'PyTorch %s has no CUDA here: caffeine alone' % _torch.__version__
+        if torch is not None:
+            tinfo = 'PyTorch %s on %s (eager, TF32 off, cudnn %s)' % (
+                torch.__version__, tdev, torch.backends.cudnn.version() if tdev == 'cuda' else '-')
+    except ImportError:
+        pass
+
+    def tsync():
+        if tdev == 'cuda':
+            torch.cuda.synchronize()
+
+    print('caffeine %s, NumPy %s, CuPy %s on %s' % (caffeine.__version__, np.__version__,
+                                                   getattr(cp, '__version__', '-'), gpu_name))
+    print(tinfo)
+    print('command: python benchmarks/bench_gpu.py %s' % ' '.join(argv if argv is not None else sys.argv[1:]),
+          flush=True)
+
+    results, failed = [], []
+    for name in names:
+        spec = M.NETS[name]
+        batch = spec['batch'] if dry else spec['gpu_batch']
+        title = '%s %s (b=%d)' % ({'lenet': 'LeNet', 'cifar10_quick': 'CIFAR10-quick', 'caffenet': 'CaffeNet',
+                                   'resnet50': 'ResNet-50'}[name],
+                                  'train iter' if spec['kind'] == 'train' else 'forward', batch)
+        print('\n== %s ==' % title, flush=True)
+        r = {'name': name, 'title': title, 'batch': batch}
+        crun = trun = None
+        try:
+            if cp is not None:
+                cp.get_default_memory_pool().free_all_blocks()
+            crun = B.CaffeineRun(name, batch=batch, gpu=not dry, sync=csync)
+            r['how'] = crun.how
+            print('  caffeine: %s' % crun.how, flush=True)
+            if torch is not None:
+                try:
+                    if tdev == 'cuda':
+                        torch.cuda.empty_cache()
+                        torch.cuda.reset_peak_memory_stats()
+                    trun = B.TorchRun(name, crun, device=tdev, sync=tsync)
+                    r['check'] = trun.check(crun)
+                    print('  cross-check: %s' % B.fmt_check(r['check']), flush=True)
+                except Exception as e:
+                    print('  PyTorch side failed: %s: %s' % (type(e).__name__, e), flush=True)
+                    traceback.print_exc()
+                    trun = None
+            ct = B.time_it(crun.step, args.warmup, args.iters, csync)
+            r['caffeine_ms'] = B.med(ct) * 1e3
+            if cp is not None:
+                r['caffeine_pool_bytes'] = cp.get_default_memory_pool().total_bytes()
+            print('  caffeine %.2f ms (min %.2f, max %.2f)' % (r['caffeine_ms'], min(ct) * 1e3, max(ct) * 1e3),
+                  flush=True)
+            if trun is not None:
+                tt = B.time_it(trun.step, args.warmup, args.iters, tsync)
+                r['torch_ms'] = B.med(tt) * 1e3
+                if tdev == 'cuda':
+                    r['torch_peak_bytes'] = torch.cuda.max_memory_allocated()
+                print('  PyTorch %.2f ms (min %.2f, max %.2f); ratio %.2fx' % (
+                    r['torch_ms'], min(tt) * 1e3, max(tt) * 1e3, r['caffeine_ms'] / r['torch_ms']), flush=True)
+            if not args.no_layers:
+                lt = crun.layer_times(2 if args.quick else 3)
+                tl = trun.layer_times(2 if args.quick else 3) if trun is not None else {}
+                by = {}
+                for (lname, layer), (f, b) in zip(zip(crun.net.layer_names, crun.net.layers), lt):
+                    d = by.setdefault(layer.type, [0.0, 0.0, 0.0])
+                    d[0] += f * 1e3
+                    d[1] += b * 1e3
+                    d[2] += tl.get(lname, 0.0) * 1e3
+                r['by_type'] = by
+                rows = [[t, '%.2f' % f, '%.2f' % b, '%.2f' % tf if tl else '-']
+                        for t, (f, b, tf) in sorted(by.items(), key=lambda kv: -(kv[1][0] + kv[1][1]))]
+                print(B.table(rows, ['type', 'caffeine fwd ms', 'caffeine bwd ms', 'torch fwd ms']), flush=True)
+        except Exception as e:
+            r['error'] = '%s: %s' % (type(e).__name__, e)
+            failed.append(name)
+            print('  FAILED: %s' % r['error'], flush=True)
+            traceback.print_exc()
+        results.append(r)
+        del crun, trun
+        import gc
+        gc.collect()
+
+    print('\n' + '=' * 90)
+    print('Summary on %s (median of %d iterations after %d warm-up; ms per iteration)' % (
+        gpu_name, args.iters, args.warmup))
+    rows = []
+    for r in results:
+        ratio = r['caffeine_ms'] / r['torch_ms'] if r.get('torch_ms') and r.get('caffeine_ms') else None
+        rows.append([r['title'], '%.2f' % r['caffeine_ms'] if 'caffeine_ms' in r else 'FAILED',
+                     '%.2f' % r['torch_ms'] if 'torch_ms' in r else '-', '%.2fx' % ratio if ratio else '-',
+                     B.mib(r.get('caffeine_pool_bytes')), B.mib(r.get('torch_peak_bytes')),
+                     B.fmt_check_short(r['check']) if 'check' in r else '-'])
+    print(B.table(rows, ['net', 'caffeine ms', 'PyTorch ms', 'ratio', 'CuPy pool', 'torch peak alloc',
+                         'cross-check']))
+    print('  CuPy pool: bytes held by CuPy\'s default memory pool after the run (its high-water mark);'
+          ' torch peak alloc: torch.cuda.max_memory_allocated.')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(results, f, indent=1, default=str)
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
