@@ -564,6 +564,17 @@ class Solver:
             return
         raise SolverError(msg + ' (the last snapshot, if any, is intact; --allow-nan continues)')
 
+    def _check_weights_finite(self):
+        """Never snapshot weights an update has just made non-finite."""
+        xp = backend.get_xp()
+        net = self.net
+        for lname, layer in zip(net.layer_names, net.layers):
+            for j, b in enumerate(layer.blobs):
+                if not bool(xp.isfinite(b.xdata).all()):
+                    raise SolverError('Iteration %d: the update made the weights of layer %r (%s), param %d, '
+                                      'non-finite; not snapshotting them (the last snapshot, if any, is intact; '
+                                      '--allow-nan continues)' % (self.iter, lname, layer.type, j))
+
     def step(self, iters):
         """Run ``iters`` training iterations (Caffe's Step)."""
         p = self.param
@@ -610,6 +621,8 @@ class Solver:
             self.iter += 1
             request = self._requested_action()
             if (p.snapshot and self.iter % p.snapshot == 0) or request == SolverAction.SNAPSHOT:
+                if not self.allow_nan:
+                    self._check_weights_finite()
                 self.snapshot()
             if self._pbar is not None:
                 self._progress_update()
@@ -652,7 +665,10 @@ class Solver:
         if progress and p.max_iter > self.iter:
             from tqdm import tqdm
             from tqdm.contrib.logging import logging_redirect_tqdm
-            with logging_redirect_tqdm(loggers=[logging.root, log]):
+            consoles = [lg for lg in (logging.root, log) if any(
+                isinstance(h, logging.StreamHandler) and getattr(h, 'stream', None) in (sys.stdout, sys.stderr)
+                for h in lg.handlers)]
+            with logging_redirect_tqdm(loggers=consoles):
                 with tqdm(total=p.max_iter, initial=self.iter, desc='train', unit='it',
                           dynamic_ncols=True, file=sys.stderr, leave=False) as bar:
                     self._pbar = bar

@@ -107,7 +107,10 @@ def train_cmd(solver, weights, snapshot, gpu, level, stage, sigint_effect, sighu
         elif weights:
             copy_layers(s, weights)
         log.info('Starting Optimization')
-        s.solve(progress=progress)
+        import numpy as np
+        # a diverging loss is reported by the solver itself, naming the layer
+        with np.errstate(over='ignore', invalid='ignore', divide='ignore'):
+            s.solve(progress=progress)
 
 
 def _load_net(model, phase, weights, level, stage):
