@@ -231,6 +231,7 @@ class Solver:
         for w in p.weights:
             self._load_weights(w)
         self._presolve()
+        self._check_snapshot_writable()
         log.info('Solver scaffolding done.')
 
     # -- checks -----------------------------------------------------------------
@@ -261,6 +262,21 @@ class Solver:
 
     def _sanity_check(self):
         pass
+
+    def _check_snapshot_writable(self):
+        """Fail now, not after hours of training, when snapshots cannot be written (Caffe's check)."""
+        p = self.param
+        if not p.snapshot:
+            return
+        d = os.path.dirname(os.path.abspath(p.snapshot_prefix + '_iter_0'))
+        while not os.path.isdir(d):
+            parent = os.path.dirname(d)
+            if parent == d or (os.path.exists(d) and not os.path.isdir(d)):
+                break
+            d = parent
+        if not (os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK)):
+            raise self._err('snapshot_prefix', 'cannot write snapshots to %r: make sure its folder is writable'
+                            % p.snapshot_prefix)
 
     # -- nets ---------------------------------------------------------------------
     def _read_net_file(self, field, path):

@@ -562,3 +562,33 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(tmp_path, capsys, monkeyp
     t = make_solver(tmp_path, 'max_iter: 3 display: 0 snapshot_after_train: false')
     t.solve()
     assert 'train:' not in capsys.readouterr().err
+
+
+def test_snapshot_prefix_must_be_writable(tmp_path):
+    (tmp_path / 'blocker').write_text('a file, not a folder')
+    with pytest.raises(SolverError, match='snapshot_prefix'):
+        make_solver(tmp_path, 'snapshot: 5 snapshot_prefix: "%s"' % (tmp_path / 'blocker' / 'x' / 'snap'), feed=False)
+    s = make_solver(tmp_path, 'snapshot: 1 snapshot_prefix: "%s"' % (tmp_path / 'new' / 'deep' / 'snap'))
+    s.step(1)
+    assert (tmp_path / 'new' / 'deep' / 'snap_iter_1.solverstate').exists()
+
+
+def test_snapshot_after_train_false(tmp_path):
+    s = make_solver(tmp_path, 'max_iter: 3 snapshot_after_train: false')
+    s.solve()
+    assert s.iter == 3 and not list(tmp_path.glob('*.solverstate'))
+    t = make_solver(tmp_path, 'max_iter: 3')
+    t.solve()
+    assert (tmp_path / 'tiny_iter_3.solverstate').exists()
+
+
+def test_debug_info_lines(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger='caffeine')
+    s = make_solver(tmp_path, 'debug_info: true display: 2')
+    s.step(2)
+    text = caplog.text
+    assert re.search(r'\[Forward\] Layer ip1, top blob ip1 data: %s' % NUM, text)
+    assert re.search(r'\[Backward\] Layer ip2, param blob 0 diff: %s' % NUM, text)
+    assert re.search(r'\[Update\] Layer ip1, param 0 data: %s; diff: %s' % (NUM, NUM), text)
+    # only on display iterations
+    assert text.count('[Update] Layer ip1, param 0') == 1
