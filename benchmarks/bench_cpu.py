@@ -68,6 +68,58 @@ def time_it(fn, warmup, iters, sync=None):
     return out
 
 
+def time_alternating(fa, fb, warmup, iters, block=5):
+    """Like time_it for two functions, in alternating blocks of ``block`` timed iterations.
+
+    On a shared machine the load changes over a run; alternating gives both
+    sides the same conditions.  Each block starts with one untimed iteration
+    (the other side's thread pool may still be spinning, its data left the
+    caches).  Returns (seconds of fa's calls, of fb's).
+    """
+    for _ in range(warmup):
+        fa()
+    for _ in range(warmup):
+        fb()
+    ta, tb = [], []
+    while len(ta) < iters or len(tb) < iters:
+        for f, out in ((fa, ta), (fb, tb)):
+            n = min(block, iters - len(out))
+            if n <= 0:
+                continue
+            f()
+            for _ in range(n):
+                t0 = time.perf_counter()
+                f()
+                out.append(time.perf_counter() - t0)
+    return ta, tb
+
+
+class OtherLoad:
+    """The share of the machine's CPU time used by other processes while active (from /proc/stat)."""
+
+    @staticmethod
+    def _busy():
+        try:
+            with open('/proc/stat') as f:
+                v = [int(x) for x in f.readline().split()[1:]]
+            hz = os.sysconf('SC_CLK_TCK')
+            return (sum(v[:8]) - v[3] - v[4]) / hz  # all but idle and iowait, in seconds
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def __enter__(self):
+        self.b0, self.t0, self.o0 = self._busy(), time.perf_counter(), os.times()
+        return self
+
+    def __exit__(self, *exc):
+        b1, t1, o1 = self._busy(), time.perf_counter(), os.times()
+        if self.b0 is None or b1 is None:
+            self.share = None
+            return
+        own = (o1.user + o1.system) - (self.o0.user + self.o0.system)
+        self.share = max(0.0, (b1 - self.b0) - own) / max((t1 - self.t0) * (os.cpu_count() or 1), 1e-9)
+
+
 def med(xs):
     return statistics.median(xs) if xs else float('nan')
 
@@ -314,18 +366,25 @@ def run_net(name, args, have_torch):
         trun = TorchRun(name, crun, args.threads)
         res['check'] = trun.check(crun)
         print('  cross-check: %s' % fmt_check(res['check']), flush=True)
-    # timing
-    c_times = time_it(crun.step, args.warmup, args.iters)
+    # timing (caffeine and PyTorch in alternating blocks)
+    with OtherLoad() as load:
+        if trun is not None:
+            c_times, t_times = time_alternating(crun.step, trun.step, args.warmup, args.iters)
+        else:
+            c_times = time_it(crun.step, args.warmup, args.iters)
+    res['other_load'] = load.share
     res['caffeine_ms'] = med(c_times) * 1e3
     res['caffeine_spread'] = (min(c_times) * 1e3, max(c_times) * 1e3)
     if trun is not None:
-        t_times = time_it(trun.step, args.warmup, args.iters)
         res['torch_ms'] = med(t_times) * 1e3
         res['torch_spread'] = (min(t_times) * 1e3, max(t_times) * 1e3)
     print('  caffeine %.2f ms (min %.2f, max %.2f)%s' % (
         res['caffeine_ms'], res['caffeine_spread'][0], res['caffeine_spread'][1],
         '; PyTorch %.2f ms (min %.2f, max %.2f)' % ((res['torch_ms'],) + res['torch_spread']) if trun else ''),
         flush=True)
+    if load.share is not None:
+        print('  other processes used %.0f%% of the CPU while timing%s' % (
+            100 * load.share, ' (the timings are disturbed)' if load.share > 0.1 else ''), flush=True)
     # GEMM share: iterations with numpy's GEMM functions wrapped in timers
     k = max(2, args.iters // 4)
     with BlasTimer() as bt:
@@ -571,7 +630,7 @@ def print_profile(r, full):
     print(table(rows, ['layer', 'type', 'fwd ms'] + (['bwd ms'] if train else []) +
                 ['share', 'torch fwd ms', 'fwd ratio']))
     print('  cProfile (per iteration, by own time):')
-    rows = [[c['func'][:40], c['where'][:48], '%.0f' % c['calls'], '%.3f' % c['tottime_ms']] for c in r['cprofile']]
+    rows = [[c['func'][:64], c['where'][:48], '%.0f' % c['calls'], '%.3f' % c['tottime_ms']] for c in r['cprofile']]
     print(table(rows, ['function', 'where', 'calls', 'own ms']))
 
 
