@@ -6,6 +6,7 @@ upgraded from Caffe's older formats on load, as Caffe does.
 from __future__ import annotations
 
 import os
+import re
 
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
@@ -14,45 +15,141 @@ from .errors import PrototxtError, CaffeineError
 from .proto import caffe_pb2
 
 
+_PATH_SUFFIXES = ('.prototxt', '.pt', '.txt', '.solver', '.pbtxt')
+# a single token with no braces, quotes or field separators: a file name, never prototxt text
+_BARE_PATH = re.compile(r'(?:[A-Za-z]:[\\/])?[^\s{}<>:"\'\[\]]+')
+
+
 def _looks_like_path(s):
-    return isinstance(s, (str, os.PathLike)) and ('\n' not in str(s)) and (
-        os.path.exists(s) or str(s).endswith(('.prototxt', '.pt', '.txt', '.solver')))
+    """True when ``s`` names a file rather than holding prototxt text."""
+    if isinstance(s, os.PathLike):
+        return True
+    if not isinstance(s, str) or not s or '\n' in s:
+        return False
+    return os.path.exists(s) or s.endswith(_PATH_SUFFIXES) or bool(_BARE_PATH.fullmatch(s))
+
+
+def _line_col(data, pos, newline):
+    """1-based line and column of offset ``pos`` in ``data``."""
+    line = data.count(newline, 0, pos) + 1
+    return line, pos - (data.rfind(newline, 0, pos) + 1) + 1
+
+
+def _decode(data, source):
+    try:
+        text = data.decode('utf-8')
+    except UnicodeDecodeError as e:
+        line, col = _line_col(data, e.start, b'\n')
+        raise PrototxtError('%s:%d:%d: not UTF-8 text (byte 0x%02x); a prototxt is a text file '
+                            '(binary .caffemodel files are read as weights)' % (source, line, col, data[e.start]))
+    return text
 
 
 def read_text(path):
+    """The text of a prototxt file (UTF-8, a leading byte-order mark dropped)."""
     try:
-        with open(path, 'r', encoding='utf-8') as f:
-            return f.read()
+        with open(path, 'rb') as f:
+            data = f.read()
     except FileNotFoundError:
-        raise CaffeineError('%s: no such file' % path)
+        raise CaffeineError('%s: no such file' % os.fspath(path))
     except IsADirectoryError:
-        raise CaffeineError('%s: is a directory, not a prototxt file' % path)
-    except UnicodeDecodeError as e:
-        raise PrototxtError('%s: not a text file (%s)' % (path, e.reason))
+        raise CaffeineError('%s: is a directory, not a prototxt file' % os.fspath(path))
+    return _decode(data, os.fspath(path))
+
+
+def _scan_braces(text):
+    """Unclosed ``{``/``<`` positions (offsets), ignoring strings and comments."""
+    stack = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '#':
+            j = text.find('\n', i)
+            i = n if j < 0 else j
+        elif c in '"\'':
+            j = i + 1
+            while j < n and text[j] != c and text[j] != '\n':
+                j += 2 if text[j] == '\\' else 1
+            i = j
+        elif c in '{<':
+            stack.append(i)
+        elif c in '}>':
+            if stack:
+                stack.pop()
+        i += 1
+    return stack
+
+
+def _only_trivia(text, pos):
+    """True when nothing but whitespace and comments follows offset ``pos``."""
+    return not re.sub(r'#[^\n]*', '', text[pos:]).strip()
+
+
+def _offset(lines, line, col):
+    return sum(len(l) + 1 for l in lines[:line - 1]) + (col or 1) - 1
+
+
+def _parse_error(e, text, source):
+    line, col = e.GetLine(), e.GetColumn()
+    msg = str(e)
+    if line is None:
+        return PrototxtError('%s: %s' % (source, msg))
+    prefix = '%s:%s : ' % (line, col) if col is not None else '%s : ' % line
+    if msg.startswith(prefix):
+        msg = msg[len(prefix):]
+    # protobuf quotes the offending line before the message: drop it
+    lines = text.split('\n')
+    for quoted in {lines[line - 1] if 0 < line <= len(lines) else None, ''}:
+        if quoted is not None and msg.startswith("'%s': " % quoted):
+            msg = msg[len(quoted) + 4:]
+            break
+    if msg.endswith(" but found: ''") and _only_trivia(text, _offset(lines, line, col)):
+        msg = msg[:-len(" but found: ''")] + ', but the file ended'
+    # at the end of the text protobuf points at the last token; point at the end instead
+    if msg in ('Expected "}".', 'Expected ">".') and 0 < line <= len(lines):
+        offset = _offset(lines, line, col)
+        tail = re.match(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|[^\s#]*', text[offset:])
+        if _only_trivia(text, offset + len(tail.group(0))):
+            open_braces = _scan_braces(text)
+            end_line, end_col = _line_col(text, len(text), '\n')
+            if open_braces:
+                o_line, o_col = _line_col(text, open_braces[0], '\n')
+                msg = ('unexpected end of file: the "%s" at line %d, column %d is never closed'
+                       % (text[open_braces[0]], o_line, o_col))
+            else:
+                msg = 'unexpected end of file: %s' % msg
+            line, col = end_line, end_col
+    if col is None:
+        return PrototxtError('%s:%d: %s' % (source, line, msg))
+    return PrototxtError('%s:%d:%d: %s' % (source, line, col, msg))
 
 
 def parse_text(text, message, source='<string>'):
-    """Merge prototxt ``text`` into ``message``; errors as ``source:line:col: msg``."""
+    """Merge prototxt ``text`` into ``message``; errors as ``source:line:col: msg``.
+
+    Parsed as Caffe's C++ reader does: unknown fields, a non-repeated field
+    given twice and missing required fields are errors.
+    """
+    if text.startswith('\ufeff'):
+        text = text[1:]
+    parsed = type(message)()
     try:
-        text_format.Merge(text, message, allow_unknown_field=False)
+        text_format.Parse(text, parsed, allow_unknown_field=False)
     except text_format.ParseError as e:
-        line, col = e.GetLine(), e.GetColumn()
-        msg = str(e)
-        # protobuf prefixes "line:col : " to the message; keep only the text
-        if line is not None and msg.startswith('%s:%s' % (line, col)):
-            msg = msg.split(' : ', 1)[-1] if ' : ' in msg else msg.split(':', 2)[-1].strip()
-        if line is None:
-            raise PrototxtError('%s: %s' % (source, msg))
-        raise PrototxtError('%s:%d:%d: %s' % (source, line, col, msg))
+        raise _parse_error(e, text, source) from None
+    if not parsed.IsInitialized():
+        raise PrototxtError('%s: missing required field(s): %s'
+                            % (source, ', '.join(parsed.FindInitializationErrors())))
+    message.MergeFrom(parsed)
     return message
 
 
 def read_message(source, message):
     """``source`` is a path to a prototxt, or prototxt text itself."""
     if isinstance(source, (bytes, bytearray)):
-        source = source.decode('utf-8')
+        source = _decode(bytes(source), '<string>')
     if _looks_like_path(source):
-        return parse_text(read_text(source), message, str(source))
+        return parse_text(read_text(source), message, os.fspath(source))
     return parse_text(str(source), message, '<string>')
 
 
@@ -64,7 +161,7 @@ def read_net_param(source, upgrade=True):
         name = '<NetParameter>'
     else:
         param = read_message(source, caffe_pb2.NetParameter())
-        name = str(source) if _looks_like_path(source) else '<string>'
+        name = os.fspath(source) if _looks_like_path(source) else '<string>'
     if upgrade:
         from .upgrade import upgrade_net_param
         upgrade_net_param(param, name)
@@ -78,7 +175,7 @@ def read_solver_param(source, upgrade=True):
         name = '<SolverParameter>'
     else:
         param = read_message(source, caffe_pb2.SolverParameter())
-        name = str(source) if _looks_like_path(source) else '<string>'
+        name = os.fspath(source) if _looks_like_path(source) else '<string>'
     if upgrade:
         from .upgrade import upgrade_solver_param
         upgrade_solver_param(param, name)
@@ -90,11 +187,16 @@ def read_binary(path, message):
         with open(path, 'rb') as f:
             data = f.read()
     except FileNotFoundError:
-        raise CaffeineError('%s: no such file' % path)
+        raise CaffeineError('%s: no such file' % os.fspath(path))
+    except IsADirectoryError:
+        raise CaffeineError('%s: is a directory, not a binary %s file' % (os.fspath(path), message.DESCRIPTOR.name))
     try:
         message.ParseFromString(data)
     except DecodeError as e:
-        raise CaffeineError('%s: not a valid binary %s (%s)' % (path, message.DESCRIPTOR.name, e))
+        raise CaffeineError('%s: not a valid binary %s (%s)' % (os.fspath(path), message.DESCRIPTOR.name, e))
+    if not message.IsInitialized():
+        raise CaffeineError('%s: binary %s is missing required field(s): %s'
+                            % (os.fspath(path), message.DESCRIPTOR.name, ', '.join(message.FindInitializationErrors())))
     return message
 
 
