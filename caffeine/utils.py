@@ -21,6 +21,15 @@ def atomic_write(path, mode='wb'):
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=d)
     try:
+        # mkstemp makes the file 0600; give it the mode a plain open() would
+        # (or the mode of the file it replaces)
+        try:
+            perm = os.stat(path).st_mode & 0o777
+        except OSError:
+            umask = os.umask(0)
+            os.umask(umask)
+            perm = 0o666 & ~umask
+        os.chmod(tmp, perm)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()

@@ -96,9 +96,8 @@ def read_caffemodel(path):
         param.ParseFromString(data)
     except Exception as e:
         raise WeightsError('%s: not a valid .caffemodel (binary NetParameter): %s' % (path, e))
-    if len(param.layers) or any(len(l.blobs) == 0 and False for l in param.layer):
-        from .upgrade import upgrade_net_param
-        upgrade_net_param(param, str(path))
+    from .upgrade import upgrade_net_weights
+    upgrade_net_weights(param, str(path))
     return param
 
 
