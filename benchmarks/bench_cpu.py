@@ -40,6 +40,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))  # this checkout's caffeine, installed or not
 import models as M  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -211,7 +212,7 @@ class CaffeineRun:
     ``sync``: called around per-layer timings (the CUDA device's synchronize).
     """
 
-    def __init__(self, name, seed=1701, batch=None, gpu=False, sync=None):
+    def __init__(self, name, seed=1701, batch=None, gpu=False, sync=None, calibrate=True):
         self.name = name
         self.spec = M.NETS[name]
         self.sync = sync
@@ -226,7 +227,7 @@ class CaffeineRun:
             self.net = caffeine.Net(self.param, caffeine.TEST, memory_plan=True)
             self.how = 'Net(deploy, TEST, memory_plan=True).forward_prefilled()'
         M.set_inputs(self.net, self.inputs)
-        if any(layer.type == 'BatchNorm' for layer in self.net.layers) and self.spec['kind'] == 'forward':
+        if calibrate and self.spec['kind'] == 'forward' and any(layer.type == 'BatchNorm' for layer in self.net.layers):
             M.calibrate_batchnorm(self.net)
 
     def step(self):
@@ -405,12 +406,17 @@ def run_net(name, args, have_torch):
     net = crun.net
     lt = crun.layer_times(max(2, args.iters // 4))
     tt = trun.layer_times(max(2, args.iters // 4)) if trun else {}
+    # the twin folds a Scale that follows a BatchNorm into it: group the two in the by-type table
+    fused = trun.twin.fused_scale if trun else {}
+    folded = {v: k for k, v in fused.items()}
     rows = []
     for i, (lname, layer) in enumerate(zip(net.layer_names, net.layers)):
-        rows.append({'name': lname, 'type': layer.type, 'fwd_ms': lt[i][0] * 1e3, 'bwd_ms': lt[i][1] * 1e3,
+        group = 'BatchNorm+Scale' if (lname in fused or lname in folded) else layer.type
+        rows.append({'name': lname, 'type': layer.type, 'group': group,
+                     'fwd_ms': lt[i][0] * 1e3, 'bwd_ms': lt[i][1] * 1e3,
                      'torch_fwd_ms': tt[lname] * 1e3 if lname in tt else None,
+                     'folded_into': folded.get(lname),
                      'macs': layer_macs(layer, net.bottom_vecs[i], net.top_vecs[i])})
-    # a BatchNorm twin step carries its folded Scale: give the Scale row no torch time of its own
     res['layers'] = rows
     res['layer_sum_ms'] = sum(r['fwd_ms'] + r['bwd_ms'] for r in rows)
     res['torch_layer_fwd_sum_ms'] = sum(tt.values()) * 1e3 if tt else None
@@ -488,7 +494,7 @@ def memory_child(framework, name, threads, iters):
         np.dot(a, a)
         del a
         base = proc_status('VmRSS') or 0
-        crun = CaffeineRun(name)
+        crun = CaffeineRun(name, calibrate=False)  # (the values do not matter here)
         for _ in range(iters):
             crun.step()
         rep = memory_report(crun.net)
@@ -605,7 +611,7 @@ def print_profile(r, full):
     # by type
     by = {}
     for x in layers:
-        d = by.setdefault(x['type'], [0, 0.0, 0.0, 0.0, False])
+        d = by.setdefault(x.get('group', x['type']), [0, 0.0, 0.0, 0.0, False])
         d[0] += 1
         d[1] += x['fwd_ms']
         d[2] += x['bwd_ms']
@@ -624,7 +630,8 @@ def print_profile(r, full):
     for x in sel:
         rows.append([x['name'], x['type'], '%.3f' % x['fwd_ms']] + (['%.3f' % x['bwd_ms']] if train else []) +
                     ['%.0f%%' % (100 * (x['fwd_ms'] + x['bwd_ms']) / total if total else 0),
-                     '%.3f' % x['torch_fwd_ms'] if x['torch_fwd_ms'] is not None else '-',
+                     '%.3f' % x['torch_fwd_ms'] if x['torch_fwd_ms'] is not None else
+                     ('in ' + x['folded_into'] if x.get('folded_into') else '-'),
                      ('%.1fx' % (x['fwd_ms'] / x['torch_fwd_ms'])) if x['torch_fwd_ms'] else '-'])
     print('  %s:' % ('every layer' if full else 'slowest layers (--layers for all)'))
     print(table(rows, ['layer', 'type', 'fwd ms'] + (['bwd ms'] if train else []) +

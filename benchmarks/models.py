@@ -134,10 +134,12 @@ def calibrate_batchnorm(net):
     """
     for i, layer in enumerate(net.layers):
         if layer.type == 'BatchNorm':
-            x = np.array(net.bottom_vecs[i][0].data, dtype=np.float64)
+            x = net.bottom_vecs[i][0].data
             axes = (0,) + tuple(range(2, x.ndim))
-            layer.blobs[0].data[...] = x.mean(axis=axes)
-            layer.blobs[1].data[...] = x.var(axis=axes)
+            mean = x.mean(axis=axes, dtype=np.float64)
+            var = x.var(axis=axes, dtype=np.float64)
+            layer.blobs[0].data[...] = mean
+            layer.blobs[1].data[...] = var
             layer.blobs[2].data[...] = 1.0
         net.forward_from_to(i, i)
 
