@@ -486,6 +486,61 @@ def fmt_check(c):
 
 
 # -- memory, in a fresh subprocess per net and framework --------------------------------
+def internal_bytes(net, extra=()):
+    """Host bytes held outside the net's blobs and parameters, by layer type.
+
+    Blobs and arrays kept as layer attributes (layer-internal buffers), the
+    shared convolution workspace (caffeine.layers.im2col), and ``extra``
+    objects (the solver's history).  Returns {type or 'workspace' or 'solver': bytes}.
+    """
+    from caffeine.blob import Blob
+    seen = set()
+    for b in list(net._blobs) + list(net.learnable_params) + [p for ps in net.params.values() for p in ps]:
+        for mem in (b._data, b._diff):
+            if mem is not None:
+                seen.add(id(mem))
+    out = {}
+
+    def add(key, obj):
+        n = 0
+        if isinstance(obj, Blob):
+            for mem in (obj._data, obj._diff):
+                if mem is not None and id(mem) not in seen and getattr(mem, '_host', None) is not None:
+                    seen.add(id(mem))
+                    n += mem._host.nbytes
+        elif isinstance(obj, np.ndarray):
+            base = obj
+            while isinstance(base.base, np.ndarray):
+                base = base.base
+            if id(base) not in seen:
+                seen.add(id(base))
+                n += base.nbytes
+        elif isinstance(obj, (list, tuple)):
+            for o in obj:
+                add(key, o)
+        elif isinstance(obj, dict):
+            for o in obj.values():
+                add(key, o)
+        if n:
+            out[key] = out.get(key, 0) + n
+
+    for layer in net.layers:
+        for k, v in vars(layer).items():
+            if k in ('blobs', 'layer_param'):
+                continue
+            add(layer.type, v)
+    try:
+        from caffeine.layers import im2col
+        bufs = getattr(im2col._ws, 'bufs', None) or {}
+        for v in bufs.values():
+            add('conv workspace', v)
+    except ImportError:
+        pass
+    for o in extra:
+        add('solver', o)
+    return out
+
+
 def memory_child(framework, name, threads, iters):
     out = {'framework': framework, 'name': name}
     if framework == 'caffeine':
@@ -494,11 +549,19 @@ def memory_child(framework, name, threads, iters):
         np.dot(a, a)
         del a
         base = proc_status('VmRSS') or 0
-        crun = CaffeineRun(name, calibrate=False)  # (the values do not matter here)
+        crun = CaffeineRun(name, calibrate=False)  # the values do not matter here: unit BatchNorm statistics
+        for layer in crun.net.layers:
+            if layer.type == 'BatchNorm':
+                layer.blobs[1].data[...] = 1.0
+                layer.blobs[2].data[...] = 1.0
         for _ in range(iters):
             crun.step()
         rep = memory_report(crun.net)
         out.update(rep)
+        extra = []
+        if crun.trainer is not None:
+            extra = [v for k, v in vars(crun.trainer).items() if k in ('history', 'update', 'temp')]
+        out['internal'] = internal_bytes(crun.net, extra)
     else:
         import torch
         torch.set_num_threads(threads)
@@ -574,21 +637,29 @@ def print_report(results, mem, args, have_torch):
             '%s of %s' % (mib(cm['peak_rss'] - cm['base_rss']), mib(cm['peak_rss'])) if cm else '-',
             mib(cm.get('blob_bytes')) if cm else '-',
             mib(cm.get('param_bytes')) if cm else '-',
+            mib(sum((cm.get('internal') or {}).values())) if cm else '-',
             '%s of %s' % (mib(tm['peak_rss'] - tm['base_rss']), mib(tm['peak_rss'])) if tm else '-',
             '%.0f%% / %.0f%%' % (100 * r['gemm_share'], 100 * r['gemm_layer_share']),
         ])
     print(table(rows, ['net', 'caffeine ms', 'PyTorch ms', 'ratio', 'target', 'caffeine peak RSS',
-                       'planned blobs', 'params', 'PyTorch peak RSS', 'GEMM share']))
+                       'planned blobs', 'params', 'layer buffers', 'PyTorch peak RSS', 'GEMM share']))
     print('''
   ratio: caffeine / PyTorch (lower is better for caffeine).
   peak RSS: X of Y = VmHWM of a fresh process running the net (%d iterations) is Y, X above its VmRSS
     after imports and a first small GEMM (BLAS / oneDNN buffers and threads already there).
   planned blobs: caffeine.summary.memory_report blob_bytes (data, plus diffs for training nets;
-    the memory planner is on for the forward nets); params: learnable parameter bytes.
+    the memory planner is on for the forward nets); params: learnable parameter bytes;
+  layer buffers: host memory held outside the blobs and params (layer-internal Blobs/arrays, the shared
+    convolution workspace, the solver's history), by layer type below.
   GEMM share: time inside numpy.dot/matmul/tensordot/einsum/inner/vdot (timed wrappers on the numpy
     module; `@` and ndarray.dot are not seen) / time in Convolution+InnerProduct layers (per-layer timing,
     forward+backward, includes im2col and bias), each as a share of caffeine's iteration.'''
           % args.mem_iters)
+    for r in results:
+        cm = mem.get(('caffeine', r['name'])) or {}
+        if cm.get('internal'):
+            print('  %-34s layer buffers: %s' % (r['title'], ', '.join(
+                '%s %s' % (k, mib(v)) for k, v in sorted(cm['internal'].items(), key=lambda kv: -kv[1]))))
     if have_torch:
         print('\nCorrectness (PyTorch twin with caffeine\'s weights):')
         for r in results:
