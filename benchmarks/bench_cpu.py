@@ -260,7 +260,8 @@ class CaffeineRun:
                     sync()
                     bwd[i].append(time.perf_counter() - t0)
                 net.clear_param_diffs()
-        return [(med(fwd[i]), med(bwd[i]) if train else 0.0) for i in range(n)]
+        # the minimum: per-layer times are short, and other work only adds to them
+        return [(min(fwd[i]), min(bwd[i]) if train else 0.0) for i in range(n)]
 
 
 class TorchRun:
@@ -308,7 +309,7 @@ class TorchRun:
             else:
                 with self.torch.no_grad():
                     self.twin(self.tin, layer_times=times, sync=self.sync)
-        return {k: med(v) for k, v in times.items()}
+        return {k: min(v) for k, v in times.items()}
 
 
 def gemm_shapes(net, i):
@@ -337,7 +338,7 @@ _SGEMM_CACHE = {}
 
 
 def sgemm_seconds(m, n, k, min_time=0.05):
-    """NumPy's own float32 GEMM time for (m, k) @ (k, n), median of repeats."""
+    """NumPy's own float32 GEMM time for (m, k) @ (k, n), the best of repeats."""
     key = (m, n, k)
     if key in _SGEMM_CACHE:
         return _SGEMM_CACHE[key]
@@ -352,7 +353,7 @@ def sgemm_seconds(m, n, k, min_time=0.05):
         t0 = time.perf_counter()
         np.dot(a, b, out=c)
         ts.append(time.perf_counter() - t0)
-    _SGEMM_CACHE[key] = med(ts)
+    _SGEMM_CACHE[key] = min(ts)
     return _SGEMM_CACHE[key]
 
 
@@ -367,13 +368,23 @@ def run_net(name, args, have_torch):
         trun = TorchRun(name, crun, args.threads)
         res['check'] = trun.check(crun)
         print('  cross-check: %s' % fmt_check(res['check']), flush=True)
-    # timing (caffeine and PyTorch in alternating blocks)
-    with OtherLoad() as load:
-        if trun is not None:
-            c_times, t_times = time_alternating(crun.step, trun.step, args.warmup, args.iters)
-        else:
-            c_times = time_it(crun.step, args.warmup, args.iters)
-    res['other_load'] = load.share
+    # timing (caffeine and PyTorch in alternating blocks); again when other processes took
+    # more than 10% of the CPU meanwhile, keeping the quietest attempt
+    best = None
+    for attempt in range(1 + max(args.retries, 0)):
+        with OtherLoad() as load:
+            if trun is not None:
+                c_t, t_t = time_alternating(crun.step, trun.step, args.warmup, args.iters)
+            else:
+                c_t, t_t = time_it(crun.step, args.warmup, args.iters), None
+        share = load.share if load.share is not None else 0.0
+        if best is None or share < best[0]:
+            best = (share, c_t, t_t)
+        if share <= 0.1:
+            break
+        print('  (other processes used %.0f%% of the CPU: timing again)' % (100 * share), flush=True)
+    share, c_times, t_times = best
+    res['other_load'] = share
     res['caffeine_ms'] = med(c_times) * 1e3
     res['caffeine_spread'] = (min(c_times) * 1e3, max(c_times) * 1e3)
     if trun is not None:
@@ -383,9 +394,8 @@ def run_net(name, args, have_torch):
         res['caffeine_ms'], res['caffeine_spread'][0], res['caffeine_spread'][1],
         '; PyTorch %.2f ms (min %.2f, max %.2f)' % ((res['torch_ms'],) + res['torch_spread']) if trun else ''),
         flush=True)
-    if load.share is not None:
-        print('  other processes used %.0f%% of the CPU while timing%s' % (
-            100 * load.share, ' (the timings are disturbed)' if load.share > 0.1 else ''), flush=True)
+    print('  other processes used %.0f%% of the CPU while timing%s' % (
+        100 * share, ' (the timings are disturbed)' if share > 0.1 else ''), flush=True)
     # GEMM share: iterations with numpy's GEMM functions wrapped in timers
     k = max(2, args.iters // 4)
     with BlasTimer() as bt:
@@ -640,9 +650,10 @@ def print_report(results, mem, args, have_torch):
             mib(sum((cm.get('internal') or {}).values())) if cm else '-',
             '%s of %s' % (mib(tm['peak_rss'] - tm['base_rss']), mib(tm['peak_rss'])) if tm else '-',
             '%.0f%% / %.0f%%' % (100 * r['gemm_share'], 100 * r['gemm_layer_share']),
+            '%.0f%%' % (100 * r['other_load']) if r.get('other_load') is not None else '-',
         ])
     print(table(rows, ['net', 'caffeine ms', 'PyTorch ms', 'ratio', 'target', 'caffeine peak RSS',
-                       'planned blobs', 'params', 'layer buffers', 'PyTorch peak RSS', 'GEMM share']))
+                       'planned blobs', 'params', 'layer buffers', 'PyTorch peak RSS', 'GEMM share', 'other load']))
     print('''
   ratio: caffeine / PyTorch (lower is better for caffeine).
   peak RSS: X of Y = VmHWM of a fresh process running the net (%d iterations) is Y, X above its VmRSS
@@ -653,7 +664,9 @@ def print_report(results, mem, args, have_torch):
     convolution workspace, the solver's history), by layer type below.
   GEMM share: time inside numpy.dot/matmul/tensordot/einsum/inner/vdot (timed wrappers on the numpy
     module; `@` and ndarray.dot are not seen) / time in Convolution+InnerProduct layers (per-layer timing,
-    forward+backward, includes im2col and bias), each as a share of caffeine's iteration.'''
+    forward+backward, includes im2col and bias), each as a share of caffeine's iteration.
+  other load: CPU share used by other processes while timing (above ~10%% the figures are disturbed).
+  Per-layer times and the sgemm references below are the best of their repeats; iterations are medians.'''
           % args.mem_iters)
     for r in results:
         cm = mem.get(('caffeine', r['name'])) or {}
@@ -746,6 +759,8 @@ def main(argv=None):
     ap.add_argument('--threads', type=int, default=2, help='torch.set_num_threads (default 2)')
     ap.add_argument('--layers', action='store_true', help='print every layer in the profile and GEMM tables')
     ap.add_argument('--no-memory', action='store_true', help='skip the peak-memory subprocesses')
+    ap.add_argument('--retries', type=int, default=2,
+                    help='time a net again (at most this many times) when other processes used >10%% of the CPU')
     ap.add_argument('--json', help='also write the results to this JSON file')
     ap.add_argument('--_memory', nargs=2, metavar=('FRAMEWORK', 'NET'), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
