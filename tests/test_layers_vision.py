@@ -253,6 +253,39 @@ def test_convolution_forward_backward(mode, name, bias):
     np.testing.assert_allclose(bottom[0].diff, dx, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize('layout', ['narrow', 'wide', 'narrow_col2im', 'wide_col2im', 'batched_1x1'])
+@pytest.mark.parametrize('name', ['basic', 'group', 'dilation_per_axis', '1x1', '1x1_group', 'conv_1d', 'conv_3d',
+                                  'per_axis'])
+def test_convolution_column_layouts(mode, monkeypatch, layout, name):
+    """Every column layout of the engine (narrow, wide, per-image 1x1) computes the same."""
+    monkeypatch.setattr(im2col_mod, 'WIDE_MAX_WASTE', 1e9 if layout.startswith('wide') else 0.0)
+    monkeypatch.setattr(im2col_mod, 'FLIP_BACKWARD', not layout.endswith('col2im'))
+    monkeypatch.setattr(im2col_mod, 'FLIP_MIN_CHANNELS', 1)
+    monkeypatch.setattr(im2col_mod, 'FLIP_MAX_RATIO', 1e9)
+    monkeypatch.setattr(im2col_mod, 'BATCHED_1X1_MIN', 0 if layout == 'batched_1x1' else 1 << 40)
+    param, shape, (k, s, p, d), group, nout = CONV_CASES[name]
+    x = gauss(shape)
+    for kind in ('Convolution', 'Deconvolution'):
+        layer, bottom, top = setup_run(_conv_text(kind, param, nout * (shape[1] // group if kind == 'Deconvolution' and
+                                                                       group > 1 else 1)), [x])
+        eng = layer.engine
+        want = '1x1' if name.startswith('1x1') else ('wide' if layout.startswith('wide') and s[-1] == 1 else 'narrow')
+        assert eng.layout == want
+        W, b = layer.blobs[0].data.copy(), layer.blobs[1].data.copy()
+        dy = gauss(top[0].shape, seed=1)
+        backward(layer, bottom, top, [dy])
+        if kind == 'Convolution':
+            np.testing.assert_allclose(top[0].data, ref_conv(x, W, b, s, p, d, group), rtol=1e-4, atol=1e-4)
+            dx, dW = ref_conv_grads(x, W, dy, s, p, d, group)
+        else:
+            np.testing.assert_allclose(top[0].data, ref_deconv(x, W, b, s, p, d, group), rtol=1e-4, atol=1e-4)
+            # a deconvolution's gradients are a convolution's with the roles of x and y swapped
+            dx = ref_conv(dy, W, None, s, p, d, group)
+            dW = ref_conv_grads(dy, W, x, s, p, d, group)[1]
+        np.testing.assert_allclose(bottom[0].diff, dx, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(layer.blobs[0].diff, dW, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize('name', ['basic', 'pad_stride', 'group', 'dilation', '1x1', 'conv_1d', 'rect_hw'])
 def test_convolution_gradient(mode, name):
     param, shape, _, _, nout = CONV_CASES[name]
@@ -336,6 +369,7 @@ def test_convolution_chunked_batches_equal_whole(mode, monkeypatch):
                 params[kind] = [b.data.copy() for b in layer.blobs]
                 layer.Forward(bottom, top)
             assert layer.engine.chunk == (1 if limit else 5)
+            assert kind == 'Deconvolution' or layer.engine.flip_ok is False  # stride 2
             dy = gauss(top[0].shape, seed=1)
             backward(layer, bottom, top, [dy])
             res.append([top[0].data.copy(), bottom[0].diff.copy()] + [b.diff.copy() for b in layer.blobs])

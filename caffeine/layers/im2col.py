@@ -157,6 +157,15 @@ def col2im(xp, col, dx, kernel, pad, stride, dilation, out, pad_buf=None):
     return dx
 
 
+WIDE_MAX_WASTE = 1.5   # wide columns when padded width / output width is at most this
+BATCHED_1X1_MIN = 1024  # 1x1 convolutions: per-image GEMMs (no copies) from this many pixels on
+FLIP_BACKWARD = True    # stride-1 gradients to the input as a convolution with the flipped kernel
+FLIP_MIN_CHANNELS = 32  # ... when the input has this many channels per group, and
+FLIP_MAX_RATIO = 1.05   # ... its column matrix is at most this much larger than col2im's
+CHUNK_TARGET_MB = 8
+CHUNK_MIN_COLS = 2048
+
+
 class ConvEngine:
     """Caffe's BaseConvolutionLayer GEMMs over whole batch chunks.
 
@@ -164,9 +173,25 @@ class ConvEngine:
     ``in_ch`` channels and spatial shape ``in_sp``; the "output side" (Convolution: top;
     Deconvolution: bottom) has ``out_ch`` channels and spatial shape ``out_sp``.  The
     weight is (out_ch, in_ch / group, *kernel).  Arrays are (N, ch, *spatial).
+
+    Column layouts (``self.layout``):
+
+    - ``'narrow'``: Caffe's, one column per output position;
+    - ``'wide'`` (stride 1 on the last axis): one column per output position of a row as
+      wide as the padded input, so that every column row is a contiguous run of the
+      padded input (``as_strided`` of long runs; col2im adds long runs); the extra
+      columns are computed and dropped (their top gradients are zero);
+    - ``'1x1'`` (kernel 1, stride 1, no pad): the input is its own column matrix; with
+      at least BATCHED_1X1_MIN pixels per image, per-image GEMMs in one batched matmul,
+      with no copy at all; below, one GEMM over the transposed batch.
+
+    With stride 1 (and pad <= kernel extent - 1), the gradient to the input side,
+    col2im(W^T dy), is computed as what it equals: a convolution of dy with the
+    flipped, channel-transposed kernel and pad ``extent - 1 - pad`` (im2col + one GEMM,
+    cheaper than GEMM + col2im's scattered adds).
     """
 
-    def __init__(self, in_ch, out_ch, group, kernel, pad, stride, dilation, in_sp, out_sp, num):
+    def __init__(self, in_ch, out_ch, group, kernel, pad, stride, dilation, in_sp, out_sp, num, allow_flip=True):
         self.in_ch, self.out_ch, self.G = int(in_ch), int(out_ch), int(group)
         self.kernel, self.pad, self.stride, self.dilation = (tuple(int(v) for v in t) for t in
                                                            (kernel, pad, stride, dilation))
@@ -179,52 +204,212 @@ class ConvEngine:
         self.CK = self.in_ch * self.K
         self.Mg = self.out_ch // self.G
         self.CKg = self.CK // self.G
-        self.is_1x1 = all(k == 1 for k in self.kernel) and all(s == 1 for s in self.stride) \
+        self.pad_sp = tuple(s + 2 * p for s, p in zip(self.in_sp, self.pad))
+        self.P = _prod(self.pad_sp)
+        is_1x1 = all(k == 1 for k in self.kernel) and all(s == 1 for s in self.stride) \
             and all(p == 0 for p in self.pad)
-        per_image = self.CK * self.OUT
-        self.chunk = max(1, min(self.N, _ws_limit_floats() // max(per_image, 1))) if self.N else 1
+        self.batched_1x1 = is_1x1 and self.OUT >= BATCHED_1X1_MIN
+        if is_1x1:
+            self.layout = '1x1'
+        elif self.nd >= 1 and self.stride[-1] == 1 and self.out_sp[-1] > 0 \
+                and self.pad_sp[-1] <= WIDE_MAX_WASTE * self.out_sp[-1]:
+            self.layout = 'wide'
+        else:
+            self.layout = 'narrow'
+        if self.layout == 'wide':
+            self.col_sp = self.out_sp[:-1] + (self.pad_sp[-1],)
+            ext_last = self.dilation[-1] * (self.kernel[-1] - 1) + 1
+            self.slack = ext_last  # reads of the dropped columns may run past the last plane
+        else:
+            self.col_sp = self.out_sp
+            self.slack = 0
+        self.OUTc = _prod(self.col_sp)
+        # images per chunk: a column matrix of about CHUNK_TARGET_MB (it stays in cache
+        # for the GEMM), but at least CHUNK_MIN_COLS columns (GEMM efficiency), and never
+        # more than the workspace limit
+        per_image = max(self.CK * self.OUTc, 1)
+        nb = max(CHUNK_TARGET_MB * (1 << 20) // 4 // per_image, -(-CHUNK_MIN_COLS // max(self.OUTc, 1)))
+        nb = min(nb, _ws_limit_floats() // per_image)
+        self.chunk = max(1, min(self.N, nb))
+        # strides (in elements) of the padded input's spatial axes
+        self._pstr = tuple(_prod(self.pad_sp[i + 1:]) for i in range(self.nd))
+        self.ext = tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel))
+        self._flip = None
+        self.flip_ok = (allow_flip and FLIP_BACKWARD and self.layout != '1x1' and all(s == 1 for s in self.stride)
+                        and all(p <= e - 1 for p, e in zip(self.pad, self.ext))
+                        and self.in_ch // self.G >= FLIP_MIN_CHANNELS)
+        if self.flip_ok:
+            f = self._flip_engine()
+            self.flip_ok = f.out_ch * f.OUTc <= FLIP_MAX_RATIO * self.in_ch * self.OUTc
+            if not self.flip_ok:
+                self._flip = None
+
+    def _flip_engine(self):
+        """The engine of the convolution that maps dy to dx (see the class doc)."""
+        if self._flip is None:
+            self._flip = ConvEngine(self.out_ch, self.in_ch, self.G, self.kernel,
+                                    tuple(e - 1 - p for e, p in zip(self.ext, self.pad)), self.stride,
+                                    self.dilation, self.out_sp, self.in_sp, self.N, allow_flip=False)
+        return self._flip
+
+    def _flipped_weights(self, xp, W):
+        """W (out_ch, in_ch/G, *K) as the weights (in_ch, out_ch/G, *K) of the flipped
+        convolution: W'[g, c, m, k] = W[g, m, c, K - 1 - k]."""
+        G, Mg, Cg = self.G, self.Mg, self.in_ch // self.G
+        buf = workspace('conv_wflip', W.size).reshape((G, Cg, Mg) + self.kernel)
+        src = W.reshape((G, Mg, Cg) + self.kernel).swapaxes(1, 2)
+        buf[...] = src[(Ellipsis,) + (slice(None, None, -1),) * self.nd]
+        return buf.reshape((self.in_ch, Mg) + self.kernel)
 
     def chunks(self):
         for n0 in range(0, self.N, self.chunk):
             yield n0, min(self.N, n0 + self.chunk)
 
     # -- columns ---------------------------------------------------------------
+    def _pad_buffer(self, nb):
+        """Flat workspace for the padded chunk (nb, in_ch, *pad_sp) plus slack."""
+        n = nb * self.in_ch * self.P
+        buf = workspace('conv_pad', n + self.slack)
+        return buf, buf[:n].reshape((nb, self.in_ch) + self.pad_sp)
+
+    def _wide_view(self, xp, flat, nb, start=0):
+        """(nb, C, *col_sp) view of a flat padded buffer from element ``start``:
+        [n, c, o.., w] is flat[start + n*C*P + c*P + sum o_i*s_i*pstr_i + w]."""
+        it = flat.itemsize
+        shape = (nb, self.in_ch) + self.col_sp
+        strides = (self.in_ch * self.P * it, self.P * it) + tuple(
+            s * ps * it for s, ps in zip(self.stride[:-1], self._pstr[:-1])) + (it,)
+        return as_strided(xp, flat[start:], shape, strides)
+
     def columns(self, xp, x, n0, n1):
-        """The (CK, nb * OUT) column matrix of x[n0:n1] (x: (N, in_ch, *in_sp))."""
+        """The (CK, nb * OUTc) column matrix of x[n0:n1] (x: (N, in_ch, *in_sp))."""
         nb = n1 - n0
         xs = x[n0:n1]
-        if self.is_1x1 and nb == 1:
+        if self.layout == '1x1' and nb == 1:
             return xs.reshape(self.CK, self.OUT)
-        col = workspace('conv_col', self.CK * nb * self.OUT)
-        if self.is_1x1:
+        col = workspace('conv_col', self.CK * nb * self.OUTc)
+        if self.layout == '1x1':
             col.reshape(self.CK, nb, self.OUT)[...] = xs.reshape(nb, self.CK, self.OUT).transpose(1, 0, 2)
+        elif self.layout == 'wide':
+            flat, xpad = self._pad_buffer(nb)
+            pad_into(xp, xs, xpad, self.pad)
+            if self.slack:
+                flat[xpad.size:].fill(0)
+            it = flat.itemsize
+            v = self._wide_view(xp, flat, nb)
+            # (nb, C, *col_sp) -> (nb, C, *K, *col_sp) with the kernel offsets as axes
+            shape = v.shape[:2] + self.kernel + v.shape[2:]
+            strides = v.strides[:2] + tuple(d * ps * it for d, ps in zip(self.dilation, self._pstr)) + v.strides[2:]
+            v = as_strided(xp, flat, shape, strides)
+            nd = self.nd
+            perm = (1,) + tuple(range(2, 2 + nd)) + (0,) + tuple(range(2 + nd, 2 + 2 * nd))
+            col.reshape((self.in_ch,) + self.kernel + (nb,) + self.col_sp)[...] = v.transpose(perm)
         else:
-            pad_buf = workspace('conv_pad', nb * self.in_ch * _prod(
-                s + 2 * p for s, p in zip(self.in_sp, self.pad))) if any(self.pad) else None
+            pad_buf = self._pad_buffer(nb)[0] if any(self.pad) else None
             im2col(xp, xs, col.reshape((self.in_ch,) + self.kernel + (nb,) + self.out_sp),
                    self.kernel, self.pad, self.stride, self.dilation, self.out_sp, pad_buf)
-        return col.reshape(self.CK, nb * self.OUT)
+        return col.reshape(self.CK, nb * self.OUTc)
 
-    def _out_T(self, xp, y, n0, n1, copy):
-        """y[n0:n1] (nb, out_ch, OUT) as an (out_ch, nb * OUT) matrix: a view when nb == 1,
-        else a workspace buffer (filled with y's values when ``copy``)."""
+    def col2im(self, xp, col, dx, n0, n1):
+        """dx[n0:n1] = col2im of the (CK, nb * OUTc) matrix col (overwrites)."""
         nb = n1 - n0
-        ys = y[n0:n1].reshape(nb, self.out_ch, self.OUT)
-        if nb == 1:
-            return ys.reshape(self.out_ch, self.OUT)
-        buf = workspace('conv_out', self.out_ch * nb * self.OUT)
-        if copy:
-            buf.reshape(self.out_ch, nb, self.OUT)[...] = ys.transpose(1, 0, 2)
-        return buf.reshape(self.out_ch, nb * self.OUT)
+        dxs = dx[n0:n1]
+        if self.layout == '1x1':
+            dxs.reshape(nb, self.CK, self.OUT)[...] = col.reshape(self.CK, nb, self.OUT).transpose(1, 0, 2)
+            return
+        col = col.reshape((self.in_ch,) + self.kernel + (nb,) + self.col_sp)
+        if self.layout == 'narrow':
+            pad_buf = self._pad_buffer(nb)[0] if any(self.pad) else None
+            col2im(xp, col, dxs, self.kernel, self.pad, self.stride, self.dilation, self.out_sp, pad_buf)
+            return
+        flat, dpad = self._pad_buffer(nb)
+        flat.fill(0)
+        tperm = (1, 0) + tuple(range(2, 2 + self.nd))
+        for ko in kernel_offsets(self.kernel):
+            start = sum(k * d * ps for k, d, ps in zip(ko, self.dilation, self._pstr))
+            dst = self._wide_view(xp, flat, nb, start)
+            xp.add(dst, col[(slice(None),) + tuple(ko)].transpose(tperm), out=dst)
+        dxs[...] = dpad[(slice(None), slice(None)) + tuple(slice(p, p + s) for p, s in zip(self.pad, self.in_sp))]
 
-    # -- the three GEMMs ------------------------------------------------------
+    # -- the output side as a (out_ch, nb * OUTc) matrix -------------------------
+    def _out_matrix(self, y, n0, n1):
+        """Where a GEMM writes the output side of images n0:n1: a view of y when the
+        layout allows (one image, narrow), else the 'conv_out' workspace."""
+        nb = n1 - n0
+        if nb == 1 and self.layout != 'wide':
+            return y[n0:n1].reshape(self.out_ch, self.OUT)
+        return workspace('conv_out', self.out_ch * nb * self.OUTc).reshape(self.out_ch, nb * self.OUTc)
+
+    def _cropped(self, o, nb):
+        """The (out_ch, nb, *out_sp) values of an output matrix (wide: the kept columns)."""
+        o = o.reshape((self.out_ch, nb) + self.col_sp)
+        if self.layout == 'wide':
+            o = o[..., :self.out_sp[-1]]
+        return o
+
+    def _store(self, xp, o, y, n0, n1, bias):
+        """y[n0:n1] (+ bias) = the output matrix o, from (out_ch, nb, ...) to (nb, out_ch, ...)."""
+        nb = n1 - n0
+        ys = y[n0:n1]
+        bshape = (1, self.out_ch) + (1,) * self.nd
+        if o.base is not None and _shares(o, ys):
+            if bias is not None:
+                xp.add(ys, bias.reshape(bshape), out=ys)
+            return
+        src = self._cropped(o, nb).swapaxes(0, 1)
+        if bias is not None:
+            xp.add(src, bias.reshape(bshape), out=ys)
+        else:
+            ys[...] = src
+
+    def _load(self, xp, dy, n0, n1):
+        """The output-side values dy[n0:n1] as an (out_ch, nb * OUTc) matrix (wide: the
+        dropped columns zero)."""
+        nb = n1 - n0
+        if nb == 1 and self.layout != 'wide':
+            return dy[n0:n1].reshape(self.out_ch, self.OUT)
+        buf = workspace('conv_out', self.out_ch * nb * self.OUTc)
+        b = buf.reshape((self.out_ch, nb) + self.col_sp)
+        if self.layout == 'wide':
+            b[..., self.out_sp[-1]:] = 0
+            b = b[..., :self.out_sp[-1]]
+        b[...] = dy[n0:n1].swapaxes(0, 1)
+        return buf.reshape(self.out_ch, nb * self.OUTc)
+
+    def _gemm(self, xp, W3, col, o, nb, trans_w=False):
+        """o = W @ col per group (W3: (G, Mg, CKg); trans_w: o = W^T @ col)."""
+        G = self.G
+        n = nb * self.OUTc
+        if trans_w:
+            A = W3.transpose(0, 2, 1)
+            rows_in, rows_out = self.Mg, self.CKg
+        else:
+            A = W3
+            rows_in, rows_out = self.CKg, self.Mg
+        if G == 1:
+            xp.matmul(A[0], col, out=o)
+        else:
+            xp.matmul(A, col.reshape(G, rows_in, n), out=o.reshape(G, rows_out, n))
+
+    def _wgrad(self, xp, d, col, dW, dW_tmp, nb):
+        """dW += d @ col^T per group."""
+        G, Mg, CKg = self.G, self.Mg, self.CKg
+        n = nb * self.OUTc
+        tmp3 = dW_tmp.reshape(G, Mg, CKg)
+        if G == 1:
+            xp.matmul(d, col.T, out=tmp3[0])
+        else:
+            xp.matmul(d.reshape(G, Mg, n), col.reshape(G, CKg, n).transpose(0, 2, 1), out=tmp3)
+        dW3 = dW.reshape(G, Mg, CKg)
+        xp.add(dW3, tmp3, out=dW3)
+
+    # -- the passes ------------------------------------------------------------
     def forward(self, xp, W, x, y, bias=None):
         """y = W * x (+ bias): x (N, in_ch, *in_sp) -> y (N, out_ch, *out_sp)."""
         G, Mg, CKg = self.G, self.Mg, self.CKg
         W3 = W.reshape(G, Mg, CKg)
-        if self.is_1x1:
-            xp.matmul(W3, x.reshape(self.N, G, CKg, self.OUT),
-                      out=y.reshape(self.N, G, Mg, self.OUT))
+        if self.batched_1x1:
+            xp.matmul(W3, x.reshape(self.N, G, CKg, self.OUT), out=y.reshape(self.N, G, Mg, self.OUT))
             if bias is not None:
                 y3 = y.reshape(self.N, self.out_ch, self.OUT)
                 xp.add(y3, bias.reshape(1, self.out_ch, 1), out=y3)
@@ -232,58 +417,77 @@ class ConvEngine:
         for n0, n1 in self.chunks():
             nb = n1 - n0
             col = self.columns(xp, x, n0, n1)
-            o = self._out_T(xp, y, n0, n1, copy=False)
-            if G == 1:
-                xp.matmul(W3[0], col, out=o)
-            else:
-                xp.matmul(W3, col.reshape(G, CKg, nb * self.OUT), out=o.reshape(G, Mg, nb * self.OUT))
-            ys = y[n0:n1].reshape(nb, self.out_ch, self.OUT)
-            if nb == 1:
-                if bias is not None:
-                    xp.add(ys, bias.reshape(1, self.out_ch, 1), out=ys)
-            elif bias is not None:
-                xp.add(o.reshape(self.out_ch, nb, self.OUT).transpose(1, 0, 2),
-                       bias.reshape(1, self.out_ch, 1), out=ys)
-            else:
-                ys[...] = o.reshape(self.out_ch, nb, self.OUT).transpose(1, 0, 2)
+            o = self._out_matrix(y, n0, n1)
+            self._gemm(xp, W3, col, o, nb)
+            self._store(xp, o, y, n0, n1, bias)
         return y
 
     def backward_data(self, xp, W, dy, dx):
         """dx = col2im(W^T dy): dy (N, out_ch, *out_sp) -> dx (N, in_ch, *in_sp), overwritten."""
         G, Mg, CKg = self.G, self.Mg, self.CKg
         W3 = W.reshape(G, Mg, CKg)
-        WT = W3.transpose(0, 2, 1)
-        if self.is_1x1:
-            xp.matmul(WT, dy.reshape(self.N, G, Mg, self.OUT), out=dx.reshape(self.N, G, CKg, self.OUT))
+        if self.batched_1x1:
+            xp.matmul(W3.transpose(0, 2, 1), dy.reshape(self.N, G, Mg, self.OUT),
+                      out=dx.reshape(self.N, G, CKg, self.OUT))
             return dx
+        if self.flip_ok:
+            return self._flip_engine().forward(xp, self._flipped_weights(xp, W), dy, dx, None)
         for n0, n1 in self.chunks():
             nb = n1 - n0
-            d = self._out_T(xp, dy, n0, n1, copy=True)
-            col = workspace('conv_col', self.CK * nb * self.OUT)
-            if G == 1:
-                xp.matmul(WT[0], d, out=col.reshape(self.CK, nb * self.OUT))
-            else:
-                xp.matmul(WT, d.reshape(G, Mg, nb * self.OUT), out=col.reshape(G, CKg, nb * self.OUT))
-            pad_buf = workspace('conv_pad', nb * self.in_ch * _prod(
-                s + 2 * p for s, p in zip(self.in_sp, self.pad))) if any(self.pad) else None
-            col2im(xp, col.reshape((self.in_ch,) + self.kernel + (nb,) + self.out_sp), dx[n0:n1],
-                   self.kernel, self.pad, self.stride, self.dilation, self.out_sp, pad_buf)
+            d = self._load(xp, dy, n0, n1)
+            self._data_from(xp, W3, d, dx, n0, n1)
         return dx
 
-    def backward_weight(self, xp, x, dy, dW, dW_tmp):
-        """dW += dy * x^T over the batch (x: input side, dy: output side); dW_tmp: a
-        weight-shaped scratch array."""
+    def _data_from(self, xp, W3, d, dx, n0, n1):
+        """dx[n0:n1] = col2im(W^T d) for the output matrix d of images n0:n1."""
+        nb = n1 - n0
+        if self.layout == '1x1' and nb == 1:
+            self._gemm(xp, W3, d, dx[n0:n1].reshape(self.CK, self.OUT), nb, trans_w=True)
+            return
+        col = workspace('conv_col', self.CK * nb * self.OUTc).reshape(self.CK, nb * self.OUTc)
+        self._gemm(xp, W3, d, col, nb, trans_w=True)
+        self.col2im(xp, col, dx, n0, n1)
+
+    def backward(self, xp, W, x, dy, dW=None, dW_tmp=None, dx=None):
+        """Convolution's backward: dW += dy * x^T (if dW is given), dx = W^T * dy (if dx
+        is given); x: input side, dy: output side.  Without the flipped-kernel path, each
+        chunk's transposed dy serves both."""
+        fused = dx is not None and dW is not None and not self.batched_1x1 and not self.flip_ok
+        if dW is not None:
+            W3 = W.reshape(self.G, self.Mg, self.CKg)
+            for n0, n1 in self.chunks():
+                nb = n1 - n0
+                d = self._load(xp, dy, n0, n1)
+                col = self.columns(xp, x, n0, n1)
+                self._wgrad(xp, d, col, dW, dW_tmp, nb)
+                if fused:
+                    self._data_from(xp, W3, d, dx, n0, n1)
+        if dx is not None and not fused:
+            self.backward_data(xp, W, dy, dx)
+
+    def deconv_backward(self, xp, W, dtop, bottom, dW=None, dW_tmp=None, dbottom=None):
+        """Deconvolution's backward: the columns of the top gradient (input side) give
+        both dW += bottom * col^T and dbottom = W * col."""
         G, Mg, CKg = self.G, self.Mg, self.CKg
-        tmp3 = dW_tmp.reshape(G, Mg, CKg)
-        dW3 = dW.reshape(G, Mg, CKg)
+        W3 = W.reshape(G, Mg, CKg)
+        if dbottom is not None and (self.batched_1x1 or dW is None):
+            if dW is not None:
+                self.deconv_backward(xp, W, dtop, bottom, dW, dW_tmp, None)
+            return self.forward(xp, W, dtop, dbottom, None)
         for n0, n1 in self.chunks():
             nb = n1 - n0
-            col = self.columns(xp, x, n0, n1)
-            d = self._out_T(xp, dy, n0, n1, copy=True)
-            if G == 1:
-                xp.matmul(d, col.T, out=tmp3[0])
-            else:
-                xp.matmul(d.reshape(G, Mg, nb * self.OUT), col.reshape(G, CKg, nb * self.OUT).transpose(0, 2, 1),
-                          out=tmp3)
-            xp.add(dW3, tmp3, out=dW3)
-        return dW
+            col = self.columns(xp, dtop, n0, n1)
+            d = self._load(xp, bottom, n0, n1)
+            self._wgrad(xp, d, col, dW, dW_tmp, nb)
+            if dbottom is not None:
+                o = self._out_matrix(dbottom, n0, n1)
+                self._gemm(xp, W3, col, o, nb)
+                self._store(xp, o, dbottom, n0, n1, None)
+
+
+def _shares(a, b):
+    """Whether a is a reshaped view of b's memory (same start and size)."""
+    try:
+        return a.size == b.size and a.__array_interface__['data'][0] == b.__array_interface__['data'][0]
+    except AttributeError:  # CuPy
+        return a.size == b.size and a.data.ptr == b.data.ptr

@@ -259,19 +259,18 @@ class ConvolutionLayer(Layer):
             if self.bias_term and ppd[1]:
                 db = self.blobs[1].xdiff
                 db += dy.reshape(self.num, self.num_output, -1).sum(axis=(0, 2))
+            dW = tmp = dx = None
             if ppd[0]:
                 dW = self.blobs[0].xdiff
                 tmp = workspace('conv_dw', dW.size).reshape(dW.shape)
-                if self.reverse:
-                    self.engine.backward_weight(xp, dy, x, dW, tmp)
-                else:
-                    self.engine.backward_weight(xp, x, dy, dW, tmp)
             if propagate_down[i]:
                 dx = b.xdiff.reshape(x.shape)
-                if self.reverse:
-                    self.engine.forward(xp, W, dy, dx, None)
-                else:
-                    self.engine.backward_data(xp, W, dy, dx)
+            if dW is None and dx is None:
+                continue
+            if self.reverse:
+                self.engine.deconv_backward(xp, W, dy, x, dW, tmp, dx)
+            else:
+                self.engine.backward(xp, W, x, dy, dW, tmp, dx)
 
 
 @register('Deconvolution')
@@ -444,7 +443,8 @@ class PoolingLayer(Layer):
         self.plane = (PH == 1 and PW == 1 and ph == 0 and pw == 0 and kh >= H and kw >= W
                       and self.method in (_PP.MAX, _PP.AVE))
         self.offsets = [(a, b) for a in range(kh) for b in range(kw)]
-        self.koff_dtype = np.int16 if kh * kw < 32000 else np.int32
+        nk = kh * kw
+        self.koff_dtype = np.int8 if nk <= 127 else (np.int16 if nk < 32000 else np.int32)
         hs = np.arange(PH) * sh - ph
         ws = np.arange(PW) * sw - pw
         # AVE: divide by the window clipped to the padded input (Caffe's pool_size)
@@ -453,11 +453,11 @@ class PoolingLayer(Layer):
         with np.errstate(divide='ignore'):
             inv = (1.0 / (hsize[:, None] * wsize[None, :]).astype(np.float64)).astype(_F32)
         self._c.set('inv', inv)
-        # MAX mask: flat index of window offset k at output (ph, pw) = base + delta[k]
-        self._c.set('base', ((hs[:, None] * W + ws[None, :])).astype(_F32))
-        self._c.set('delta', np.array([a * W + b for a, b in self.offsets], dtype=_F32))
-        if self.plane:
-            self._c.set('rowbase', (np.arange(N * C, dtype=np.int64) * (H * W)))
+        # MAX: the flat index in its plane of window offset k at output (ph, pw) is
+        # base[ph, pw] + delta[k] (the mask top); plane[n, c] is the plane's start
+        self._c.set('base', (hs[:, None] * W + ws[None, :]).astype(np.int64))
+        self._c.set('delta', np.array([a * W + b for a, b in self.offsets], dtype=np.int64))
+        self._c.set('plane', (np.arange(N * C, dtype=np.int64) * (H * W)).reshape(N, C, 1, 1))
         self._key = tuple(shape)
         self._koff_valid = False
 
@@ -493,20 +493,36 @@ class PoolingLayer(Layer):
         return self._c.buf('koff', (self.N, self.C, self.PH, self.PW), self.koff_dtype)
 
     def _max_into(self, xp, src, y):
+        """y = the maximum of each window (NaN ignored, as Caffe's strict '>')."""
         y.fill(-_FLT_MAX)
         for off in self.offsets:
             xp.fmax(y, self._view(src, off), out=y)
 
-    def _argmax(self, xp, src, y):
-        """koff = the first window offset (raster order) holding the maximum y."""
+    def _max_argmax_into(self, xp, src, y):
+        """y = the maximum of each window, koff = the window offset of its first
+        occurrence in raster order (Caffe's scan with a strict '>')."""
         koff = self._koff()
-        koff.fill(-1)
-        eq = workspace('pool_bool', y.size, np.bool_).reshape(y.shape)
-        for k in range(len(self.offsets) - 1, -1, -1):
-            xp.equal(self._view(src, self.offsets[k]), y, out=eq)
-            xp.copyto(koff, k, where=eq)
+        koff.fill(0)
+        y.fill(-_FLT_MAX)
+        gt = workspace('pool_bool', y.size, np.bool_).reshape(y.shape)
+        tmp = workspace('pool_koff_tmp', y.size, self.koff_dtype).reshape(y.shape)
+        for k, off in enumerate(self.offsets):
+            v = self._view(src, off)
+            if k:
+                xp.greater(v, y, out=gt)
+                # offsets only grow: the last offset where v beat y is max(koff, k * gt)
+                xp.multiply(gt, self.koff_dtype(k), out=tmp)
+                xp.maximum(koff, tmp, out=koff)
+            xp.fmax(y, v, out=y)
         self._koff_valid = True
         return koff
+
+    def _index_in_plane(self, xp, koff):
+        """The flat index h * W + w of each window's chosen element (int64 workspace)."""
+        idx = workspace('pool_idx', koff.size, np.int64).reshape(koff.shape)
+        xp.take(self._c.get('delta'), koff, out=idx)
+        xp.add(idx, self._c.get('base'), out=idx)
+        return idx
 
     def _plane2d(self, a):
         return a.reshape(self.N * self.C, self.H * self.W)
@@ -531,13 +547,12 @@ class PoolingLayer(Layer):
                         top[1].xdata.reshape(-1)[...] = koff
                 return
             src = self._src(xp, x, -np.inf)
-            self._max_into(xp, src, y)
-            if want_idx:
-                koff = self._argmax(xp, src, y)
-                if len(top) > 1:
-                    m = top[1].xdata
-                    xp.take(self._c.get('delta'), xp.maximum(koff, 0), out=m)
-                    xp.add(m, self._c.get('base'), out=m)
+            if not want_idx:
+                self._max_into(xp, src, y)
+                return
+            koff = self._max_argmax_into(xp, src, y)
+            if len(top) > 1:
+                top[1].xdata[...] = self._index_in_plane(xp, koff)
         elif self.method == _PP.AVE:
             if self.plane:
                 y1 = y.reshape(-1)
@@ -585,7 +600,7 @@ class PoolingLayer(Layer):
         cum = total
         cum.fill(0)
         koff = self._koff()
-        koff.fill(-1)
+        koff.fill(0)
         y.fill(0)
         found = workspace('pool_bool2', y.size, np.bool_).reshape(shape)
         found.fill(False)
@@ -617,9 +632,22 @@ class PoolingLayer(Layer):
             if not self._koff_valid:
                 xp.argmax(self._plane2d(bottom[0].xdata), axis=1, out=koff)
             idx = self._c.buf('plane_idx', (self.N * self.C,), np.int64)
-            xp.add(koff, self._c.get('rowbase'), out=idx)
+            xp.add(koff, self._c.get('plane').reshape(-1), out=idx)
             dx.fill(0)
             dx.reshape(-1)[idx] = dy.reshape(-1)
+            return
+        if self.method == _PP.MAX or (self.method == _PP.STOCHASTIC and self.phase == caffe_pb2.TRAIN):
+            # route each gradient to the element chosen
+            if not self._koff_valid:
+                src = self._src(xp, bottom[0].xdata, -np.inf)
+                ymax = workspace('pool_tmp2', dy.size).reshape(dy.shape)
+                self._max_argmax_into(xp, src, ymax)
+            idx = self._index_in_plane(xp, self._koff())
+            xp.add(idx, self._c.get('plane'), out=idx)
+            n = dx.size
+            xp.clip(idx, 0, n - 1, out=idx)  # only a window of NaN or -inf alone could point outside
+            dx.fill(0)
+            xp.add.at(dx.reshape(-1), idx.reshape(-1), dy.reshape(-1))
             return
         shape = dy.shape
         tmp = workspace('pool_tmp', dy.size).reshape(shape)
@@ -645,19 +673,6 @@ class PoolingLayer(Layer):
                 xp.multiply(xv, 2, out=tmp)
                 xp.subtract(tmp, y, out=tmp)
                 xp.multiply(tmp, g, out=tmp)
-                v = self._view(dpad, off)
-                xp.add(v, tmp, out=v)
-        else:  # MAX and STOCHASTIC (TRAIN): route to the chosen element
-            if not self._koff_valid:
-                src = self._src(xp, bottom[0].xdata, -np.inf)
-                ymax = workspace('pool_tmp2', dy.size).reshape(shape)
-                self._max_into(xp, src, ymax)
-                self._argmax(xp, src, ymax)
-            koff = self._koff()
-            eq = workspace('pool_bool', dy.size, np.bool_).reshape(shape)
-            for k, off in enumerate(self.offsets):
-                xp.equal(koff, k, out=eq)
-                xp.multiply(dy, eq, out=tmp)
                 v = self._view(dpad, off)
                 xp.add(v, tmp, out=v)
         if dpad is not dx:
