@@ -294,6 +294,15 @@ class _FeatureDB:
                     pass
 
 
+def _open_feature_db(path, backend_name):
+    """caffeine.data.db's atomic writer where present, else the local one."""
+    try:
+        from ..data.db import DBWriter
+    except ImportError:
+        return _FeatureDB(path, backend_name)
+    return DBWriter(path, backend_name)
+
+
 @click.command('extract_features')
 @click.argument('weights')
 @click.argument('model')
@@ -339,7 +348,14 @@ def extract_features_cmd(weights, model, blobs, dbs, num_mini_batches, extra, db
         if os.path.exists(d):
             raise CaffeineError('%s already exists: give a new database name' % d)
     log.info('Extracting Features')
-    out = [_FeatureDB(d, db_backend) for d in db_names]
+    out = []
+    try:
+        for d in db_names:
+            out.append(_open_feature_db(d, db_backend))
+    except BaseException:
+        for db in out:
+            db.close(False)
+        raise
     ok = False
     try:
         counts = [0] * len(blob_names)
