@@ -1,0 +1,141 @@
+"""pycaffe's process-wide singletons: multi-GPU solver count/rank, NCCL, Timer, logging.
+
+caffeine trains on one device per process.  ``solver_count``/``solver_rank``
+and ``set_multiprocess`` keep pycaffe's values so that scripts written for
+multi-GPU pycaffe run (as one solver); ``NCCL`` refuses clearly, and
+``has_nccl()`` is False.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from .errors import CaffeineError
+
+__all__ = ['solver_count', 'solver_rank', 'set_solver_count', 'set_solver_rank',
+           'set_multiprocess', 'multiprocess', 'has_nccl', 'Timer', 'NCCL',
+           'init_log', 'log']
+
+_state = {'solver_count': 1, 'solver_rank': 0, 'multiprocess': False}
+
+
+def _nonneg_int(value, what, minimum):
+    try:
+        v = int(value)
+    except (TypeError, ValueError):
+        raise CaffeineError('%s must be an integer, not %r' % (what, value))
+    if v != value or v < minimum:
+        raise CaffeineError('%s must be an integer >= %d, not %r' % (what, minimum, value))
+    return v
+
+
+def solver_count():
+    """How many solvers train together (1 unless set)."""
+    return _state['solver_count']
+
+
+def set_solver_count(count):
+    _state['solver_count'] = _nonneg_int(count, 'solver count', 1)
+
+
+def solver_rank():
+    """This process's solver index, 0 for the root solver."""
+    return _state['solver_rank']
+
+
+def set_solver_rank(rank):
+    _state['solver_rank'] = _nonneg_int(rank, 'solver rank', 0)
+
+
+def set_multiprocess(multiprocess):
+    """Whether solvers run in separate processes (recorded; caffeine runs one)."""
+    _state['multiprocess'] = bool(multiprocess)
+
+
+def multiprocess():
+    return _state['multiprocess']
+
+
+def has_nccl():
+    """False: caffeine has no NCCL multi-GPU training yet."""
+    return False
+
+
+_NCCL_MESSAGE = ('multi-GPU training with NCCL is not supported by caffeine yet; '
+                 'train on one device (caffe.set_device(i)) per run')
+
+
+class NCCL:
+    """pycaffe's ``caffe.NCCL(solver, uid)``: not supported; raises CaffeineError."""
+
+    def __init__(self, *args, **kwargs):
+        raise CaffeineError(_NCCL_MESSAGE)
+
+    @staticmethod
+    def new_uid():
+        raise CaffeineError(_NCCL_MESSAGE)
+
+
+class Timer:
+    """Caffe's wall-clock timer: ``start()``, ``stop()``, ``ms`` (reading ``ms`` stops a running timer)."""
+
+    def __init__(self):
+        self._start = None
+        self._elapsed = 0.0
+        self._running = False
+        self._has_run = False
+
+    def start(self):
+        if not self._running:
+            self._start = time.perf_counter()
+            self._running = True
+            self._has_run = True
+
+    def stop(self):
+        if self._running:
+            self._elapsed = time.perf_counter() - self._start
+            self._running = False
+
+    @property
+    def ms(self):
+        """Milliseconds between the last start() and stop()."""
+        if not self._has_run:
+            logging.getLogger('caffeine').warning('Timer has never been run before reading time.')
+            return 0.0
+        if self._running:
+            self.stop()
+        return self._elapsed * 1000.0
+
+    @property
+    def seconds(self):
+        return self.ms / 1000.0
+
+    def __repr__(self):
+        return '<Timer %s>' % ('running' if self._running else '%.3f ms' % (self._elapsed * 1000.0))
+
+
+# glog's severities: 0 INFO, 1 WARNING, 2 ERROR, 3 FATAL
+_GLOG_LEVELS = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 3: logging.CRITICAL}
+_logger = logging.getLogger('caffeine')
+_handler = None
+
+
+def init_log(level=0, stderr=False):
+    """Caffe's log set-up: messages of glog severity >= ``level`` (0 INFO ... 3 FATAL)
+    on the 'caffeine' logger; ``stderr=True`` also prints them to standard error."""
+    global _handler
+    lvl = _GLOG_LEVELS.get(int(level), logging.CRITICAL if int(level) > 3 else logging.INFO)
+    _logger.setLevel(lvl)
+    if stderr and _handler is None:
+        _handler = logging.StreamHandler(sys.stderr)
+        _handler.setFormatter(logging.Formatter('%(levelname).1s%(asctime)s %(message)s', '%m%d %H:%M:%S'))
+        _logger.addHandler(_handler)
+    elif not stderr and _handler is not None:
+        _logger.removeHandler(_handler)
+        _handler = None
+
+
+def log(msg):
+    """Log ``msg`` at INFO, as Caffe's LOG(INFO)."""
+    _logger.info(msg)
