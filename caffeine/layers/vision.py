@@ -524,6 +524,16 @@ class PoolingLayer(Layer):
         xp.add(idx, self._c.get('base'), out=idx)
         return idx
 
+    def _dpad(self, dx):
+        """A zeroed gradient buffer of the padded input (dx itself when there is no padding)."""
+        if self.need_pad:
+            dpad = workspace('pool_dpad', self.N * self.C * self.Hx * self.Wx).reshape(
+                self.N, self.C, self.Hx, self.Wx)
+        else:
+            dpad = dx
+        dpad.fill(0)
+        return dpad
+
     def _plane2d(self, a):
         return a.reshape(self.N * self.C, self.H * self.W)
 
@@ -642,21 +652,30 @@ class PoolingLayer(Layer):
                 src = self._src(xp, bottom[0].xdata, -np.inf)
                 ymax = workspace('pool_tmp2', dy.size).reshape(dy.shape)
                 self._max_argmax_into(xp, src, ymax)
-            idx = self._index_in_plane(xp, self._koff())
-            xp.add(idx, self._c.get('plane'), out=idx)
-            n = dx.size
-            xp.clip(idx, 0, n - 1, out=idx)  # only a window of NaN or -inf alone could point outside
-            dx.fill(0)
-            xp.add.at(dx.reshape(-1), idx.reshape(-1), dy.reshape(-1))
+            koff = self._koff()
+            add_at = getattr(xp.add, 'at', None)
+            if add_at is not None:
+                idx = self._index_in_plane(xp, koff)
+                xp.add(idx, self._c.get('plane'), out=idx)
+                xp.clip(idx, 0, dx.size - 1, out=idx)  # only a window of NaN or -inf alone could point outside
+                dx.fill(0)
+                add_at(dx.reshape(-1), idx.reshape(-1), dy.reshape(-1))
+                return
+            # an array module without ufunc.at: one masked add per window offset
+            dpad = self._dpad(dx)
+            tmp = workspace('pool_tmp', dy.size).reshape(dy.shape)
+            eq = workspace('pool_bool', dy.size, np.bool_).reshape(dy.shape)
+            for k, off in enumerate(self.offsets):
+                xp.equal(koff, k, out=eq)
+                xp.multiply(dy, eq, out=tmp)
+                v = self._view(dpad, off)
+                xp.add(v, tmp, out=v)
+            if dpad is not dx:
+                dx[...] = self._interior(dpad)
             return
         shape = dy.shape
         tmp = workspace('pool_tmp', dy.size).reshape(shape)
-        if self.need_pad:
-            dpad = workspace('pool_dpad', self.N * self.C * self.Hx * self.Wx).reshape(
-                self.N, self.C, self.Hx, self.Wx)
-        else:
-            dpad = dx
-        dpad.fill(0)
+        dpad = self._dpad(dx)
         if self.method == _PP.AVE:
             xp.multiply(dy, self._c.get('inv'), out=tmp)
             for off in self.offsets:
