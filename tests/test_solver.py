@@ -592,3 +592,41 @@ def test_debug_info_lines(tmp_path, caplog):
     assert re.search(r'\[Update\] Layer ip1, param 0 data: %s; diff: %s' % (NUM, NUM), text)
     # only on display iterations
     assert text.count('[Update] Layer ip1, param 0') == 1
+
+
+# -- Caffe's example solvers --------------------------------------------------------------------
+def _corpus_solvers():
+    from caffeine.testing import shared_dir
+    s = shared_dir()
+    if s is None:
+        return []
+    root = s / 'caffe-reference' / 'prototxt'
+    return sorted(str(p.relative_to(root)) for p in root.rglob('*.prototxt') if 'base_lr' in p.read_text())
+
+
+@pytest.mark.parametrize('rel', _corpus_solvers() or ['<none>'])
+def test_caffe_example_solvers_are_accepted(rel, tmp_path):
+    from caffeine.solver import LR_POLICIES, solver_class
+    from caffeine.testing import shared_dir
+    if rel == '<none>':
+        pytest.skip('../shared not present')
+    param, _ = load_solver_param(str(shared_dir() / 'caffe-reference' / 'prototxt' / rel))
+    assert param.lr_policy in LR_POLICIES
+    cls = solver_class(param.type)
+    assert issubclass(cls, Solver)
+    # the schedule and the sanity checks run on it (with a tiny stand-in net)
+    (tmp_path / 'net.prototxt').write_text(net_text())
+    p = caffe_pb2.SolverParameter()
+    p.CopyFrom(param)
+    for f in ('net', 'train_net', 'net_param', 'train_net_param'):
+        p.ClearField(f)
+    del p.test_net[:]
+    del p.test_net_param[:]
+    del p.test_iter[:]
+    del p.test_state[:]
+    p.ClearField('snapshot')
+    p.net = str(tmp_path / 'net.prototxt')
+    s = cls(p, source=rel)
+    for it in (0, 1, 1000, max(p.max_iter - 1, 0)):
+        s.iter = it
+        assert s.get_learning_rate() >= 0
