@@ -319,6 +319,14 @@ def test_data_bad_records_surface_with_layer_and_key(tmp_path, case):
     layer.close()
 
 
+def test_synchronous_prefetch_error_repeats(tmp_path):
+    src = _bad_db(tmp_path, b'\xff\xfe junk', at=1)
+    layer, top = data_layer(src, batch=2, phase=TEST, extra='prefetch: 0', name='sync')
+    for _ in range(2):
+        with pytest.raises(DataError, match="layer 'sync' \\(Data\\): .*key '00000001'"):
+            forward(layer, top)
+
+
 def test_prefetch_worker_exception_is_wrapped(tmp_path):
     src = make_lmdb(tmp_path / 'db', images(8))
     layer, top = data_layer(src, batch=2, name='wrapped', extra='prefetch: 2')

@@ -213,7 +213,7 @@ class Prefetcher:
         if self._closed:
             raise DataError('%s: data prefetching is closed' % self.name)
         t0 = time.perf_counter()
-        if self.sync:
+        if self.sync and self._next_out not in self._ready:
             slot = self._free.get()
             slot.error = None
             if not self._build(slot):
