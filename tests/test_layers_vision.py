@@ -259,6 +259,7 @@ def test_convolution_forward_backward(mode, name, bias):
 def test_convolution_column_layouts(mode, monkeypatch, layout, name):
     """Every column layout of the engine (narrow, wide, per-image 1x1) computes the same."""
     monkeypatch.setattr(im2col_mod, 'WIDE_MAX_WASTE', 1e9 if layout.startswith('wide') else 0.0)
+    monkeypatch.setattr(im2col_mod, 'WIDE_MAX_EXTRA', 1e9)
     monkeypatch.setattr(im2col_mod, 'FLIP_BACKWARD', not layout.endswith('col2im'))
     monkeypatch.setattr(im2col_mod, 'FLIP_MIN_CHANNELS', 1)
     monkeypatch.setattr(im2col_mod, 'FLIP_MAX_RATIO', 1e9)

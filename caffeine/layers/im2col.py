@@ -157,8 +157,12 @@ def col2im(xp, col, dx, kernel, pad, stride, dilation, out, pad_buf=None):
     return dx
 
 
-WIDE_MAX_WASTE = 1.5   # wide columns when padded width / output width is at most this
-BATCHED_1X1_MIN = 1024  # 1x1 convolutions: per-image GEMMs (no copies) from this many pixels on
+# Wide columns cost (waste - 1) * M extra multiply-adds per column element in the GEMM
+# (waste = padded width / output width, M = outputs per group) and save a strided gather:
+# worth it while that product is at most WIDE_MAX_EXTRA (and waste at most WIDE_MAX_WASTE).
+WIDE_MAX_WASTE = 1.5
+WIDE_MAX_EXTRA = 8.0
+BATCHED_1X1_MIN = 128   # 1x1 convolutions: per-image GEMMs (no copies) from this many pixels on
 FLIP_BACKWARD = True    # stride-1 gradients to the input as a convolution with the flipped kernel
 FLIP_MIN_CHANNELS = 32  # ... when the input has this many channels per group, and
 FLIP_MAX_RATIO = 1.05   # ... its column matrix is at most this much larger than col2im's
@@ -212,7 +216,8 @@ class ConvEngine:
         if is_1x1:
             self.layout = '1x1'
         elif self.nd >= 1 and self.stride[-1] == 1 and self.out_sp[-1] > 0 \
-                and self.pad_sp[-1] <= WIDE_MAX_WASTE * self.out_sp[-1]:
+                and self.pad_sp[-1] <= WIDE_MAX_WASTE * self.out_sp[-1] \
+                and (self.pad_sp[-1] / self.out_sp[-1] - 1) * self.Mg <= WIDE_MAX_EXTRA:
             self.layout = 'wide'
         else:
             self.layout = 'narrow'
