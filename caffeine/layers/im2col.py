@@ -53,9 +53,22 @@ def workspace(name, size, dtype=_F32):
     buf = d.get(key)
     size = int(size)
     if buf is None or buf.size < size:
-        buf = backend.empty((max(size, 1),), dtype)
+        buf = _aligned(backend.empty((max(size, 1) + _ALIGN,), dtype), max(size, 1))
         d[key] = buf
     return buf[:size]
+
+
+_ALIGN = 64  # bytes: BLAS and SIMD loops run faster on cache-line aligned operands
+
+
+def _aligned(raw, size):
+    """A ``size``-element view of ``raw`` that starts on an _ALIGN-byte boundary."""
+    try:
+        ptr = raw.__array_interface__['data'][0]
+    except AttributeError:  # CuPy: its allocations are already aligned
+        return raw[:size]
+    off = (-ptr % _ALIGN) // raw.itemsize
+    return raw[off:off + size]
 
 
 def clear_workspace():
