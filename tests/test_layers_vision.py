@@ -119,7 +119,8 @@ def ref_deconv(x, W, b, stride, pad, dil, group):
         sl = tuple(slice(k * d, k * d + st * (s - 1) + 1, st) for k, d, st, s in zip(ko, dil, stride, x.shape[2:]))
         for g in range(group):
             w = W[(slice(g * Cg, (g + 1) * Cg), slice(None)) + ko].astype(F64)  # (Cg, Og)
-            y[(slice(None), slice(g * Og, (g + 1) * Og)) + sl] += np.einsum('co,nc...->no...', w, x[:, g * Cg:(g + 1) * Cg])
+            y[(slice(None), slice(g * Og, (g + 1) * Og)) + sl] += np.einsum('co,nc...->no...', w,
+                                                                            x[:, g * Cg:(g + 1) * Cg])
     y = y[(slice(None), slice(None)) + tuple(slice(p, f - p) for p, f in zip(pad, full))]
     if b is not None:
         y = y + b.reshape((1, O) + (1,) * nd)
@@ -394,7 +395,8 @@ def test_convolution_reshape_follows_the_input(mode):
 
 def test_convolution_fillers_and_existing_blobs(mode):
     layer, _, _ = setup_run('type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 '
-                            'weight_filler { type: "constant" value: 0.5 } bias_filler { type: "constant" value: -2 } }',
+                            'weight_filler { type: "constant" value: 0.5 } '
+                            'bias_filler { type: "constant" value: -2 } }',
                             [gauss((1, 2, 5, 5))])
     assert np.all(layer.blobs[0].data == 0.5) and np.all(layer.blobs[1].data == -2)
     # default fillers: constant 0
@@ -690,7 +692,6 @@ def test_pooling_stochastic_train_samples_by_value(mode):
     layer, bottom, top = setup_run('type: "Pooling" pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 }', [x])
     assert top[0].shape == (500, 1, 2, 2)
     np.testing.assert_array_equal(top[0].data[:, 0, 1, 1], x[:, 0, 2, 2])
-    assert np.all(np.isin(top[0].data[:, 0, 0, 1], x[:, 0, :2, 2]).reshape(-1) | True)
     for n in range(0, 500, 97):
         assert top[0].data[n, 0, 0, 1] in x[n, 0, :2, 2]
 

@@ -620,7 +620,7 @@ class PoolingLayer(Layer):
             xp.add(cum, v, out=cum)
             xp.greater_equal(cum, thres, out=hit)
             xp.greater(hit, found, out=hit)  # hit and not found
-            xp.copyto(koff, k, where=hit)
+            xp.copyto(koff, self.koff_dtype(k), where=hit)
             xp.copyto(y, v, where=hit)
             xp.logical_or(found, hit, out=found)
         self._koff_valid = True
