@@ -253,6 +253,18 @@ class Net:
                 tvec.append(self._blobs[tid])
                 tids.append(tid)
                 available[tname] = tid
+            if layer.auto_top_blobs:
+                # Caffe's AutoTopBlobs: a loss layer given no top still gets
+                # one, an anonymous blob that no other layer can name.
+                needed = max(layer.min_top or 0, layer.exact_num_top or 0)
+                while len(tvec) < needed:
+                    tid = len(self._blobs)
+                    self._blobs.append(Blob())
+                    self._blob_names.append('(automatic)')
+                    self.blob_need_backward.append(False)
+                    self.blob_loss_weights_.append(0.0)
+                    tvec.append(self._blobs[tid])
+                    tids.append(tid)
             self.bottom_vecs.append(bvec)
             self.bottom_id_vecs.append(bids)
             self.bottom_need_backward.append(bneed)

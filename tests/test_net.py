@@ -321,3 +321,26 @@ def test_debug_info_logs_like_caffe(caplog):
     text = caplog.text
     assert '[Forward] Layer ip1, top blob ip1 data:' in text
     assert '[Backward] Layer ip2, param blob 0 diff:' in text
+
+
+def test_a_loss_layer_without_top_gets_an_anonymous_one_that_still_counts():
+    # Caffe's AutoTopBlobs: `SoftmaxWithLoss` with no `top` still adds its
+    # loss to the net's, but the blob is not a net output and has no name.
+    text = MLP.replace('top: "loss"', '')
+    assert text != MLP
+    net = Net(text, caffeine.TRAIN)
+    ref = Net(MLP, caffeine.TRAIN)
+    ref.share_with(net)
+    mlp_inputs(net)
+    mlp_inputs(ref)
+    assert net.outputs == [] and net.top_names['loss'] == ['(automatic)']
+    assert net.forward() == {}
+    want = float(ref.forward()['loss'])
+    assert abs(net.forward_prefilled() - want) < 1e-6
+    net.clear_param_diffs()
+    net.backward()
+    got = net.params['ip1'][0].diff.copy()
+    net.clear_param_diffs()
+    ref.backward()
+    assert np.abs(got).sum() > 0
+    np.testing.assert_allclose(got, ref.params['ip1'][0].diff, rtol=1e-5)

@@ -73,6 +73,7 @@ class LossLayer(Layer):
     exact_num_top = None
     min_top = 1
     max_top = 1
+    auto_top_blobs = True
     # Caffe's LossLayer::AllowForceBackward: every bottom but the labels (1).
     allow_force_backward_bottoms = frozenset([0])
     label_bottoms = (1,)
