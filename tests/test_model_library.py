@@ -1,0 +1,98 @@
+"""The model library: every model in models/ has a train_val and a deploy net
+that build, parameters named and shaped like the published Caffe weights,
+and a solver in solvers/ that points at it."""
+import os
+
+import numpy as np
+import pytest
+
+import caffeine
+from caffeine.proto import caffe_pb2
+from caffeine.prototxt import read_net_param, read_solver_param
+from caffeine.solver import solver_class
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# model dir, solver file, learnable parameters of the deploy net (the
+# published counts: LeNet and CIFAR-10 from Caffe's examples, the ImageNet
+# models from their papers / the released .caffemodel files).
+LIBRARY = [
+    ('lenet', 'lenet_solver.prototxt', 431080),
+    ('cifar10_quick', 'cifar10_quick_solver.prototxt', 145578),
+    ('cifar10_full', 'cifar10_full_solver.prototxt', 89578),
+    ('bvlc_reference_caffenet', 'bvlc_reference_caffenet_solver.prototxt', 60965224),
+    ('bvlc_alexnet', 'bvlc_alexnet_solver.prototxt', 60965224),
+    ('bvlc_googlenet', 'bvlc_googlenet_solver.prototxt', 6998552),
+    ('vgg16', 'vgg16_solver.prototxt', 138357544),
+    ('resnet50', 'resnet50_solver.prototxt', 25557032),
+    ('squeezenet1.1', 'squeezenet1.1_solver.prototxt', 1235496),
+]
+
+
+def _small(param, batch=1):
+    """The net with its data layers replaced by Inputs of batch ``batch``
+    (the data they would read lives outside the repository)."""
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(param)
+    for lp in out.layer:
+        if lp.type == 'Data':
+            crop = lp.transform_param.crop_size
+            src = lp.data_param.source
+            c, hw = ((1, 28) if 'mnist' in src else (3, 32) if 'cifar' in src else (3, 256))
+            hw = crop or hw
+            tops, include, name = list(lp.top), list(lp.include), lp.name
+            lp.Clear()
+            lp.name, lp.type = name, 'Input'
+            lp.top.extend(tops)
+            lp.include.extend(include)
+            lp.input_param.shape.add().dim.extend([batch, c, hw, hw])
+            lp.input_param.shape.add().dim.extend([batch])
+        elif lp.type == 'Input':
+            for s in lp.input_param.shape:
+                s.dim[0] = batch
+    return out
+
+
+def _param_shapes(net):
+    return {name: [tuple(b.shape) for b in layer.blobs]
+            for name, layer in zip(net.layer_names, net.layers) if len(layer.blobs)}
+
+
+def _learnable(net):
+    # BatchNorm's blobs (mean, variance, factor) are statistics, not weights.
+    return sum(int(np.prod(b.shape)) for layer in net.layers if layer.type != 'BatchNorm'
+               for b in layer.blobs)
+
+
+@pytest.mark.parametrize('model,solver,nparams', LIBRARY, ids=[m for m, _, _ in LIBRARY])
+def test_model_has_train_val_deploy_and_solver(model, solver, nparams):
+    d = os.path.join(ROOT, 'models', model)
+    sp = read_solver_param(os.path.join(ROOT, 'solvers', solver))
+    assert sp.net == 'models/%s/train_val.prototxt' % model
+    assert os.path.exists(os.path.join(ROOT, sp.net))
+    solver_class(sp.type or 'SGD')  # a known solver type
+    assert sp.max_iter > 0 and sp.base_lr > 0 and sp.test_iter and sp.test_interval > 0
+
+    deploy = caffeine.Net(_small(read_net_param(os.path.join(d, 'deploy.prototxt'))), caffeine.TEST)
+    assert _learnable(deploy) == nparams
+    shapes = _param_shapes(deploy)
+    tv = read_net_param(os.path.join(d, 'train_val.prototxt'))
+    for phase in (caffeine.TRAIN, caffeine.TEST):
+        net = caffeine.Net(_small(tv), phase)
+        if phase == caffeine.TRAIN:
+            assert any(net.blob_loss_weights[o] for o in net.outputs), net.outputs
+        else:
+            assert any('accuracy' in o or 'top-1' in o for o in net.outputs), net.outputs
+        # train_val's parameter layers carry the same names and shapes as
+        # deploy's, so one set of weights serves both.
+        got = _param_shapes(net)
+        for name, s in shapes.items():
+            assert got.get(name) == s, (phase, name)
+        del net
+
+
+def test_lenet_solver_is_caffes():
+    sp = read_solver_param(os.path.join(ROOT, 'solvers', 'lenet_solver.prototxt'))
+    assert (sp.base_lr, sp.momentum, sp.weight_decay, sp.lr_policy, sp.gamma, sp.power) == \
+        (pytest.approx(0.01), pytest.approx(0.9), pytest.approx(0.0005), 'inv', pytest.approx(1e-4), pytest.approx(0.75))
+    assert (sp.test_iter[0], sp.test_interval, sp.max_iter, sp.display) == (100, 500, 10000, 100)
