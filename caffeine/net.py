@@ -207,8 +207,8 @@ class Net:
         self.has_params_lr, self.has_params_decay = [], []
         self._input_blob_indices = []
         available = {}
-        self.before_forward, self.after_forward = [], []
-        self.before_backward, self.after_backward = [], []
+        self._before_forward, self._after_forward = [], []
+        self._before_backward, self._after_backward = [], []
 
         for layer_id, lp in enumerate(param.layer):
             if not lp.HasField('phase'):
@@ -513,24 +513,24 @@ class Net:
         """Run layers start..end inclusive (Caffe's ForwardFromTo); returns the loss."""
         loss = 0.0
         for i in range(start, end + 1):
-            for cb in self.before_forward:
+            for cb in self._before_forward:
                 cb(i)
             loss += self._layers[i].Forward(self.bottom_vecs[i], self.top_vecs[i])
             if self.debug_info:
                 self._forward_debug_info(i)
-            for cb in self.after_forward:
+            for cb in self._after_forward:
                 cb(i)
         return loss
 
     def backward_from_to(self, start, end):
         for i in range(start, end - 1, -1):
-            for cb in self.before_backward:
+            for cb in self._before_backward:
                 cb(i)
             if self.layer_need_backward[i]:
                 self._layers[i].Backward(self.top_vecs[i], self.bottom_need_backward[i], self.bottom_vecs[i])
                 if self.debug_info:
                     self._backward_debug_info(i)
-            for cb in self.after_backward:
+            for cb in self._after_backward:
                 cb(i)
 
     def forward_prefilled(self):
@@ -596,6 +596,105 @@ class Net:
                 blob.diff[...] = arr
         self.backward_from_to(start_ind, end_ind)
         return {out: self.blobs[out].diff for out in outputs}
+
+    # -- pycaffe's batch helpers and hooks -----------------------------------
+    def _batches(self, arrays):
+        """Split {blob: array} into net-sized batches; the last one padded with zeros."""
+        if not arrays:
+            return
+        n = {len(a) for a in arrays.values()}
+        if len(n) != 1:
+            raise CaffeineError('inputs have different numbers of items: %s'
+                                % {k: len(a) for k, a in arrays.items()})
+        n = n.pop()
+        size = self.blobs[next(iter(arrays))].shape[0]
+        for i in range(0, n, size):
+            batch = {}
+            for name, a in arrays.items():
+                chunk = np.asarray(a[i:i + size])
+                if len(chunk) < size:
+                    pad = np.zeros((size - len(chunk),) + chunk.shape[1:], chunk.dtype)
+                    chunk = np.concatenate([chunk, pad])
+                batch[name] = chunk
+            yield batch
+
+    def forward_all(self, blobs=None, **kwargs):
+        """pycaffe's Net.forward_all: forward every item of the inputs given as
+        kwargs, batch by batch; returns {output (and each of ``blobs``): array}
+        with one row per item (the padding of the last batch dropped)."""
+        names = set(self.outputs + list(blobs or []))
+        outs = {name: [] for name in names}
+        for batch in self._batches(kwargs):
+            for name, arr in self.forward(blobs=blobs, **batch).items():
+                outs[name].extend(arr.copy())
+        return self._unpad(outs, kwargs)
+
+    def forward_backward_all(self, blobs=None, diffs=None, **kwargs):
+        """pycaffe's Net.forward_backward_all: kwargs name inputs (forwarded)
+        and outputs (their diffs, backpropagated); returns ({outputs}, {input diffs})."""
+        fwd = {k: v for k, v in kwargs.items() if k in self.inputs}
+        bwd = {k: v for k, v in kwargs.items() if k in self.outputs}
+        other = set(kwargs) - set(fwd) - set(bwd)
+        if other:
+            raise CaffeineError('forward_backward_all: %s are neither net inputs %s nor outputs %s'
+                                % (sorted(other), self.inputs, self.outputs))
+        outs = {name: [] for name in set(self.outputs + list(blobs or []))}
+        grads = {name: [] for name in set(self.inputs + list(diffs or []))}
+        fb = self._batches(fwd)
+        bb = self._batches(bwd)
+        for fbatch in fb:
+            bbatch = next(bb, {})
+            for name, arr in self.forward(blobs=blobs, **fbatch).items():
+                outs[name].extend(arr.copy())
+            for name, arr in self.backward(diffs=diffs, **bbatch).items():
+                grads[name].extend(arr.copy())
+        return self._unpad(outs, fwd), self._unpad(grads, fwd)
+
+    @staticmethod
+    def _unpad(collected, given):
+        out = {k: np.asarray(v) for k, v in collected.items()}
+        if given and out:
+            n = len(next(iter(given.values())))
+            out = {k: v[:n] for k, v in out.items()}
+        return out
+
+    def set_input_arrays(self, data, labels):
+        """pycaffe's Net.set_input_arrays: give the first layer, a MemoryData
+        layer, ``data`` (N x C x H x W) and ``labels`` (N) to serve batch by batch."""
+        if not self._layers or self._layers[0].type != 'MemoryData':
+            raise CaffeineError('set_input_arrays: the first layer must be a MemoryData layer, not %s'
+                                % (self._layers[0].type if self._layers else 'nothing'))
+        self._layers[0].set_input_arrays(data, labels)
+
+    def before_forward(self, fn):
+        """Call ``fn(layer_index)`` before each layer's forward (pycaffe's hook)."""
+        self._before_forward.append(fn)
+
+    def after_forward(self, fn):
+        """Call ``fn(layer_index)`` after each layer's forward."""
+        self._after_forward.append(fn)
+
+    def before_backward(self, fn):
+        """Call ``fn(layer_index)`` before each layer's backward."""
+        self._before_backward.append(fn)
+
+    def after_backward(self, fn):
+        """Call ``fn(layer_index)`` after each layer's backward."""
+        self._after_backward.append(fn)
+
+    def close(self):
+        """Stop the data layers' prefetch threads and close their databases.
+        Idempotent; the net can not read more data afterwards."""
+        for layer in self._layers:
+            close = getattr(layer, 'close', None)
+            if callable(close):
+                close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def reshape(self):
         """Propagate input shape changes through every layer (Caffe's Net::Reshape)."""

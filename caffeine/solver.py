@@ -403,6 +403,18 @@ class Solver:
         """Let ``net`` use this solver's train-net weights (pycaffe's share_weights)."""
         net.share_with(self.net)
 
+    def close(self):
+        """Stop the data layers' prefetch threads of every net; idempotent."""
+        self.net.close()
+        for tn in self.test_nets:
+            tn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     # -- history buffers -------------------------------------------------------------
     def _blob_like(self, p):
         b = Blob()

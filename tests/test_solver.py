@@ -130,7 +130,7 @@ def test_iter_size_accumulates_like_one_big_batch(tmp_path):
             small.net.blobs['data'].data[...] = d
             small.net.blobs['label'].data[...] = lab
             sub['k'] += 1
-    small.net.before_forward.append(feed_small)
+    small.net.before_forward(feed_small)
     attach_feeder(big)
     for _ in range(3):
         small.step(1)
@@ -299,8 +299,8 @@ def test_test_reports_mean_of_outputs(tmp_path, caplog):
             d, l = batch_for(50 + len(seen), 4)
             tn.blobs['data'].data[...] = d
             tn.blobs['label'].data[...] = l
-    tn.before_forward.append(feed)
-    tn.after_forward.append(lambda i: seen.append((float(tn.blobs['acc'].data), float(tn.blobs['loss'].data)))
+    tn.before_forward(feed)
+    tn.after_forward(lambda i: seen.append((float(tn.blobs['acc'].data), float(tn.blobs['loss'].data)))
                             if i == len(tn.layers) - 1 else None)
     res = dict(s.test(0))
     assert len(seen) == 3

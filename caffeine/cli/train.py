@@ -99,18 +99,19 @@ def train_cmd(solver, weights, snapshot, gpu, level, stage, sigint_effect, sighu
     cls = solver_class(param.type, source)
     with SignalHandler(sigint_effect, sighup_effect) as handler:
         s = cls(param, source=source)
-        s.set_action_function(handler.action)
-        s.allow_nan = allow_nan
-        if snapshot:
-            log.info('Resuming from %s', snapshot)
-            s.restore(snapshot)
-        elif weights:
-            copy_layers(s, weights)
-        log.info('Starting Optimization')
-        import numpy as np
-        # a diverging loss is reported by the solver itself, naming the layer
-        with np.errstate(over='ignore', invalid='ignore', divide='ignore'):
-            s.solve(progress=progress)
+        with s:   # the data layers' prefetch threads stop however training ends
+            s.set_action_function(handler.action)
+            s.allow_nan = allow_nan
+            if snapshot:
+                log.info('Resuming from %s', snapshot)
+                s.restore(snapshot)
+            elif weights:
+                copy_layers(s, weights)
+            log.info('Starting Optimization')
+            import numpy as np
+            # a diverging loss is reported by the solver itself, naming the layer
+            with np.errstate(over='ignore', invalid='ignore', divide='ignore'):
+                s.solve(progress=progress)
 
 
 def _load_net(model, phase, weights, level, stage):
