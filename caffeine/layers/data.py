@@ -42,6 +42,14 @@ def _private_rng():
     return np.random.Generator(np.random.PCG64(seed))
 
 
+def _rng_state(rng):
+    return rng.bit_generator.state
+
+
+def _set_rng_state(rng, state):
+    rng.bit_generator.state = state
+
+
 def _solver_split():
     """(solver_count, solver_rank) for multi-GPU record skipping (1, 0 when unknown)."""
     try:
@@ -74,9 +82,48 @@ class BasePrefetchingDataLayer(Layer):
         return DataError(_where(self) + msg)
 
     def _start(self, claim, make, close_hook=None):
+        self._claim_fn, self._make_fn, self._close_hook = claim, make, close_hook
+        self._launch()
+
+    def _launch(self):
+        # The source's state after each claimed batch, so that get_state() can
+        # say where the batches this layer has *served* end, however far the
+        # threads have read ahead.
+        src, claim = self._source, self._claim_fn
+        states = self._states = {}
+        self._initial_state = src.state()
+        self._served = 0
+
+        def claim_and_record(k):
+            job = claim(k)
+            states[k] = src.state()
+            return job
         slots = int(self.layer_param.data_param.prefetch)
-        self._pf = Prefetcher('%r (%s)' % (self.name, self.type), claim, make, slots=slots, close_hook=close_hook)
+        self._pf = Prefetcher('%r (%s)' % (self.name, self.type), claim_and_record, self._make_fn,
+                              slots=slots, close_hook=self._close_hook)
         self._finalizer = weakref.finalize(self, self._pf.close)
+
+    def get_state(self):
+        """Where the next batch starts (position, shuffle order, random state), as plain
+        JSON values: the solver saves it beside each snapshot, so a resumed run
+        reads the same batches as one that never stopped."""
+        if self._pf is None:
+            return None
+        st = self._initial_state if self._served == 0 else self._states[self._served - 1]
+        return {'type': self.type, 'source': st}
+
+    def set_state(self, state):
+        """Continue from a state of get_state(): batches read ahead are dropped."""
+        if not state or state.get('type') != self.type or self._pf is None:
+            raise self.data_error('cannot restore the data position from %r' % (state,))
+        old = self._pf
+        old._close_hook = None          # keep the database open for the new threads
+        self._finalizer.detach()
+        old.close()
+        if old._threads and any(t.is_alive() for t in old._threads):
+            raise self.data_error('a prefetch thread did not stop; cannot restore the data position')
+        self._source.load_state(state['source'])
+        self._launch()
 
     def reshape(self, bottom, top):
         pass   # tops take each batch's shape in forward, as Caffe's BasePrefetchingDataLayer
@@ -85,6 +132,8 @@ class BasePrefetchingDataLayer(Layer):
         if self._pf is None:
             raise self.data_error('forward before setup')
         slot = self._pf.next()
+        self._served += 1
+        self._states.pop(self._served - 2, None)
         try:
             gpu = backend.is_gpu() and slot.on_device
             for i, t in enumerate(top):
@@ -128,14 +177,34 @@ class _DBSource:
         self.offset = 0
         self.rng = None
         self.restarts = 0
+        self.pos = 0        # records from the first one to the cursor
 
     def next(self):
         self.cursor.next()
+        self.pos += 1
         if not self.cursor.valid():
             log.debug('%sRestarting data prefetching from start.', self.where)
             self.restarts += 1
             self.cursor.seek_to_first()
+            self.pos = 0
         self.offset += 1
+
+    def state(self):
+        return {'pos': self.pos, 'offset': self.offset, 'restarts': self.restarts,
+                'rng': _rng_state(self.rng) if self.rng is not None else None}
+
+    def load_state(self, st):
+        self.cursor.seek_to_first()
+        self.pos = 0
+        for _ in range(int(st['pos'])):
+            self.cursor.next()
+            self.pos += 1
+            if not self.cursor.valid():
+                raise DataError('%sthe database has fewer than %d records: cannot restore the position'
+                                % (self.at, int(st['pos']) + 1))
+        self.offset, self.restarts = int(st['offset']), int(st['restarts'])
+        if st.get('rng') is not None:
+            _set_rng_state(self.rng, st['rng'])
 
     def skip_records(self, n):
         for _ in range(n):
@@ -265,6 +334,22 @@ class _ImageListSource:
     def shuffle_lines(self):
         order = self.rng.permutation(len(self.lines))
         self.lines = [self.lines[i] for i in order]
+
+    def state(self):
+        return {'pos': self.pos, 'order': [e[2] for e in self.lines], 'rng': _rng_state(self.rng)}
+
+    def load_state(self, st):
+        by_line = {e[2]: e for e in self.lines}
+        try:
+            lines = [by_line[no] for no in st['order']]
+        except KeyError:
+            raise DataError('%sthe list file %s has changed: cannot restore the position'
+                            % (self.where, self.list_path))
+        if len(lines) != len(self.lines):
+            raise DataError('%sthe list file %s has changed: cannot restore the position'
+                            % (self.where, self.list_path))
+        self.lines, self.pos = lines, int(st['pos'])
+        _set_rng_state(self.rng, st['rng'])
 
     def path_of(self, name):
         return (self.root + name) if self.root else name
@@ -424,6 +509,12 @@ class _WindowSource:
         self.mean_values = mean_values
         self.cache = {} if cache else None
         self.rng = None
+
+    def state(self):
+        return {'rng': _rng_state(self.rng)}
+
+    def load_state(self, st):
+        _set_rng_state(self.rng, st['rng'])
 
     def claim(self, k):
         nb = self.batch_size - self.num_fg
@@ -631,7 +722,25 @@ class HDF5DataLayer(Layer):
             t.reshape((self.batch_size,) + arr.shape[1:])
         self._shapes = [a.shape[1:] for a in self.arrays]
 
-    def _load(self, entry):
+    def get_state(self):
+        """The file order, the file and row being read, and the row order (JSON values)."""
+        return {'type': self.type, 'file_perm': [int(i) for i in self.file_perm],
+                'current_file': int(self.current_file), 'current_row': int(self.current_row),
+                'data_perm': [int(i) for i in self.data_perm]}
+
+    def set_state(self, st):
+        if not st or st.get('type') != self.type or len(st['file_perm']) != len(self.files):
+            raise self.data_error('cannot restore the data position from this state (the file list changed?)')
+        self.file_perm = np.asarray(st['file_perm'])
+        self.current_file = int(st['current_file'])
+        self._load(self.files[self.file_perm[self.current_file]], shuffle=False)
+        if len(st['data_perm']) != self.rows:
+            raise self.data_error('cannot restore the data position: %s changed'
+                                  % self.files[self.file_perm[self.current_file]][0])
+        self.data_perm = np.asarray(st['data_perm'])
+        self.current_row = int(st['current_row'])
+
+    def _load(self, entry, shuffle=True):
         h5py = _h5py()
         path, no = entry
         at = _where(self) + '%s: ' % path
@@ -669,7 +778,7 @@ class HDF5DataLayer(Layer):
         self.rows = num
         self.current_row = 0
         self.data_perm = np.arange(num)
-        if self.shuffle:
+        if self.shuffle and shuffle:
             backend.rng().shuffle(self.data_perm)
 
     def _next_file(self):
