@@ -786,8 +786,9 @@ def main(argv=None):
         have_torch = False
         tinfo = 'PyTorch not installed (pip install torch==2.13.0): timing caffeine alone'
     caffeine.set_mode_cpu()
-    print('caffeine %s on NumPy %s (%s, BLAS threads: default; OPENBLAS_NUM_THREADS=%s)' % (
-        caffeine.__version__, np.__version__, blas_name(), os.environ.get('OPENBLAS_NUM_THREADS', 'unset')))
+    print('caffeine %s on NumPy %s (%s, BLAS threads: default; OPENBLAS_NUM_THREADS=%s, OPENBLAS_CORETYPE=%s)' % (
+        caffeine.__version__, np.__version__, blas_name(), os.environ.get('OPENBLAS_NUM_THREADS', 'unset'),
+        os.environ.get('OPENBLAS_CORETYPE', 'unset (OpenBLAS picks its kernels for the CPU)')))
     print(tinfo)
     print('CPU: %s, %d cores; Python %s' % (cpu_name(), os.cpu_count() or 0, platform.python_version()))
     print('command: python benchmarks/bench_cpu.py %s' % ' '.join(argv if argv is not None else sys.argv[1:]))

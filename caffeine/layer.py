@@ -100,6 +100,11 @@ class Layer:
     allow_force_backward_bottoms = None  # None = all; else a set of indices that may
     # True for layers whose forward needs no gradient bookkeeping (data layers).
     is_data_layer = False
+    # Set by the Net once the graph is known: False when it will never call
+    # this layer's backward (no loss above it, nothing to learn), so forward
+    # may skip saving what only backward needs.  A layer used on its own
+    # keeps True.
+    need_backward = True
 
     def __init__(self, layer_param=None, phase=None):
         from .proto import caffe_pb2

@@ -340,11 +340,28 @@ class Net:
                     self.blob_need_backward[bid] = self.blob_need_backward[bid] or nb
                 for j in range(len(layer.param_propagate_down)):
                     layer.param_propagate_down[j] = True
+        # Layers the Net will never ask for a backward pass may skip keeping
+        # what only backward reads (e.g. BatchNorm's normalized copy).
+        for layer, nb in zip(self._layers, self.layer_need_backward):
+            layer.need_backward = bool(nb)
+        self._find_folds()
         self._output_names = sorted(available)
         self._output_blob_indices = [self._blob_name_to_idx[n] for n in self._output_names]
         self._share_weights()
         self._build_python_views()
         self._memory_used = sum(b.count for b in self._blobs) * 4
+
+    def _find_folds(self):
+        """Pairs of layers that forward runs as one (BatchNorm + Scale at inference)."""
+        from .layers.common import can_fold_batchnorm_scale
+        self._folds = {}
+        if os.environ.get('CAFFEINE_NO_FOLDING', '') not in ('', '0'):
+            return
+        for i in range(len(self._layers) - 1):
+            if can_fold_batchnorm_scale(self._layers[i], self._layers[i + 1],
+                                        self.bottom_id_vecs[i], self.top_id_vecs[i],
+                                        self.bottom_id_vecs[i + 1], self.top_id_vecs[i + 1]):
+                self._folds[i] = i + 1
 
     def _append_param(self, layer_id, j, spec, lr):
         layer = self._layers[layer_id]
@@ -512,10 +529,18 @@ class Net:
     def forward_from_to(self, start, end):
         """Run layers start..end inclusive (Caffe's ForwardFromTo); returns the loss."""
         loss = 0.0
+        folded = None
         for i in range(start, end + 1):
             for cb in self._before_forward:
                 cb(i)
-            loss += self._layers[i].Forward(self.bottom_vecs[i], self.top_vecs[i])
+            if i == folded:
+                pass                     # computed with the layer before it
+            elif i in self._folds and self._folds[i] <= end:
+                from .layers.common import batchnorm_scale_forward
+                batchnorm_scale_forward(self._layers[i], self._layers[i + 1], self.top_vecs[i][0])
+                folded = i + 1
+            else:
+                loss += self._layers[i].Forward(self.bottom_vecs[i], self.top_vecs[i])
             if self.debug_info:
                 self._forward_debug_info(i)
             for cb in self._after_forward:

@@ -344,3 +344,53 @@ def test_a_loss_layer_without_top_gets_an_anonymous_one_that_still_counts():
     ref.backward()
     assert np.abs(got).sum() > 0
     np.testing.assert_allclose(got, ref.params['ip1'][0].diff, rtol=1e-5)
+
+
+BN_SCALE = """
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 4 dim: 5 } } }
+layer { name: "conv" type: "Convolution" bottom: "x" top: "c"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "bn" type: "BatchNorm" bottom: "c" top: "c" batch_norm_param { use_global_stats: true } }
+layer { name: "scale" type: "Scale" bottom: "c" top: "c" scale_param { bias_term: true } }
+layer { name: "relu" type: "ReLU" bottom: "c" top: "c" }
+"""
+
+
+def _bn_scale_net(text=BN_SCALE, phase=caffeine.TEST):
+    net = Net(text, phase)
+    r = np.random.RandomState(3)
+    net.params['bn'][0].data[...] = r.randn(4)
+    net.params['bn'][1].data[...] = r.rand(4) + 0.5
+    net.params['bn'][2].data[...] = 2.0
+    net.params['scale'][0].data[...] = r.randn(4)
+    net.params['scale'][1].data[...] = r.randn(4)
+    net.blobs['x'].data[...] = r.randn(2, 3, 4, 5)
+    return net
+
+
+def test_batchnorm_then_scale_fold_into_one_pass_at_inference():
+    net = _bn_scale_net()
+    assert net._folds == {2: 3}
+    out = net.forward()['c'].copy()
+    # by hand, as the two layers compute it
+    net.forward(end='conv')
+    c = net.blobs['c'].data.copy()
+    mean, var = net.params['bn'][0].data / 2, net.params['bn'][1].data / 2
+    g, b = net.params['scale'][0].data, net.params['scale'][1].data
+    want = np.maximum((c - mean[:, None, None]) / np.sqrt(var[:, None, None] + 1e-5)
+                      * g[:, None, None] + b[:, None, None], 0)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+    # stopping between the two runs BatchNorm alone
+    net.forward(end='bn')
+    np.testing.assert_allclose(net.blobs['c'].data, (c - mean[:, None, None]) / np.sqrt(var[:, None, None] + 1e-5),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_no_folding_where_backward_may_run():
+    assert _bn_scale_net('force_backward: true\n' + BN_SCALE)._folds == {}
+    assert _bn_scale_net(BN_SCALE.replace('use_global_stats: true', 'use_global_stats: false'))._folds == {}
+    # a BatchNorm that is not in place keeps its own top
+    text = BN_SCALE.replace('bottom: "c" top: "c" batch_norm_param', 'bottom: "c" top: "n" batch_norm_param')
+    text = text.replace('bottom: "c" top: "c" scale_param', 'bottom: "n" top: "n" scale_param')
+    text = text.replace('bottom: "c" top: "c" }\n', 'bottom: "n" top: "n" }\n')
+    assert _bn_scale_net(text)._folds == {}

@@ -523,11 +523,15 @@ class EltwiseLayer(Layer):
                 y *= b.xdata
         elif self.op == _EP.SUM:
             c0 = self.coeffs[0]
-            if c0 == 1:
+            rest = 1
+            if c0 == 1 and len(bottom) > 1 and self.coeffs[1] == 1:
+                xp.add(bottom[0].xdata, bottom[1].xdata, out=y)   # one pass for the common case
+                rest = 2
+            elif c0 == 1:
                 y[...] = bottom[0].xdata
             else:
                 xp.multiply(bottom[0].xdata, c0, out=y)
-            for b, c in zip(bottom[1:], self.coeffs[1:]):
+            for b, c in zip(bottom[rest:], self.coeffs[rest:]):
                 if c == 1:
                     y += b.xdata
                 else:
@@ -839,8 +843,16 @@ class BatchNormLayer(Layer):
             raise self.error('bottom %s has %d channels, the layer was set up for %d'
                              % (_shape_str(b.shape), b.shape[1], self.channels))
         top[0].reshape(b.shape)
-        self._x_norm.reshape(b.shape)
+        if self._keeps_x_norm():
+            self._x_norm.reshape(b.shape)
+        elif self._x_norm.count:
+            self._x_norm = Blob()     # not needed after all: give the memory back
         self.shape3 = (b.shape[0], self.channels, b.count_range(2) if b.num_axes > 1 else 1)
+
+    def _keeps_x_norm(self):
+        # backward with batch statistics reads the normalized x; with global
+        # statistics it needs only the std
+        return self.need_backward and not self.use_global_stats
 
     def forward(self, bottom, top):
         xp = backend.get_xp()
@@ -871,7 +883,8 @@ class BatchNormLayer(Layer):
         xp.add(var, self.eps, out=std)
         xp.sqrt(std, out=std)
         y /= std.reshape(1, -1, 1)
-        self._x_norm.xdata[...] = top[0].xdata
+        if self._keeps_x_norm():
+            self._x_norm.xdata[...] = top[0].xdata
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -1022,7 +1035,7 @@ class ScaleLayer(_BroadcastLayer):
         xp = backend.get_xp()
         outer, dim, inner = self.shape3
         learned = len(bottom) == 1
-        if bottom[0] is top[0] and (not learned or self.param_propagate_down[0]):
+        if bottom[0] is top[0] and self.need_backward and (not learned or self.param_propagate_down[0]):
             # in place: keep x for the scale gradient
             self._temp.reshape(bottom[0].shape)
             self._temp.xdata[...] = bottom[0].xdata
@@ -1045,6 +1058,44 @@ class ScaleLayer(_BroadcastLayer):
         if propagate_down[0]:
             s = self._operand(bottom).xdata.reshape(1, dim, 1)
             xp.multiply(dy, s, out=bottom[0].xdiff.reshape(self.shape3))
+
+
+def can_fold_batchnorm_scale(bn, scale, bn_bottom_ids, bn_top_ids, sc_bottom_ids, sc_top_ids):
+    """Whether a BatchNorm with global statistics and the Scale after it can
+    run as one affine pass (inference only): both in place on one blob, the
+    Scale learned per channel, neither ever asked for a backward pass."""
+    if bn.type != 'BatchNorm' or scale.type != 'Scale':
+        return False
+    if bn.need_backward or scale.need_backward or not bn.use_global_stats:
+        return False
+    blob = bn_top_ids[0] if bn_top_ids else None
+    if not (bn_bottom_ids == bn_top_ids == sc_bottom_ids == sc_top_ids == [blob]):
+        return False
+    p = scale.layer_param.scale_param
+    return (len(scale.blobs) == 1 + int(scale.bias_term) and p.axis in (1, -3) and p.num_axes == 1
+            and scale.blobs[0].count == bn.channels)
+
+
+def batchnorm_scale_forward(bn, scale, blob):
+    """y = x * a + b in place, a = gamma / sqrt(var + eps), b = beta - mean * a:
+    BatchNorm (global statistics) then Scale in two passes over the data
+    instead of five.  The same values as the two layers up to float rounding."""
+    xp = backend.get_xp()
+    bn.reshape([blob], [blob])
+    scale.reshape([blob], [blob])
+    s = bn.blobs[2].xdata.reshape(())
+    factor = xp.where(s == 0, _F32(0), _F32(1) / xp.where(s == 0, _F32(1), s)).astype(np.float32)
+    mean = bn.blobs[0].xdata * factor
+    std = bn.blobs[1].xdata * factor
+    std += bn.eps
+    xp.sqrt(std, out=std)
+    a = scale.blobs[0].xdata.reshape(-1) / std
+    b = -mean * a
+    if scale.bias_term:
+        b += scale.blobs[1].xdata.reshape(-1)
+    x3 = blob.xdata.reshape(bn.shape3)
+    xp.multiply(x3, a.reshape(1, -1, 1), out=x3)
+    x3 += b.reshape(1, -1, 1)
 
 
 @register('MVN')
