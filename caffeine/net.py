@@ -439,8 +439,8 @@ class Net:
         """Let blobs whose values are no longer needed share storage (inference only).
 
         Each blob's data lives from the layer that makes it to the last layer
-        that reads it; blobs whose lives do not overlap share one buffer, chosen
-        best-fit by size.  Inputs and outputs keep their own buffers.  Only for
+        that reads it; blobs whose lives do not overlap share one buffer, the
+        largest blobs placed first.  Inputs and outputs keep their own buffers.  Only for
         nets with no backward pass: afterwards an intermediate blob holds its
         value only until a later layer reuses its buffer (read outputs, or
         forward(end=...) to stop at the blob you want).  Returns the bytes saved.
@@ -464,26 +464,29 @@ class Net:
                 if bid in keep or getattr(self._layers[layer_id], 'is_data_layer', False):
                     g[4] = True
         before = sum(g[2] for g in groups.values())
-        plan = sorted((g for g in groups.values() if not g[4]), key=lambda g: (g[0], -g[2]))
-        buffers = []  # [free_after_layer, capacity, [groups]]
+        # Greedy by size: the largest blobs first, each into the smallest buffer
+        # whose blobs' lives do not overlap its own, else a new buffer of its
+        # size (buffers are made largest first, so none ever grows).
+        plan = sorted((g for g in groups.values() if not g[4]), key=lambda g: (-g[2], g[0]))
+        buffers = []  # [capacity, [groups]]
         for g in plan:
             best = None
             for buf in buffers:
-                if buf[0] < g[0] and (best is None or abs(buf[1] - g[2]) < abs(best[1] - g[2])):
-                    best = buf
+                if all(g[0] > h[1] or h[0] > g[1] for h in buf[1]):
+                    if best is None or buf[0] < best[0]:
+                        best = buf
             if best is None:
-                best = [g[1], g[2], []]
+                best = [g[2], []]
                 buffers.append(best)
-            best[0] = g[1]
-            best[1] = max(best[1], g[2])
-            best[2].append(g)
+            best[1].append(g)
         for buf in buffers:
-            mem = SyncedMemory(buf[1])
-            for g in buf[2]:
+            mem = SyncedMemory(buf[0])
+            for g in buf[1]:
                 for bid in g[3]:
                     self._blobs[bid]._set_data_memory(mem)
-        after = sum(g[2] for g in groups.values() if g[4]) + sum(buf[1] for buf in buffers)
+        after = sum(g[2] for g in groups.values() if g[4]) + sum(buf[0] for buf in buffers)
         self.memory_planned = True
+        self._unplanned_bytes = before * 4
         self._planned_saving = (before - after) * 4
         return self._planned_saving
 

@@ -51,9 +51,11 @@ def summarize(net):
 
 
 def memory_report(net):
-    """Bytes held by the net's blobs as planned, and if every blob kept its own buffers.
-
-    Data buffers always count; diff buffers count when the net has a backward pass.
+    """Bytes held by the net's blobs (``blob_bytes``), and what they held before the
+    memory planner let dead blobs share storage (``naive_blob_bytes``; equal when
+    the net is not planned).  Buffers shared anyway (in-place layers, Split tops)
+    count once.  Data buffers always count; diff buffers when the net has a
+    backward pass.
     """
     backward = any(net.layer_need_backward)
     seen, planned = set(), 0
@@ -62,7 +64,9 @@ def memory_report(net):
             if mem is not None and id(mem) not in seen:
                 seen.add(id(mem))
                 planned += mem.capacity * 4
-    naive = sum(b.count for b in net._blobs) * 4 * (2 if backward else 1)
+    naive = getattr(net, '_unplanned_bytes', None) if getattr(net, 'memory_planned', False) else None
+    if naive is None:
+        naive = planned
     param_bytes = sum(b.count for b in net.learnable_params) * 4
     return {'blob_bytes': planned, 'param_bytes': param_bytes, 'naive_blob_bytes': naive}
 
@@ -96,7 +100,7 @@ def format_summary(net):
     lines.append('')
     lines.append('Total: %d layers, %s parameters (%s), %s mult-adds per forward pass'
                  % (len(rows), human_count(tp), human_bytes(tp * 4), human_count(tm)))
-    lines.append('Memory: blobs %s as planned%s, %s if every blob kept its own buffers (%.0f%%); parameters %s'
+    lines.append('Memory: blobs %s%s, %s without the memory planner (%.0f%%); parameters %s'
                  % (human_bytes(mem['blob_bytes']), ' (memory planner on)' if net.memory_planned else '',
                     human_bytes(mem['naive_blob_bytes']),
                     100.0 * mem['blob_bytes'] / max(mem['naive_blob_bytes'], 1), human_bytes(mem['param_bytes'])))

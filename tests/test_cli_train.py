@@ -375,6 +375,26 @@ def test_time_command(in_tmp, capsys, caplog):
     assert any(re.fullmatch(r'      data\tforward: %s ms\.' % NUM, l) for l in lines)  # setw(10)
     for what in ('Average Forward pass', 'Average Backward pass', 'Average Forward-Backward', 'Total Time'):
         assert re.search(r'%s: %s ms\.' % (what, NUM), text), what
+    # a training net keeps every blob; the memory line says so
+    assert re.search(r'Memory: blobs [\d.]+ \w+ \([\d.]+ \w+ without it\), parameters [\d.]+ \w+\.', text)
+
+
+def test_time_command_plans_memory_for_a_test_net(in_tmp, capsys, caplog):
+    (in_tmp / 'deploy.prototxt').write_text('''
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 4 dim: 64 } } }
+layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "ip1" inner_product_param { num_output: 64 } }
+layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2" inner_product_param { num_output: 64 } }
+layer { name: "ip3" type: "InnerProduct" bottom: "ip2" top: "ip3" inner_product_param { num_output: 64 } }
+layer { name: "ip4" type: "InnerProduct" bottom: "ip3" top: "ip4" inner_product_param { num_output: 8 } }
+''')
+    rc, err = cli(['time', '--model', 'deploy.prototxt', '--phase', 'TEST', '--iterations', '1'], capsys)
+    assert rc == 0, err
+    text = '\n'.join(r.getMessage() for r in caplog.records)
+    # data, ip1..ip3 (4 x 64 floats each) and ip4 (4 x 8): ip1 and ip3 can share, ip2 cannot
+    m = re.search(r'Memory: blobs ([\d.]+) KiB with the memory planner \(([\d.]+) KiB without it\)', text)
+    assert m, text[-300:]
+    assert float(m.group(2)) == pytest.approx((4 * 64 * 4 + 4 * 8) * 4 / 1024, abs=0.06)
+    assert float(m.group(1)) == pytest.approx((3 * 4 * 64 + 4 * 8) * 4 / 1024, abs=0.06)
 
 
 @pytest.mark.parametrize('db_backend', ['lmdb', 'leveldb'])

@@ -394,3 +394,41 @@ def test_no_folding_where_backward_may_run():
     text = text.replace('bottom: "c" top: "c" scale_param', 'bottom: "n" top: "n" scale_param')
     text = text.replace('bottom: "c" top: "c" }\n', 'bottom: "n" top: "n" }\n')
     assert _bn_scale_net(text)._folds == {}
+
+
+def _deploy(model, batch):
+    import os
+    from caffeine.prototxt import read_net_param
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = read_net_param(os.path.join(root, 'models', model, 'deploy.prototxt'))
+    for lp in p.layer:
+        if lp.type == 'Input':
+            lp.input_param.shape[0].dim[0] = batch
+    return p
+
+
+@pytest.mark.parametrize('model', ['bvlc_reference_caffenet', 'resnet50'])
+def test_memory_planner_shares_dead_blobs_and_keeps_the_outputs(model):
+    from caffeine.summary import memory_report
+    caffeine.set_random_seed(0)
+    planned = Net(_deploy(model, 2), caffeine.TEST, memory_plan=True)
+    plain = Net(_deploy(model, 2), caffeine.TEST)
+    plain.share_with(planned)
+    for name, layer in planned.layer_dict.items():
+        if layer.type == 'BatchNorm':   # sane statistics for a random net
+            layer.blobs[0].data[...] = 0
+            layer.blobs[1].data[...] = 1
+            layer.blobs[2].data[...] = 1
+    assert planned.memory_planned and not plain.memory_planned
+    rep = memory_report(planned)
+    assert rep['blob_bytes'] <= 0.6 * rep['naive_blob_bytes']
+    assert memory_report(plain)['blob_bytes'] == rep['naive_blob_bytes']
+    x = np.random.RandomState(1).rand(*planned.blobs['data'].shape).astype(np.float32) * 50
+    out = planned.forward(data=x)['prob'].copy()
+    np.testing.assert_array_equal(out, plain.forward(data=x)['prob'])
+    np.testing.assert_array_equal(planned.forward(data=x)['prob'], out)   # and again: buffers reused
+
+
+def test_memory_planner_leaves_nets_with_a_backward_pass_alone():
+    net = Net(MLP, caffeine.TRAIN)
+    assert net.plan_memory() == 0 and not net.memory_planned

@@ -114,12 +114,12 @@ def train_cmd(solver, weights, snapshot, gpu, level, stage, sigint_effect, sighu
                 s.solve(progress=progress)
 
 
-def _load_net(model, phase, weights, level, stage):
+def _load_net(model, phase, weights, level, stage, memory_plan=False):
     import caffeine
     from ..prototxt import _looks_like_path
     if _looks_like_path(model) and not os.path.exists(model):
         raise CaffeineError('--model %s: no such file' % model)
-    net = caffeine.Net(model, phase, level=level, stages=_stages(stage))
+    net = caffeine.Net(model, phase, level=level, stages=_stages(stage), memory_plan=memory_plan)
     for w in _split_weights(weights):
         res = net.copy_from(w)
         if not res['copied']:
@@ -187,7 +187,9 @@ def time_cmd(model, weights, iterations, gpu, phase, level, stage):
     if iterations < 1:
         raise CaffeineError('time: --iterations must be at least 1')
     use_gpus(parse_gpus(gpu), 'time')
-    net = _load_net(model, caffeine.TRAIN if phase == 'TRAIN' else caffeine.TEST, weights, level, stage)
+    # a TEST net without a backward pass runs with the memory planner, as deployed
+    net = _load_net(model, caffeine.TRAIN if phase == 'TRAIN' else caffeine.TEST, weights, level, stage,
+                    memory_plan=(phase != 'TRAIN'))
     log.info('Performing Forward')
     initial_loss = net.forward_prefilled()
     log.info('Initial loss: %g', initial_loss)
@@ -230,6 +232,11 @@ def time_cmd(model, weights, iterations, gpu, phase, level, stage):
     log.info('Average Forward-Backward: %g ms.', total * 1000 / iterations)
     log.info('Total Time: %g ms.', total * 1000)
     log.info('*** Benchmark ends ***')
+    from ..summary import human_bytes, memory_report
+    mem = memory_report(net)
+    log.info('Memory: blobs %s%s (%s without it), parameters %s.', human_bytes(mem['blob_bytes']),
+             ' with the memory planner' if net.memory_planned else '', human_bytes(mem['naive_blob_bytes']),
+             human_bytes(mem['param_bytes']))
 
 
 # -- extract_features ----------------------------------------------------------------
