@@ -12,9 +12,13 @@ once with JPEG-encoded ones (quality 90), and times the Data layer at TRAIN with
 ``crop_size: 227 mirror: true`` (plus mean_value and scale, as a real net would):
 forward after forward, so the figure is what the prefetch threads deliver.
 
-The last part trains a small net (Data -> conv -> relu -> pool -> ip -> loss) with
-``caffeine.get_solver`` on the JPEG database and reports the share of each step
-that the Data layer's forward spent waiting for a batch (0 % when decoding keeps up).
+The last part trains with ``caffeine.get_solver`` and reports the share of each
+step that the Data layer's forward spent waiting for a batch (0 % when the
+prefetch threads keep up): a small net (Data -> conv -> relu -> pool -> ip ->
+loss) on the JPEG database, and the model library's LeNet and CIFAR10-quick
+(``models/*/train_val.prototxt``, their Data layers pointed at temporary
+databases of synthetic 28x28 grey and 32x32 colour raw Datums, as
+``caffeine data mnist`` and ``caffeine data cifar10`` write them).
 """
 from __future__ import annotations
 
@@ -104,12 +108,56 @@ def time_layer(source, batch, prefetch, seconds, warmup=2):
         layer.close()
 
 
-def train_share(source, batch, steps):
-    """Share of a training step that the Data layer spent waiting (needs caffeine.get_solver)."""
+def build_small_db(path, n, channels, size, seed=0):
+    """Raw uint8 Datums of channels x size x size (as convert_mnist_data / convert_cifar_data)."""
+    rng = np.random.default_rng(seed)
+    with DBWriter(path, 'lmdb') as w:
+        for i in range(n):
+            d = caffe_pb2.Datum(channels=channels, height=size, width=size, label=int(i % 10))
+            d.data = rng.integers(0, 256, (channels, size, size), dtype=np.uint8).tobytes()
+            w.put(b'%05d' % i, d.SerializeToString())
+
+
+def model_share(model, tmp, steps):
+    """(waiting share, s/step) of training models/<model>/train_val.prototxt on synthetic data."""
+    from caffeine import get_solver
+    from caffeine.prototxt import read_net_param
+    root = Path(__file__).resolve().parents[1]
+    param = read_net_param(str(root / 'models' / model / 'train_val.prototxt'))
+    channels, size = (1, 28) if model == 'lenet' else (3, 32)
+    src = str(tmp / (model + '_lmdb'))
+    build_small_db(src, 2000, channels, size)
+    for lp in param.layer:
+        if lp.type == 'Data':
+            lp.data_param.source = src
+            if lp.transform_param.mean_file:          # no mean file here: the CIFAR-10 means
+                lp.transform_param.ClearField('mean_file')
+                lp.transform_param.mean_value.extend([125.3, 123.0, 113.9])
+    return _solver_share(param, steps)
+
+
+def _solver_share(net_param, steps):
+    from caffeine import get_solver
+    sp = caffe_pb2.SolverParameter()
+    sp.net_param.CopyFrom(net_param)
+    sp.base_lr, sp.lr_policy, sp.momentum, sp.max_iter = 0.001, 'fixed', 0.9, 10 ** 6
+    sp.display, sp.snapshot_after_train = 0, False
+    sp.type = 'SGD'
+    solver = get_solver(sp)
+    layer = solver.net.layer_by_name('data')
     try:
-        from caffeine import get_solver
-    except (ImportError, AttributeError):
-        return None
+        solver.step(2)                      # warm-up
+        w0 = layer.wait_time
+        t0 = time.perf_counter()
+        solver.step(steps)
+        dt = time.perf_counter() - t0
+        return (layer.wait_time - w0) / dt, dt / steps
+    finally:
+        solver.close()
+
+
+def train_share(source, batch, steps):
+    """Share of a training step that the Data layer spent waiting."""
     net = '''
 name: "small"
 layer { name: "data" type: "Data" top: "data" top: "label"
@@ -123,22 +171,7 @@ layer { name: "ip" type: "InnerProduct" bottom: "pool" top: "ip"
         inner_product_param { num_output: 1000 weight_filler { type: "xavier" } } }
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
 ''' % (source, batch)
-    sp = caffe_pb2.SolverParameter()
-    sp.net_param.CopyFrom(text_format.Parse(net, caffe_pb2.NetParameter()))
-    sp.base_lr, sp.lr_policy, sp.momentum, sp.max_iter = 0.001, 'fixed', 0.9, 10 ** 6
-    sp.display, sp.snapshot_after_train = 0, False
-    sp.type = 'SGD'
-    solver = get_solver(sp)
-    layer = solver.net.layer_by_name('data') if hasattr(solver.net, 'layer_by_name') else solver.net.layers[0]
-    try:
-        solver.step(2)                      # warm-up
-        w0 = layer.wait_time
-        t0 = time.perf_counter()
-        solver.step(steps)
-        dt = time.perf_counter() - t0
-        return (layer.wait_time - w0) / dt, dt / steps
-    finally:
-        layer.close()
+    return _solver_share(text_format.Parse(net, caffe_pb2.NetParameter()), steps)
 
 
 def main(argv=None):
@@ -179,15 +212,13 @@ def main(argv=None):
                   'db built in %.1f s)' % (kind, ips, size / 1024, 100 * wait, build))
         if not args.no_train:
             # The share of a training step waiting for data, with caffeine's solver.
-            r = train_share(str(tmp / 'jpeg_lmdb'), args.batch_size, args.steps)
-            if r is None:
-                # TODO(training engineer): caffeine.get_solver is missing in this checkout; time
-                # solver.step() here and divide the Data layer's wait_time by the step time.
-                print('  training: skipped (caffeine.get_solver not available)')
-            else:
-                share, step = r
-                print('  training (JPEG, small conv net, SGD): %.0f ms/step, %.1f%% of each step waiting for data'
-                      % (1000 * step, 100 * share))
+            share, step = train_share(str(tmp / 'jpeg_lmdb'), args.batch_size, args.steps)
+            print('  training (JPEG, small conv net, SGD): %.0f ms/step, %.1f%% of each step waiting for data'
+                  % (1000 * step, 100 * share))
+            for model, what in (('lenet', 'LeNet, batch 64'), ('cifar10_quick', 'CIFAR10-quick, batch 100')):
+                share, step = model_share(model, tmp, max(args.steps, 20) if not args.quick else 3)
+                print('  training (%s, raw Datums): %.1f ms/step, %.1f%% of each step waiting for data'
+                      % (what, 1000 * step, 100 * share))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
