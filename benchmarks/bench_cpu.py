@@ -46,7 +46,7 @@ import models as M  # noqa: E402
 import numpy as np  # noqa: E402
 
 import caffeine  # noqa: E402
-from caffeine.summary import layer_macs, memory_report, human_bytes  # noqa: E402
+from caffeine.summary import layer_macs, memory_report  # noqa: E402
 
 TARGETS = {'lenet': 1.0, 'cifar10_quick': 1.0, 'caffenet': 1.2, 'resnet50': 1.2}
 GEMM_FUNCS = ('dot', 'matmul', 'tensordot', 'einsum', 'inner', 'vdot')

@@ -120,7 +120,6 @@ def build_small_db(path, n, channels, size, seed=0):
 
 def model_share(model, tmp, steps):
     """(waiting share, s/step) of training models/<model>/train_val.prototxt on synthetic data."""
-    from caffeine import get_solver
     from caffeine.prototxt import read_net_param
     root = Path(__file__).resolve().parents[1]
     param = read_net_param(str(root / 'models' / model / 'train_val.prototxt'))

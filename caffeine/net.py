@@ -17,7 +17,6 @@ import os
 
 import numpy as np
 
-from . import backend
 from .blob import Blob
 from .errors import CaffeineError, GraphError, LayerError
 from .layer import create_layer

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from .errors import WeightsError, CaffeineError
+from .errors import WeightsError
 from .proto import caffe_pb2
 from .utils import atomic_write
 

@@ -237,7 +237,6 @@ def test_data_train_transform_and_determinism(tmp_path, monkeypatch):
 
     a = run(1)
     b = run(4)
-    mirrored = 0
     for (da, la), (db_, lb) in zip(a, b):
         np.testing.assert_array_equal(da, db_)
         np.testing.assert_array_equal(la, lb)

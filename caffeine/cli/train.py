@@ -11,7 +11,7 @@ import time as _time
 
 import click
 
-from ..errors import CaffeineError, SolverError
+from ..errors import CaffeineError
 from .device import parse_gpus, use_gpus
 
 log = logging.getLogger('caffeine')

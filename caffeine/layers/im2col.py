@@ -452,7 +452,6 @@ class ConvEngine:
         if self.flip_ok:
             return self._flip_engine().forward(xp, self._flipped_weights(xp, W), dy, dx, None)
         for n0, n1 in self.chunks():
-            nb = n1 - n0
             d = self._load(xp, dy, n0, n1)
             self._data_from(xp, W3, d, dx, n0, n1)
         return dx

@@ -205,7 +205,6 @@ class SoftmaxWithLossLayer(LossLayer):
         self.check_label_propagation(propagate_down)
         if not propagate_down[0]:
             return
-        xp = backend.get_xp()
         d = bottom[0].xdiff
         d[...] = self.prob.xdata
         idx, valid = self._indices(bottom)

@@ -409,7 +409,6 @@ class ExpLayer(NeuronLayer):
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        xp = backend.get_xp()
         y, dy, dx = top[0].xdata, top[0].xdiff, bottom[0].xdiff
         g = dy * y
         if self.inner_scale != 1:
