@@ -176,6 +176,9 @@ def col2im(xp, col, dx, kernel, pad, stride, dilation, out, pad_buf=None):
 WIDE_MAX_WASTE = 1.5
 WIDE_MAX_EXTRA = 8.0
 BATCHED_1X1_MIN = 128   # 1x1 convolutions: per-image GEMMs (no copies) from this many pixels on
+CHWN = True             # batch-innermost columns where the layout would otherwise be narrow,
+CHWN_MAX_ROW = 16       # ... for output rows of at most this many values (stride 1)
+CHWN_MIN_IMAGES = 8     # ... and chunks of at least this many images
 FLIP_BACKWARD = True    # stride-1 gradients to the input as a convolution with the flipped kernel
 FLIP_MIN_CHANNELS = 32  # ... when the input has this many channels per group, and
 FLIP_MAX_RATIO = 1.05   # ... its column matrix is at most this much larger than col2im's
@@ -198,6 +201,11 @@ class ConvEngine:
       wide as the padded input, so that every column row is a contiguous run of the
       padded input (``as_strided`` of long runs; col2im adds long runs); the extra
       columns are computed and dropped (their top gradients are zero);
+    - ``'chwn'`` (in place of narrow for chunks of several images): columns
+      ``(c, k.., o.., n)``, the image index innermost.  The input is first copied
+      (padded) to ``(C, *padded, nb)``; then every column row is a run of
+      ``OUT_last * nb`` (stride 1) or ``nb`` contiguous values, for im2col and
+      col2im alike, where narrow has runs of ``OUT_last`` values at best;
     - ``'1x1'`` (kernel 1, stride 1, no pad): the input is its own column matrix; with
       at least BATCHED_1X1_MIN pixels per image, per-image GEMMs in one batched matmul,
       with no copy at all; below, one GEMM over the transposed batch.
@@ -249,6 +257,13 @@ class ConvEngine:
         nb = max(CHUNK_TARGET_MB * (1 << 20) // 4 // per_image, -(-CHUNK_MIN_COLS // max(self.OUTc, 1)))
         nb = min(nb, _ws_limit_floats() // per_image)
         self.chunk = max(1, min(self.N, nb))
+        # NumPy's copies and adds run an inner loop over the last axis: OUT_last
+        # values for narrow columns, OUT_last * nb for batch-innermost ones at
+        # stride 1 (but only nb at larger strides).  Worth the two transposing
+        # copies (input in, output out) when the rows are short and the chunk long.
+        if self.layout == 'narrow' and CHWN and self.stride[-1] == 1 and self.out_sp[-1] <= CHWN_MAX_ROW \
+                and self.chunk >= CHWN_MIN_IMAGES:
+            self.layout = 'chwn'      # same columns per image and chunk size, another order
         # strides (in elements) of the padded input's spatial axes
         self._pstr = tuple(_prod(self.pad_sp[i + 1:]) for i in range(self.nd))
         self.ext = tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel))
@@ -290,6 +305,29 @@ class ConvEngine:
         buf = workspace('conv_pad', n + self.slack)
         return buf, buf[:n].reshape((nb, self.in_ch) + self.pad_sp)
 
+    def _chwn_buffer(self, nb):
+        """Flat workspace for the padded chunk in (in_ch, *pad_sp, nb) order, and a view of it
+        indexed (nb, in_ch, *pad_sp), for pad_into."""
+        n = nb * self.in_ch * self.P
+        flat = workspace('conv_pad', n)
+        t = flat.reshape((self.in_ch,) + self.pad_sp + (nb,))
+        return flat, t.transpose((self.nd + 1, 0) + tuple(range(1, self.nd + 1)))
+
+    def _chwn_windows(self, xp, flat, nb, koffs=None):
+        """View of the (in_ch, *pad_sp, nb) buffer as (in_ch, *kernel, *out_sp, nb), or, for one
+        kernel offset ``koffs``, as (in_ch, *out_sp, nb)."""
+        it = flat.itemsize
+        sp = tuple(ps * nb * it for ps in self._pstr)      # padded spatial strides, in bytes
+        ostr = tuple(s * t for s, t in zip(self.stride, sp))
+        if koffs is None:
+            shape = (self.in_ch,) + self.kernel + self.out_sp + (nb,)
+            strides = (self.P * nb * it,) + tuple(d * t for d, t in zip(self.dilation, sp)) + ostr + (it,)
+            return as_strided(xp, flat, shape, strides)
+        start = sum(k * d * ps for k, d, ps in zip(koffs, self.dilation, self._pstr)) * nb
+        shape = (self.in_ch,) + self.out_sp + (nb,)
+        strides = (self.P * nb * it,) + ostr + (it,)
+        return as_strided(xp, flat[start:], shape, strides)
+
     def _wide_view(self, xp, flat, nb, start=0):
         """(nb, C, *col_sp) view of a flat padded buffer from element ``start``:
         [n, c, o.., w] is flat[start + n*C*P + c*P + sum o_i*s_i*pstr_i + w]."""
@@ -308,6 +346,10 @@ class ConvEngine:
         col = workspace('conv_col', self.CK * nb * self.OUTc)
         if self.layout == '1x1':
             col.reshape(self.CK, nb, self.OUT)[...] = xs.reshape(nb, self.CK, self.OUT).transpose(1, 0, 2)
+        elif self.layout == 'chwn':
+            flat, xt = self._chwn_buffer(nb)
+            pad_into(xp, xs, xt, self.pad)
+            col.reshape((self.in_ch,) + self.kernel + self.out_sp + (nb,))[...] = self._chwn_windows(xp, flat, nb)
         elif self.layout == 'wide':
             flat, xpad = self._pad_buffer(nb)
             pad_into(xp, xs, xpad, self.pad)
@@ -335,6 +377,15 @@ class ConvEngine:
         if self.layout == '1x1':
             dxs.reshape(nb, self.CK, self.OUT)[...] = col.reshape(self.CK, nb, self.OUT).transpose(1, 0, 2)
             return
+        if self.layout == 'chwn':
+            col = col.reshape((self.in_ch, self.K) + self.out_sp + (nb,))
+            flat, dt = self._chwn_buffer(nb)
+            flat.fill(0)
+            for j, ko in enumerate(kernel_offsets(self.kernel)):
+                dst = self._chwn_windows(xp, flat, nb, ko)
+                xp.add(dst, col[:, j], out=dst)
+            dxs[...] = dt[(slice(None), slice(None)) + tuple(slice(p, p + s) for p, s in zip(self.pad, self.in_sp))]
+            return
         col = col.reshape((self.in_ch,) + self.kernel + (nb,) + self.col_sp)
         if self.layout == 'narrow':
             pad_buf = self._pad_buffer(nb)[0] if any(self.pad) else None
@@ -354,12 +405,15 @@ class ConvEngine:
         """Where a GEMM writes the output side of images n0:n1: a view of y when the
         layout allows (one image, narrow), else the 'conv_out' workspace."""
         nb = n1 - n0
-        if nb == 1 and self.layout != 'wide':
+        if nb == 1 and self.layout not in ('wide', 'chwn'):
             return y[n0:n1].reshape(self.out_ch, self.OUT)
         return workspace('conv_out', self.out_ch * nb * self.OUTc).reshape(self.out_ch, nb * self.OUTc)
 
     def _cropped(self, o, nb):
         """The (out_ch, nb, *out_sp) values of an output matrix (wide: the kept columns)."""
+        if self.layout == 'chwn':
+            o = o.reshape((self.out_ch,) + self.out_sp + (nb,))
+            return o.transpose((0, self.nd + 1) + tuple(range(1, self.nd + 1)))
         o = o.reshape((self.out_ch, nb) + self.col_sp)
         if self.layout == 'wide':
             o = o[..., :self.out_sp[-1]]
@@ -384,9 +438,13 @@ class ConvEngine:
         """The output-side values dy[n0:n1] as an (out_ch, nb * OUTc) matrix (wide: the
         dropped columns zero)."""
         nb = n1 - n0
-        if nb == 1 and self.layout != 'wide':
+        if nb == 1 and self.layout not in ('wide', 'chwn'):
             return dy[n0:n1].reshape(self.out_ch, self.OUT)
         buf = workspace('conv_out', self.out_ch * nb * self.OUTc)
+        if self.layout == 'chwn':
+            b = buf.reshape((self.out_ch,) + self.out_sp + (nb,))
+            b[...] = dy[n0:n1].transpose(tuple(range(1, self.nd + 2)) + (0,))
+            return buf.reshape(self.out_ch, nb * self.OUTc)
         b = buf.reshape((self.out_ch, nb) + self.col_sp)
         if self.layout == 'wide':
             b[..., self.out_sp[-1]:] = 0
