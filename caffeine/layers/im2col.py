@@ -234,8 +234,17 @@ class ConvEngine:
         is_1x1 = all(k == 1 for k in self.kernel) and all(s == 1 for s in self.stride) \
             and all(p == 0 for p in self.pad)
         self.batched_1x1 = is_1x1 and self.OUT >= BATCHED_1X1_MIN
+        # NumPy's copies and adds run an inner loop over the last axis: OUT_last
+        # values for narrow columns, OUT_last * nb for batch-innermost ones at
+        # stride 1 (but only nb at larger strides).  Batch-innermost columns are
+        # worth their two transposing copies (input in, output out) when the
+        # rows are short and the chunk long; then they beat wide columns too.
+        chwn = (CHWN and not is_1x1 and self.nd >= 1 and self.stride[-1] == 1
+                and self.out_sp[-1] <= CHWN_MAX_ROW and self._chunk_for(self.OUT) >= CHWN_MIN_IMAGES)
         if is_1x1:
             self.layout = '1x1'
+        elif chwn:
+            self.layout = 'chwn'
         elif self.nd >= 1 and self.stride[-1] == 1 and self.out_sp[-1] > 0 \
                 and self.pad_sp[-1] <= WIDE_MAX_WASTE * self.out_sp[-1] \
                 and (self.pad_sp[-1] / self.out_sp[-1] - 1) * self.Mg <= WIDE_MAX_EXTRA:
@@ -250,20 +259,7 @@ class ConvEngine:
             self.col_sp = self.out_sp
             self.slack = 0
         self.OUTc = _prod(self.col_sp)
-        # images per chunk: a column matrix of about CHUNK_TARGET_MB (it stays in cache
-        # for the GEMM), but at least CHUNK_MIN_COLS columns (GEMM efficiency), and never
-        # more than the workspace limit
-        per_image = max(self.CK * self.OUTc, 1)
-        nb = max(CHUNK_TARGET_MB * (1 << 20) // 4 // per_image, -(-CHUNK_MIN_COLS // max(self.OUTc, 1)))
-        nb = min(nb, _ws_limit_floats() // per_image)
-        self.chunk = max(1, min(self.N, nb))
-        # NumPy's copies and adds run an inner loop over the last axis: OUT_last
-        # values for narrow columns, OUT_last * nb for batch-innermost ones at
-        # stride 1 (but only nb at larger strides).  Worth the two transposing
-        # copies (input in, output out) when the rows are short and the chunk long.
-        if self.layout == 'narrow' and CHWN and self.stride[-1] == 1 and self.out_sp[-1] <= CHWN_MAX_ROW \
-                and self.chunk >= CHWN_MIN_IMAGES:
-            self.layout = 'chwn'      # same columns per image and chunk size, another order
+        self.chunk = self._chunk_for(self.OUTc)
         # strides (in elements) of the padded input's spatial axes
         self._pstr = tuple(_prod(self.pad_sp[i + 1:]) for i in range(self.nd))
         self.ext = tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel))
@@ -276,6 +272,15 @@ class ConvEngine:
             self.flip_ok = f.out_ch * f.OUTc <= FLIP_MAX_RATIO * self.in_ch * self.OUTc
             if not self.flip_ok:
                 self._flip = None
+
+    def _chunk_for(self, cols_per_image):
+        """Images per chunk: a column matrix of about CHUNK_TARGET_MB (it stays in cache
+        for the GEMM), but at least CHUNK_MIN_COLS columns (GEMM efficiency), and never
+        more than the workspace limit."""
+        per_image = max(self.CK * cols_per_image, 1)
+        nb = max(CHUNK_TARGET_MB * (1 << 20) // 4 // per_image, -(-CHUNK_MIN_COLS // max(cols_per_image, 1)))
+        nb = min(nb, _ws_limit_floats() // per_image)
+        return max(1, min(self.N, nb))
 
     def _flip_engine(self):
         """The engine of the convolution that maps dy to dx (see the class doc)."""
