@@ -1,0 +1,103 @@
+"""A/B of the convolution engine's column layouts on the convolutions of the
+benchmark nets, in one process (the machine's noise hits both sides alike).
+
+    python benchmarks/conv_layouts.py                      # batch-innermost columns off vs on
+    python benchmarks/conv_layouts.py --cases lenet_conv2 --variants CHWN=0 CHWN=1,CHWN_MAX_ROW=64
+
+Each variant sets module constants of ``caffeine.layers.im2col`` (``CHWN``,
+``CHWN_MAX_ROW``, ``CHWN_MIN_IMAGES``, ``WIDE_MAX_WASTE``, ``FLIP_BACKWARD``,
+...) while its layer is set up; the layers are then timed in turn, forward and
+backward (to the data and the weights), and the best of ``--reps`` is printed
+with the layout the engine chose.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # this checkout's caffeine
+
+import caffeine  # noqa: E402
+import caffeine.layers.im2col as im2col  # noqa: E402
+from caffeine.blob import Blob  # noqa: E402
+from caffeine.testing import make_layer  # noqa: E402
+
+
+def _conv(nout, k, pad=0, group=1, bias=True):
+    return ('type: "Convolution" convolution_param { num_output: %d kernel_size: %d pad: %d group: %d '
+            'bias_term: %s weight_filler { type: "gaussian" std: 0.01 } }'
+            % (nout, k, pad, group, 'true' if bias else 'false'))
+
+
+# name: (layer, bottom shape) -- the convolutions of the benchmark nets, at their batch sizes
+CASES = {
+    'lenet_conv2': (_conv(50, 5), (64, 20, 12, 12)),
+    'cifar_conv1': (_conv(32, 5, 2), (100, 3, 32, 32)),
+    'cifar_conv2': (_conv(32, 5, 2), (100, 32, 16, 16)),
+    'cifar_conv3': (_conv(64, 5, 2), (100, 32, 8, 8)),
+    'caffenet_conv2': (_conv(256, 5, 2, 2), (10, 96, 27, 27)),
+    'caffenet_conv3': (_conv(384, 3, 1), (10, 256, 13, 13)),
+    'res3_3x3': (_conv(128, 3, 1, bias=False), (8, 128, 28, 28)),
+    'res4_3x3': (_conv(256, 3, 1, bias=False), (8, 256, 14, 14)),
+    'res5_3x3': (_conv(512, 3, 1, bias=False), (8, 512, 7, 7)),
+}
+
+
+def _settings(spec):
+    out = {}
+    for kv in filter(None, spec.split(',')):
+        k, v = kv.split('=')
+        cur = getattr(im2col, k)
+        out[k] = (v not in ('0', 'false', 'False')) if isinstance(cur, bool) else type(cur)(float(v))
+    return out
+
+
+def _build(text, shape, settings, rng):
+    saved = {k: getattr(im2col, k) for k in settings}
+    try:
+        for k, v in settings.items():
+            setattr(im2col, k, v)
+        layer = make_layer(text)
+        bottom, top = Blob(shape), Blob()
+        bottom.data[...] = rng.standard_normal(shape)
+        layer.SetUp([bottom], [top])
+    finally:
+        for k, v in saved.items():
+            setattr(im2col, k, v)
+    top.diff[...] = rng.standard_normal(top.shape)
+    return layer, bottom, top
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap.add_argument('--cases', default=','.join(CASES), help='comma-separated: ' + ', '.join(CASES))
+    ap.add_argument('--variants', nargs='+', default=['CHWN=0', 'CHWN=1'])
+    ap.add_argument('--reps', type=int, default=15)
+    args = ap.parse_args(argv)
+    caffeine.set_mode_cpu()
+    rng = np.random.default_rng(0)
+    print('best of %d, ms (forward / backward to data and weights); [layout chosen]' % args.reps)
+    for name in args.cases.split(','):
+        text, shape = CASES[name]
+        layers = [(v, _build(text, shape, _settings(v), rng)) for v in args.variants]
+        best = {v: [np.inf, np.inf] for v in args.variants}
+        for _ in range(args.reps):
+            for v, (layer, bottom, top) in layers:
+                t0 = time.perf_counter()
+                layer.Forward([bottom], [top])
+                t1 = time.perf_counter()
+                layer.Backward([top], [True], [bottom])
+                t2 = time.perf_counter()
+                best[v][0] = min(best[v][0], t1 - t0)
+                best[v][1] = min(best[v][1], t2 - t1)
+        print('%-15s %s' % (name, '   '.join('%s [%s]: %.2f / %.2f' % (v, layer.engine.layout, 1e3 * best[v][0],
+                                                                      1e3 * best[v][1])
+                                              for v, (layer, _, _) in layers)))
+
+
+if __name__ == '__main__':
+    main()
