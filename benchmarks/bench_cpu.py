@@ -643,6 +643,7 @@ def print_report(results, mem, args, have_torch):
         rows.append([
             r['title'], '%.2f' % r['caffeine_ms'], '%.2f' % r['torch_ms'] if r.get('torch_ms') else '-',
             ('%.2fx' % ratio) if ratio else '-',
+            ('%.2fx' % (r['caffeine_spread'][0] / r['torch_spread'][0])) if r.get('torch_spread') else '-',
             ('<=%.1fx %s' % (target, 'ok' if ratio <= target else 'MISS')) if ratio and target else '-',
             '%s of %s' % (mib(cm['peak_rss'] - cm['base_rss']), mib(cm['peak_rss'])) if cm else '-',
             mib(cm.get('blob_bytes')) if cm else '-',
@@ -652,10 +653,11 @@ def print_report(results, mem, args, have_torch):
             '%.0f%% / %.0f%%' % (100 * r['gemm_share'], 100 * r['gemm_layer_share']),
             '%.0f%%' % (100 * r['other_load']) if r.get('other_load') is not None else '-',
         ])
-    print(table(rows, ['net', 'caffeine ms', 'PyTorch ms', 'ratio', 'target', 'caffeine peak RSS',
+    print(table(rows, ['net', 'caffeine ms', 'PyTorch ms', 'ratio', 'min ratio', 'target', 'caffeine peak RSS',
                        'planned blobs', 'params', 'layer buffers', 'PyTorch peak RSS', 'GEMM share', 'other load']))
     print('''
-  ratio: caffeine / PyTorch (lower is better for caffeine).
+  ratio: caffeine / PyTorch (lower is better for caffeine), of the medians; min ratio: of the fastest
+    iterations, the steadier figure on a machine shared with others (the target is judged on the medians).
   peak RSS: X of Y = VmHWM of a fresh process running the net (%d iterations) is Y, X above its VmRSS
     after imports and a first small GEMM (BLAS / oneDNN buffers and threads already there).
   planned blobs: caffeine.summary.memory_report blob_bytes (data, plus diffs for training nets;
