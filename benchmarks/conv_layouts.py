@@ -35,6 +35,7 @@ def _conv(nout, k, pad=0, group=1, bias=True):
 
 # name: (layer, bottom shape) -- the convolutions of the benchmark nets, at their batch sizes
 CASES = {
+    'lenet_conv1': (_conv(20, 5), (64, 1, 28, 28)),
     'lenet_conv2': (_conv(50, 5), (64, 20, 12, 12)),
     'cifar_conv1': (_conv(32, 5, 2), (100, 3, 32, 32)),
     'cifar_conv2': (_conv(32, 5, 2), (100, 32, 16, 16)),
