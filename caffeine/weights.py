@@ -173,10 +173,9 @@ def save_hdf5(net, filename, write_diff=False):
             data = h.create_group('data')
             diff = h.create_group('diff') if write_diff else None
             for layer_id, (name, layer) in enumerate(zip(net.layer_names, net.layers)):
-                if not layer.blobs:
-                    continue
-                g = data.create_group(name)
-                gd = diff.create_group(name) if diff is not None else None
+                # a group for every layer, with or without parameters, as Caffe's Net::ToHDF5
+                g = data.require_group(name)
+                gd = diff.require_group(name) if diff is not None else None
                 for j, b in enumerate(layer.blobs):
                     pid = net.param_id_vecs[layer_id][j]
                     if net.param_owners[pid] == -1:

@@ -247,6 +247,13 @@ def test_caffemodel_and_hdf5_round_trip(tmp_path):
         for a, b in zip(net.learnable_params, other.learnable_params):
             np.testing.assert_array_equal(a.data, b.data)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['w.caffemodel', 'w.caffemodel.h5']
+    # Caffe's HDF5 layout: /data/<layer>/<param index>, a group for every layer
+    import h5py
+    with h5py.File(str(tmp_path / 'w.caffemodel.h5'), 'r') as h:
+        assert list(h) == ['data']
+        assert sorted(h['data']) == sorted(net.layer_names)
+        assert list(h['data/ip1']) == ['0', '1'] and len(h['data/relu1']) == 0
+        np.testing.assert_array_equal(h['data/ip1/0'][...], net.params['ip1'][0].data)
 
 
 def test_copy_from_reports_copied_and_ignored_and_checks_shapes(tmp_path):
