@@ -721,6 +721,10 @@ def test_parameter(mode):
     assert top[0].shares_data_with(layer.blobs[0])
     layer.blobs[0].data[...] = gauss(2, 3)
     np.testing.assert_array_equal(top[0].data, gauss(2, 3))
+    # backward: the top's gradient is the parameter's (shared diff), as Caffe's ShareDiff
+    top[0].diff[...] = gauss(2, 3, seed=4)
+    layer.Backward(top, [], [])
+    np.testing.assert_array_equal(layer.blobs[0].diff, gauss(2, 3, seed=4))
 
 
 # =============================================================================
