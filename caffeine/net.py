@@ -241,12 +241,8 @@ class Net:
                     raise GraphError('layer %r (%s): top blob %r is produced by multiple sources'
                                      % (lp.name, lp.type, tname))
                 else:
-                    tid = len(self._blobs)
-                    self._blobs.append(Blob())
-                    self._blob_names.append(tname)
+                    tid = self._new_blob(tname)
                     self._blob_name_to_idx[tname] = tid
-                    self.blob_need_backward.append(False)
-                    self.blob_loss_weights_.append(0.0)
                     if lp.type == 'Input':
                         self._input_blob_indices.append(tid)
                 tvec.append(self._blobs[tid])
@@ -257,11 +253,7 @@ class Net:
                 # one, an anonymous blob that no other layer can name.
                 needed = max(layer.min_top or 0, layer.exact_num_top or 0)
                 while len(tvec) < needed:
-                    tid = len(self._blobs)
-                    self._blobs.append(Blob())
-                    self._blob_names.append('(automatic)')
-                    self.blob_need_backward.append(False)
-                    self.blob_loss_weights_.append(0.0)
+                    tid = self._new_blob('(automatic)')
                     tvec.append(self._blobs[tid])
                     tids.append(tid)
             self.bottom_vecs.append(bvec)
@@ -350,9 +342,18 @@ class Net:
         self._build_python_views()
         self._memory_used = sum(b.count for b in self._blobs) * 4
 
+    def _new_blob(self, name):
+        """A new top blob and its bookkeeping; returns its index."""
+        self._blobs.append(Blob())
+        self._blob_names.append(name)
+        self.blob_need_backward.append(False)
+        self.blob_loss_weights_.append(0.0)
+        return len(self._blobs) - 1
+
     def _find_folds(self):
         """Pairs of layers that forward runs as one (BatchNorm + Scale at inference)."""
-        from .layers.common import can_fold_batchnorm_scale
+        from .layers.common import batchnorm_scale_forward, can_fold_batchnorm_scale
+        self._fold_forward = batchnorm_scale_forward
         self._folds = {}
         if os.environ.get('CAFFEINE_NO_FOLDING', '') not in ('', '0'):
             return
@@ -538,8 +539,7 @@ class Net:
             if i == folded:
                 pass                     # computed with the layer before it
             elif i in self._folds and self._folds[i] <= end:
-                from .layers.common import batchnorm_scale_forward
-                batchnorm_scale_forward(self._layers[i], self._layers[i + 1], self.top_vecs[i][0])
+                self._fold_forward(self._layers[i], self._layers[i + 1], self.top_vecs[i][0])
                 folded = i + 1
             else:
                 loss += self._layers[i].Forward(self.bottom_vecs[i], self.top_vecs[i])

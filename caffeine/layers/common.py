@@ -849,6 +849,12 @@ class BatchNormLayer(Layer):
             self._x_norm = Blob()     # not needed after all: give the memory back
         self.shape3 = (b.shape[0], self.channels, b.count_range(2) if b.num_axes > 1 else 1)
 
+    def global_stats(self, xp):
+        """(mean, variance) from the running sums: mean_sum / s, var_sum / s (0 when s is 0)."""
+        s = self.blobs[2].xdata.reshape(())
+        factor = xp.where(s == 0, _F32(0), _F32(1) / xp.where(s == 0, _F32(1), s)).astype(np.float32)
+        return self.blobs[0].xdata * factor, self.blobs[1].xdata * factor
+
     def _keeps_x_norm(self):
         # backward with batch statistics reads the normalized x; with global
         # statistics it needs only the std
@@ -860,10 +866,7 @@ class BatchNormLayer(Layer):
         y = top[0].xdata.reshape(self.shape3)
         std = self._std.xdata
         if self.use_global_stats:
-            s = self.blobs[2].xdata.reshape(())
-            factor = xp.where(s == 0, _F32(0), _F32(1) / xp.where(s == 0, _F32(1), s)).astype(np.float32)
-            mean = self.blobs[0].xdata * factor
-            var = self.blobs[1].xdata * factor
+            mean, var = self.global_stats(xp)
         else:
             mean = x.mean(axis=(0, 2), dtype=np.float32)
         xp.subtract(x, mean.reshape(1, -1, 1), out=y)
@@ -1083,10 +1086,7 @@ def batchnorm_scale_forward(bn, scale, blob):
     xp = backend.get_xp()
     bn.reshape([blob], [blob])
     scale.reshape([blob], [blob])
-    s = bn.blobs[2].xdata.reshape(())
-    factor = xp.where(s == 0, _F32(0), _F32(1) / xp.where(s == 0, _F32(1), s)).astype(np.float32)
-    mean = bn.blobs[0].xdata * factor
-    std = bn.blobs[1].xdata * factor
+    mean, std = bn.global_stats(xp)
     std += bn.eps
     xp.sqrt(std, out=std)
     a = scale.blobs[0].xdata.reshape(-1) / std
