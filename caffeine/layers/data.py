@@ -42,14 +42,6 @@ def _private_rng():
     return np.random.Generator(np.random.PCG64(seed))
 
 
-def _rng_state(rng):
-    return rng.bit_generator.state
-
-
-def _set_rng_state(rng, state):
-    rng.bit_generator.state = state
-
-
 def _solver_split():
     """(solver_count, solver_rank) for multi-GPU record skipping (1, 0 when unknown)."""
     try:
@@ -191,7 +183,7 @@ class _DBSource:
 
     def state(self):
         return {'pos': self.pos, 'offset': self.offset, 'restarts': self.restarts,
-                'rng': _rng_state(self.rng) if self.rng is not None else None}
+                'rng': self.rng.bit_generator.state if self.rng is not None else None}
 
     def load_state(self, st):
         self.cursor.seek_to_first()
@@ -204,7 +196,7 @@ class _DBSource:
                                 % (self.at, int(st['pos']) + 1))
         self.offset, self.restarts = int(st['offset']), int(st['restarts'])
         if st.get('rng') is not None:
-            _set_rng_state(self.rng, st['rng'])
+            self.rng.bit_generator.state = st['rng']
 
     def skip_records(self, n):
         for _ in range(n):
@@ -336,20 +328,16 @@ class _ImageListSource:
         self.lines = [self.lines[i] for i in order]
 
     def state(self):
-        return {'pos': self.pos, 'order': [e[2] for e in self.lines], 'rng': _rng_state(self.rng)}
+        return {'pos': self.pos, 'order': [e[2] for e in self.lines], 'rng': self.rng.bit_generator.state}
 
     def load_state(self, st):
         by_line = {e[2]: e for e in self.lines}
-        try:
-            lines = [by_line[no] for no in st['order']]
-        except KeyError:
-            raise DataError('%sthe list file %s has changed: cannot restore the position'
-                            % (self.where, self.list_path))
-        if len(lines) != len(self.lines):
+        lines = [by_line.get(no) for no in st['order']]
+        if len(lines) != len(self.lines) or None in lines:
             raise DataError('%sthe list file %s has changed: cannot restore the position'
                             % (self.where, self.list_path))
         self.lines, self.pos = lines, int(st['pos'])
-        _set_rng_state(self.rng, st['rng'])
+        self.rng.bit_generator.state = st['rng']
 
     def path_of(self, name):
         return (self.root + name) if self.root else name
@@ -511,10 +499,10 @@ class _WindowSource:
         self.rng = None
 
     def state(self):
-        return {'rng': _rng_state(self.rng)}
+        return {'rng': self.rng.bit_generator.state}
 
     def load_state(self, st):
-        _set_rng_state(self.rng, st['rng'])
+        self.rng.bit_generator.state = st['rng']
 
     def claim(self, k):
         nb = self.batch_size - self.num_fg
