@@ -304,3 +304,55 @@ def check_golden_net(case, rtol=1e-4):
                 _, lname, i = k.rsplit(':', 2)
                 assert_close(net.params[lname][int(i)].xdiff, z[k], rtol, '%s %s' % (case, k))
     return net
+
+
+def _data_layer_shapes(lp, batch):
+    """The (data, label) shapes a data layer would produce, at ``batch``; None for other layers."""
+    t = lp.type
+    if t == 'Data' or t == 'ImageData' or t == 'WindowData':
+        crop = lp.transform_param.crop_size or lp.window_data_param.crop_size
+        src = (lp.data_param.source or lp.image_data_param.source or lp.window_data_param.source).lower()
+        if 'siamese' in src:
+            c, h, w = 2, 28, 28  # image pairs stacked as channels
+        elif 'mnist' in src:
+            c, h, w = 1, 28, 28
+        elif 'cifar' in src:
+            c, h, w = 3, 32, 32
+        else:
+            c, h, w = 3, 256, 256
+        if crop:
+            h = w = crop
+        return [(batch, c, h, w), (batch,)]
+    if t == 'HDF5Data':
+        return [(batch, 4), (batch,)]
+    if t == 'MemoryData':
+        p = lp.memory_data_param
+        return [(batch, p.channels, p.height, p.width), (batch,)]
+    return None
+
+
+def data_layers_as_inputs(param, batch=2, input_batch=None):
+    """A copy of the NetParameter with its data layers (Data, ImageData, WindowData,
+    HDF5Data, MemoryData) replaced by Input layers of the shapes they would produce
+    (guessed from the source name: MNIST, CIFAR or 256x256 images, cropped), so that
+    nets whose data lives elsewhere still build.  ``input_batch`` also sets the batch
+    of the net's own Input layers."""
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(param)
+    for lp in out.layer:
+        if lp.type == 'Input' and input_batch is not None:
+            for s in lp.input_param.shape:
+                s.dim[0] = input_batch
+        shapes = _data_layer_shapes(lp, batch)
+        if shapes is None:
+            continue
+        tops = list(lp.top)
+        include = [r for r in lp.include]
+        name = lp.name
+        lp.Clear()
+        lp.name, lp.type = name, 'Input'
+        lp.top.extend(tops)
+        lp.include.extend(include)
+        for s in shapes[:len(tops)]:
+            lp.input_param.shape.add().dim.extend(s)
+    return out

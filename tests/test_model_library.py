@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import caffeine
-from caffeine.proto import caffe_pb2
 from caffeine.prototxt import read_net_param, read_solver_param
 from caffeine.solver import solver_class
+from caffeine.testing import data_layers_as_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,30 +27,6 @@ LIBRARY = [
     ('resnet50', 'resnet50_solver.prototxt', 25557032),
     ('squeezenet1.1', 'squeezenet1.1_solver.prototxt', 1235496),
 ]
-
-
-def _small(param, batch=1):
-    """The net with its data layers replaced by Inputs of batch ``batch``
-    (the data they would read lives outside the repository)."""
-    out = caffe_pb2.NetParameter()
-    out.CopyFrom(param)
-    for lp in out.layer:
-        if lp.type == 'Data':
-            crop = lp.transform_param.crop_size
-            src = lp.data_param.source
-            c, hw = ((1, 28) if 'mnist' in src else (3, 32) if 'cifar' in src else (3, 256))
-            hw = crop or hw
-            tops, include, name = list(lp.top), list(lp.include), lp.name
-            lp.Clear()
-            lp.name, lp.type = name, 'Input'
-            lp.top.extend(tops)
-            lp.include.extend(include)
-            lp.input_param.shape.add().dim.extend([batch, c, hw, hw])
-            lp.input_param.shape.add().dim.extend([batch])
-        elif lp.type == 'Input':
-            for s in lp.input_param.shape:
-                s.dim[0] = batch
-    return out
 
 
 def _param_shapes(net):
@@ -73,12 +49,13 @@ def test_model_has_train_val_deploy_and_solver(model, solver, nparams):
     solver_class(sp.type or 'SGD')  # a known solver type
     assert sp.max_iter > 0 and sp.base_lr > 0 and sp.test_iter and sp.test_interval > 0
 
-    deploy = caffeine.Net(_small(read_net_param(os.path.join(d, 'deploy.prototxt'))), caffeine.TEST)
+    deploy = caffeine.Net(data_layers_as_inputs(read_net_param(os.path.join(d, 'deploy.prototxt')), batch=1,
+                                                input_batch=1), caffeine.TEST)
     assert _learnable(deploy) == nparams
     shapes = _param_shapes(deploy)
     tv = read_net_param(os.path.join(d, 'train_val.prototxt'))
     for phase in (caffeine.TRAIN, caffeine.TEST):
-        net = caffeine.Net(_small(tv), phase)
+        net = caffeine.Net(data_layers_as_inputs(tv, batch=1, input_batch=1), phase)
         if phase == caffeine.TRAIN:
             assert any(net.blob_loss_weights[o] for o in net.outputs), net.outputs
         else:
