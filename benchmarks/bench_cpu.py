@@ -279,7 +279,7 @@ class TorchRun:
         M.copy_weights(crun.net, self.twin)
         self.twin.to(device)
         self.tin = {k: torch.from_numpy(v.copy()).to(device) for k, v in crun.inputs.items()}
-        self.opt = self.twin.sgd() if self.spec['kind'] == 'train' else None
+        self.opt = M.twin_sgd(self.twin) if self.spec['kind'] == 'train' else None
 
     def check(self, crun):
         if self.spec['kind'] == 'train':
@@ -585,7 +585,7 @@ def memory_child(framework, name, threads, iters):
         twin = M.TorchTwin(param)
         tin = {k: torch.from_numpy(v) for k, v in M.make_inputs(name, param).items()}
         if M.NETS[name]['kind'] == 'train':
-            opt = twin.sgd()
+            opt = M.twin_sgd(twin)
             for _ in range(iters):
                 opt.zero_grad(set_to_none=True)
                 twin.loss(twin(tin)).backward()

@@ -7,21 +7,21 @@ caffeine-only process (the memory measurement) never loads it.
 - :func:`net_param` reads a model-library prototxt as a caffe_pb2.NetParameter;
   for training nets the Data layers become an Input layer of the same shapes
   (data and label), for deploy nets the Input batch is set.
-- :class:`TorchTwin` (built by :func:`build_torch_twin`) is a ``torch.nn.Module``
-  made layer by layer from the same NetParameter: Convolution, Pooling (Caffe's
-  ceil-mode output size, checked against torch's), LRN, ReLU, Sigmoid, TanH,
-  Dropout, InnerProduct, BatchNorm (+ a following in-place Scale, fused into
-  one affine BatchNorm2d), Scale, Eltwise, Concat, Flatten, Split, Softmax,
-  SoftmaxWithLoss and Accuracy.  Anything else raises NotImplementedError.
+- :func:`TorchTwin` builds a ``torch.nn.Module`` layer by layer from the same
+  NetParameter (``benchmarks/torch_twin.py``, one builder per Caffe layer type:
+  Convolution, Pooling (Caffe's ceil-mode output size, checked against torch's),
+  LRN, ReLU, Sigmoid, TanH, AbsVal, Dropout, InnerProduct, BatchNorm (+ a following
+  in-place Scale, fused into one affine BatchNorm2d), Scale, Eltwise, Concat,
+  Flatten, Split, Silence, Softmax, SoftmaxWithLoss and Accuracy).  Anything else
+  raises NotImplementedError.
 - :func:`copy_weights` copies a caffeine Net's parameters into the twin, so
   that the two give the same outputs and gradients.
 """
 from __future__ import annotations
 
-import math
+import importlib.util
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -52,12 +52,6 @@ MOMENTUM = 0.9
 WEIGHT_DECAY = 0.0005
 
 DATA_TYPES = ('Data', 'ImageData', 'HDF5Data', 'MemoryData', 'WindowData', 'DummyData')
-
-
-def _repeated(field, i, default):
-    if len(field) == 0:
-        return default
-    return int(field[i] if len(field) > 1 else field[0])
 
 
 def _only_test_phase(lp):
@@ -144,417 +138,29 @@ def calibrate_batchnorm(net):
         net.forward_from_to(i, i)
 
 
-def caffe_pool_out(size, k, s, p):
-    """Caffe's PoolingLayer output size (ceil, then dropping a window that starts in the padding)."""
-    out = int(math.ceil(float(size + 2 * p - k) / s)) + 1
-    if p > 0 and (out - 1) * s >= size + p:
-        out -= 1
-    return out
+def torch_twin():
+    """The module that builds PyTorch twins (benchmarks/torch_twin.py); importing it loads torch."""
+    global _TWIN_MODULE
+    if _TWIN_MODULE is None:
+        spec = importlib.util.spec_from_file_location('caffeine_bench_torch_twin',
+                                                      os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                                   'torch_twin.py'))
+        _TWIN_MODULE = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(_TWIN_MODULE)
+    return _TWIN_MODULE
 
 
-def torch_pool_out(size, k, s, p):
-    """torch's ceil_mode pooling output size (ATen's pooling_output_shape)."""
-    out = (size + 2 * p - (k - 1) - 1 + (s - 1)) // s + 1
-    if (out - 1) * s >= size + p:
-        out -= 1
-    return out
-
-
-class Step:
-    """One layer of the twin: a function of its bottoms that returns its tops."""
-
-    def __init__(self, name, type, bottoms, tops, fn, module=None):
-        self.name, self.type, self.bottoms, self.tops, self.fn, self.module = name, type, bottoms, tops, fn, module
-
-
-def build_torch_twin(param, phase=None):
-    """A TorchTwin (torch.nn.Module) equal to ``param`` (a NetParameter), filtered by its phase."""
-    return TorchTwin(param, phase)
-
-
-def _torch_classes():
-    import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
-
-    class ChannelScale(nn.Module):
-        """Caffe's Scale layer with one bottom and a learned per-channel scale (and bias)."""
-
-        def __init__(self, channels, bias, axis):
-            super().__init__()
-            self.axis = axis
-            self.weight = nn.Parameter(torch.ones(channels))
-            self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
-
-        def forward(self, x):
-            shape = [1] * x.dim()
-            shape[self.axis] = -1
-            y = x * self.weight.view(shape)
-            if self.bias is not None:
-                y = y + self.bias.view(shape)
-            return y
-
-    class TorchTwin(nn.Module):
-        def __init__(self, param, phase=None):
-            super().__init__()
-            from caffeine.net import filter_net
-            p = caffe_pb2.NetParameter()
-            p.CopyFrom(param)
-            if phase is not None:
-                p.state.phase = phase
-            self.phase = p.state.phase
-            p = filter_net(p)
-            self.steps = []
-            self.layers = nn.ModuleDict()
-            self.param_specs = {}     # torch parameter name -> (lr_mult, decay_mult)
-            self.fused_scale = {}     # BatchNorm layer name -> the Scale layer folded into it
-            self.loss_weights = {}    # top name -> loss weight
-            self.shapes = {}
-            self.inputs = []
-            layers = list(p.layer)
-            skip = set()
-            for idx, lp in enumerate(layers):
-                if idx in skip:
-                    continue
-                nxt = layers[idx + 1] if idx + 1 < len(layers) else None
-                if (lp.type == 'BatchNorm' and nxt is not None and nxt.type == 'Scale' and len(nxt.bottom) == 1
-                        and nxt.bottom[0] == lp.top[0]):
-                    skip.add(idx + 1)
-                    self._add(lp, scale=nxt)
-                else:
-                    self._add(lp)
-            self.train(self.phase == caffe_pb2.TRAIN)
-
-        # -- building --------------------------------------------------------
-        def _module(self, lp, mod, specs=None):
-            key = lp.name.replace('.', '_')
-            self.layers[key] = mod
-            for pname, spec_lp, j in (specs or []):
-                ps = spec_lp.param[j] if j < len(spec_lp.param) else caffe_pb2.ParamSpec()
-                self.param_specs['layers.%s.%s' % (key, pname)] = (ps.lr_mult, ps.decay_mult)
-            return mod
-
-        def _step(self, lp, fn, module=None, tops=None, bottoms=None):
-            self.steps.append(Step(lp.name, lp.type, list(lp.bottom if bottoms is None else bottoms),
-                                   list(lp.top if tops is None else tops), fn, module))
-
-        def _add(self, lp, scale=None):
-            t = lp.type
-            S = self.shapes
-            bshapes = [S[b] for b in lp.bottom]
-            for j, top in enumerate(lp.top):
-                if j < len(lp.loss_weight) and lp.loss_weight[j]:
-                    self.loss_weights[top] = lp.loss_weight[j]
-            if t == 'Input':
-                shapes = list(lp.input_param.shape)
-                for j, top in enumerate(lp.top):
-                    S[top] = tuple(shapes[0 if len(shapes) == 1 else j].dim)
-                    self.inputs.append(top)
-                self._step(lp, None)
-                return
-            if t == 'Convolution':
-                cp = lp.convolution_param
-                if cp.axis != 1 or len(bshapes[0]) != 4:
-                    raise NotImplementedError('%s: only 2-D convolution on axis 1' % lp.name)
-                kh = cp.kernel_h or _repeated(cp.kernel_size, 0, 0)
-                kw = cp.kernel_w or _repeated(cp.kernel_size, 1, 0)
-                ph = cp.pad_h if cp.HasField('pad_h') else _repeated(cp.pad, 0, 0)
-                pw = cp.pad_w if cp.HasField('pad_w') else _repeated(cp.pad, 1, 0)
-                sh = cp.stride_h or _repeated(cp.stride, 0, 1)
-                sw = cp.stride_w or _repeated(cp.stride, 1, 1)
-                dh, dw = _repeated(cp.dilation, 0, 1), _repeated(cp.dilation, 1, 1)
-                n, c, h, w = bshapes[0]
-                mod = self._module(lp, nn.Conv2d(c, cp.num_output, (kh, kw), (sh, sw), (ph, pw), (dh, dw),
-                                                 groups=cp.group, bias=cp.bias_term),
-                                   [('weight', lp, 0)] + ([('bias', lp, 1)] if cp.bias_term else []))
-                oh = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
-                ow = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
-                S[lp.top[0]] = (n, cp.num_output, oh, ow)
-                self._step(lp, mod, mod)
-                return
-            if t == 'Pooling':
-                pp = lp.pooling_param
-                n, c, h, w = bshapes[0]
-                if pp.global_pooling:
-                    kh, kw = h, w
-                else:
-                    kh = pp.kernel_h if pp.HasField('kernel_h') else pp.kernel_size
-                    kw = pp.kernel_w if pp.HasField('kernel_w') else pp.kernel_size
-                ph = pp.pad_h if pp.HasField('pad_h') else int(pp.pad)
-                pw = pp.pad_w if pp.HasField('pad_w') else int(pp.pad)
-                sh = pp.stride_h if pp.HasField('stride_h') else (1 if pp.global_pooling else pp.stride)
-                sw = pp.stride_w if pp.HasField('stride_w') else (1 if pp.global_pooling else pp.stride)
-                oh, ow = caffe_pool_out(h, kh, sh, ph), caffe_pool_out(w, kw, sw, pw)
-                # torch's ceil mode drops a last window that starts in the padding, as Caffe does;
-                # check that both give the same size (and torch's pad <= kernel/2 rule).
-                if (oh, ow) != (torch_pool_out(h, kh, sh, ph), torch_pool_out(w, kw, sw, pw)):
-                    raise NotImplementedError('%s: Caffe pools to %dx%d, torch ceil_mode would not' % (lp.name, oh, ow))
-                if 2 * ph > kh or 2 * pw > kw:
-                    raise NotImplementedError('%s: pad larger than half the kernel (torch refuses)' % lp.name)
-                if pp.pool == caffe_pb2.PoolingParameter.MAX:
-                    mod = nn.MaxPool2d((kh, kw), (sh, sw), (ph, pw), ceil_mode=True)
-                elif pp.pool == caffe_pb2.PoolingParameter.AVE:
-                    # Caffe divides by the window clipped to the padded input: torch's count_include_pad.
-                    mod = nn.AvgPool2d((kh, kw), (sh, sw), (ph, pw), ceil_mode=True, count_include_pad=True)
-                else:
-                    raise NotImplementedError('%s: STOCHASTIC pooling' % lp.name)
-                self._module(lp, mod)
-                S[lp.top[0]] = (n, c, oh, ow)
-                if len(lp.top) > 1:
-                    raise NotImplementedError('%s: pooling mask top' % lp.name)
-                self._step(lp, mod, mod)
-                return
-            if t == 'LRN':
-                rp = lp.lrn_param
-                if rp.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS:
-                    # Caffe: x / (k + alpha/size * sum_window x^2)^beta == torch's LocalResponseNorm.
-                    mod = self._module(lp, nn.LocalResponseNorm(rp.local_size, rp.alpha, rp.beta, rp.k))
-                    fn = mod
-                else:
-                    size, alpha, beta = rp.local_size, rp.alpha, rp.beta
-                    pad = (size - 1) // 2
-
-                    def fn(x, size=size, alpha=alpha, beta=beta, pad=pad):
-                        avg = F.avg_pool2d(x * x, size, 1, pad, ceil_mode=True, count_include_pad=True)
-                        return x * (1 + alpha * avg).pow(-beta)
-                    mod = None
-                S[lp.top[0]] = bshapes[0]
-                self._step(lp, fn, mod)
-                return
-            if t in ('ReLU', 'Sigmoid', 'TanH', 'AbsVal'):
-                inplace = lp.bottom[0] == lp.top[0]
-                if t == 'ReLU':
-                    slope = lp.relu_param.negative_slope
-                    mod = nn.LeakyReLU(slope, inplace=inplace) if slope else nn.ReLU(inplace=inplace)
-                else:
-                    mod = {'Sigmoid': nn.Sigmoid, 'TanH': nn.Tanh}.get(t)
-                    mod = mod() if mod else None
-                    if mod is None:
-                        mod = _Lambda(torch.abs)
-                self._module(lp, mod)
-                S[lp.top[0]] = bshapes[0]
-                self._step(lp, mod, mod)
-                return
-            if t == 'Dropout':
-                mod = self._module(lp, nn.Dropout(lp.dropout_param.dropout_ratio,
-                                                  inplace=lp.bottom[0] == lp.top[0]))
-                S[lp.top[0]] = bshapes[0]
-                self._step(lp, mod, mod)
-                return
-            if t == 'InnerProduct':
-                ip = lp.inner_product_param
-                axis = ip.axis % len(bshapes[0])
-                K = int(np.prod(bshapes[0][axis:]))
-                mod = self._module(lp, nn.Linear(K, ip.num_output, bias=ip.bias_term),
-                                   [('weight', lp, 0)] + ([('bias', lp, 1)] if ip.bias_term else []))
-
-                def fn(x, mod=mod, axis=axis):
-                    return mod(x.flatten(axis))
-                S[lp.top[0]] = tuple(bshapes[0][:axis]) + (ip.num_output,)
-                self._step(lp, fn, mod)
-                return
-            if t == 'BatchNorm':
-                bp = lp.batch_norm_param
-                c = bshapes[0][1]
-                global_stats = (self.phase == caffe_pb2.TEST) if not bp.HasField('use_global_stats') \
-                    else bp.use_global_stats
-                affine = scale is not None
-                if affine and scale.scale_param.axis != 1:
-                    raise NotImplementedError('%s: Scale on axis %d' % (scale.name, scale.scale_param.axis))
-                cls = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}[len(bshapes[0])]
-                mod = cls(c, eps=bp.eps, momentum=1.0 - bp.moving_average_fraction, affine=affine)
-                mod.global_stats = global_stats
-                specs = []
-                if affine:
-                    specs = [('weight', scale, 0)]
-                    if scale.scale_param.bias_term:
-                        specs.append(('bias', scale, 1))
-                    else:
-                        mod.bias.requires_grad_(False)
-                self._module(lp, mod, specs)
-                if affine:
-                    self.fused_scale[lp.name] = scale.name
-                S[lp.top[0]] = bshapes[0]
-                tops = list(lp.top) if not affine else list(scale.top)
-                self._step(lp, mod, mod, tops=tops)
-                for top in tops:
-                    S[top] = bshapes[0]
-                return
-            if t == 'Scale':
-                sp = lp.scale_param
-                if len(lp.bottom) != 1:
-                    raise NotImplementedError('%s: Scale with two bottoms' % lp.name)
-                axis = sp.axis % len(bshapes[0])
-                if sp.num_axes != 1:
-                    raise NotImplementedError('%s: Scale over %d axes' % (lp.name, sp.num_axes))
-                mod = self._module(lp, ChannelScale(bshapes[0][axis], sp.bias_term, axis),
-                                   [('weight', lp, 0)] + ([('bias', lp, 1)] if sp.bias_term else []))
-                S[lp.top[0]] = bshapes[0]
-                self._step(lp, mod, mod)
-                return
-            if t == 'Eltwise':
-                ep = lp.eltwise_param
-                op = ep.operation
-                coeffs = list(ep.coeff)
-                if op == caffe_pb2.EltwiseParameter.SUM:
-                    def fn(*xs, coeffs=coeffs):
-                        if coeffs:
-                            y = xs[0] * coeffs[0]
-                            for c, x in zip(coeffs[1:], xs[1:]):
-                                y = y + c * x
-                            return y
-                        y = xs[0] + xs[1]
-                        for x in xs[2:]:
-                            y = y + x
-                        return y
-                elif op == caffe_pb2.EltwiseParameter.PROD:
-                    def fn(*xs):
-                        y = xs[0]
-                        for x in xs[1:]:
-                            y = y * x
-                        return y
-                else:
-                    def fn(*xs):
-                        y = xs[0]
-                        for x in xs[1:]:
-                            y = torch.maximum(y, x)
-                        return y
-                S[lp.top[0]] = bshapes[0]
-                self._step(lp, fn)
-                return
-            if t == 'Concat':
-                cp = lp.concat_param
-                axis = cp.concat_dim if cp.HasField('concat_dim') else cp.axis
-                axis %= len(bshapes[0])
-                shape = list(bshapes[0])
-                shape[axis] = sum(s[axis] for s in bshapes)
-                S[lp.top[0]] = tuple(shape)
-                self._step(lp, lambda *xs, axis=axis: torch.cat(xs, axis))
-                return
-            if t == 'Flatten':
-                fp = lp.flatten_param
-                nd = len(bshapes[0])
-                a, e = fp.axis % nd, fp.end_axis % nd
-                S[lp.top[0]] = bshapes[0][:a] + (int(np.prod(bshapes[0][a:e + 1])),) + bshapes[0][e + 1:]
-                self._step(lp, lambda x, a=a, e=e: x.flatten(a, e))
-                return
-            if t == 'Split':
-                for top in lp.top:
-                    S[top] = bshapes[0]
-                self._step(lp, lambda x, n=len(lp.top): (x,) * n)
-                return
-            if t == 'Silence':
-                self._step(lp, lambda *xs: ())
-                return
-            if t == 'Softmax':
-                axis = lp.softmax_param.axis % len(bshapes[0])
-                S[lp.top[0]] = bshapes[0]
-                self._step(lp, lambda x, axis=axis: F.softmax(x, axis))
-                return
-            if t == 'SoftmaxWithLoss':
-                lossp = lp.loss_param
-                ignore = lossp.ignore_label if lossp.HasField('ignore_label') else -100
-                if lossp.HasField('normalize') and not lossp.normalize or \
-                        lossp.normalization not in (caffe_pb2.LossParameter.VALID, caffe_pb2.LossParameter.BATCH_SIZE):
-                    raise NotImplementedError('%s: loss normalization other than VALID' % lp.name)
-                if lp.softmax_param.axis != 1 or len(bshapes[0]) != 2:
-                    raise NotImplementedError('%s: SoftmaxWithLoss on other than (N, C)' % lp.name)
-                if not len(lp.loss_weight):
-                    self.loss_weights[lp.top[0]] = 1.0
-                S[lp.top[0]] = ()
-
-                def fn(x, label, ignore=ignore):
-                    return F.cross_entropy(x, label.reshape(-1).long(), ignore_index=ignore)
-                self._step(lp, fn)
-                return
-            if t == 'Accuracy':
-                k = lp.accuracy_param.top_k
-                S[lp.top[0]] = ()
-
-                def fn(x, label, k=k):
-                    with torch.no_grad():
-                        top = x.topk(k, dim=1).indices
-                        return (top == label.reshape(-1, 1).long()).any(1).float().mean()
-                self._step(lp, fn)
-                return
-            raise NotImplementedError('layer %s: type %s has no PyTorch twin here' % (lp.name, t))
-
-        def train(self, mode=True):
-            super().train(mode)
-            for m in self.modules():
-                if getattr(m, 'global_stats', False):
-                    m.eval()
-            return self
-
-        # -- running ---------------------------------------------------------
-        def forward(self, inputs, layer_times=None, sync=None):
-            """Run the net on ``inputs`` ({name: tensor}); returns {blob name: tensor}.
-
-            ``layer_times``: a dict that gets each layer's wall time appended
-            (seconds), after ``sync()`` where given (CUDA).
-            """
-            blobs = dict(inputs)
-            for st in self.steps:
-                if st.fn is None:
-                    continue
-                if layer_times is not None:
-                    if sync:
-                        sync()
-                    t0 = time.perf_counter()
-                out = st.fn(*[blobs[b] for b in st.bottoms])
-                if layer_times is not None:
-                    if sync:
-                        sync()
-                    layer_times.setdefault(st.name, []).append(time.perf_counter() - t0)
-                if not isinstance(out, tuple):
-                    out = (out,)
-                for top, val in zip(st.tops, out):
-                    blobs[top] = val
-            return blobs
-
-        def loss(self, blobs):
-            total = None
-            for top, w in self.loss_weights.items():
-                v = blobs[top] * w
-                total = v if total is None else total + v
-            return total
-
-        def sgd(self, base_lr=BASE_LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY):
-            """torch.optim.SGD with Caffe's per-parameter lr_mult and decay_mult.
-
-            Caffe: v = m v + lr (g + wd w); w -= v.  torch: b = m b + (g + wd w); w -= lr b:
-            the same steps for a fixed learning rate.
-            """
-            groups = []
-            for name, prm in self.named_parameters():
-                if not prm.requires_grad:
-                    continue
-                lr_mult, decay_mult = self.param_specs.get(name, (1.0, 1.0))
-                if lr_mult == 0:
-                    prm.requires_grad_(False)
-                    continue
-                groups.append({'params': [prm], 'lr': base_lr * lr_mult, 'weight_decay': weight_decay * decay_mult})
-            return torch.optim.SGD(groups, lr=base_lr, momentum=momentum)
-
-    class _Lambda(nn.Module):
-        def __init__(self, f):
-            super().__init__()
-            self.f = f
-
-        def forward(self, x):
-            return self.f(x)
-
-    return TorchTwin
-
-
-_TWIN = None
+_TWIN_MODULE = None
 
 
 def TorchTwin(param, phase=None):  # noqa: N802 (a class, built on first use so torch loads lazily)
-    global _TWIN
-    if _TWIN is None:
-        _TWIN = _torch_classes()
-    return _TWIN(param, phase)
+    """A torch.nn.Module equal to ``param`` (a NetParameter), filtered by its phase."""
+    return torch_twin().TorchTwin(param, phase)
+
+
+def twin_sgd(twin):
+    """The twin's torch.optim.SGD with the benchmark's solver settings."""
+    return twin.sgd(BASE_LR, MOMENTUM, WEIGHT_DECAY)
 
 
 def copy_weights(net, twin):

@@ -81,7 +81,7 @@ def test_sgd_step_agrees(name):
     M.set_inputs(net, inputs)
     twin = M.TorchTwin(param)
     M.copy_weights(net, twin)
-    opt = twin.sgd()
+    opt = M.twin_sgd(twin)
     tin = {k: torch.from_numpy(v) for k, v in inputs.items()}
     for _ in range(2):
         trainer.step(1)
@@ -108,7 +108,7 @@ def test_pool_output_sizes_match_caffe():
                 for p in range(0, k // 2 + 1):
                     if size + 2 * p < k:
                         continue
-                    c, t = M.caffe_pool_out(size, k, s, p), M.torch_pool_out(size, k, s, p)
+                    c, t = M.torch_twin().caffe_pool_out(size, k, s, p), M.torch_twin().torch_pool_out(size, k, s, p)
                     starts_past = p == 0 and (c - 1) * s >= size
                     assert (c == t) != starts_past, (size, k, s, p, c, t)
                     differ += starts_past
