@@ -37,7 +37,7 @@ def _import_cupy():
     if _cupy_error is not None:
         raise BackendError(_cupy_error)
     try:
-        import cupy  # noqa: the one place CuPy is imported
+        import cupy  # the one place CuPy is imported
     except Exception as e:  # ImportError, or a broken CUDA install
         _cupy_error = ('GPU mode needs CuPy: install caffeine with the cuda12 or cuda13 extra '
                        '(pip install caffeine[cuda12]) (%s: %s)' % (type(e).__name__, str(e).splitlines()[0] if str(e) else ''))

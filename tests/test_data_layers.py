@@ -671,7 +671,7 @@ def write_h5(path, start, n):
 
 
 def test_hdf5_batches_cross_file_boundaries(tmp_path):
-    a = write_h5(tmp_path / 'a.h5', 0, 4)
+    write_h5(tmp_path / 'a.h5', 0, 4)
     b = write_h5(tmp_path / 'b.h5', 100, 5)
     (tmp_path / 'list.txt').write_text('a.h5\n%s\n' % b)      # relative to the list file's folder, and absolute
     layer, top = hdf5_layer(str(tmp_path / 'list.txt'), 3)

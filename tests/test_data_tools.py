@@ -16,7 +16,6 @@ from caffeine.cli import run
 from caffeine.data import tools
 from caffeine.data.datum import decode_image, parse_datum
 from caffeine.data.db import open_db
-from caffeine.errors import DataError
 from caffeine.proto import caffe_pb2
 
 try:

@@ -282,7 +282,7 @@ def test_test_nets_share_train_weights(tmp_path):
             for a, b in zip(blobs, tn.params[lname]):
                 assert b.shares_data_with(a)
                 assert np.shares_memory(a.data, b.data)
-                assert not b._diff is a._diff
+                assert b._diff is not a._diff
     s.step(2)
     for lname, blobs in s.net.params.items():
         np.testing.assert_array_equal(s.test_nets[0].params[lname][0].data, blobs[0].data)

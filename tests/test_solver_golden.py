@@ -3,7 +3,6 @@ six steps straight through, and steps 4-6 after restoring Caffe's own
 iteration-3 snapshot."""
 import os
 
-import numpy as np
 import pytest
 
 import caffeine

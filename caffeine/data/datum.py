@@ -248,7 +248,6 @@ def _gray_from_rgb(rgb, png):
 
 def pil_to_chw(im, mode='native', where=''):
     """A decoded PIL image as (C, H, W) uint8, BGR(A), as OpenCV would give it for ``mode``."""
-    Image = _pil()
     fmt = getattr(im, 'format', None)
     m = im.mode
     if mode == 'gray':

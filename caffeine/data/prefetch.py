@@ -163,7 +163,7 @@ class Prefetcher:
             job = None
             try:
                 job = self._claim(k)
-            except BaseException as e:  # noqa: a worker must not die silently
+            except BaseException as e:  # a worker must not die silently
                 slot.error = self._wrap(e)
                 self._failed = k
         slot.index = k
@@ -173,7 +173,7 @@ class Prefetcher:
                 self._make(job, slot)
                 if backend.is_gpu():
                     slot._to_device()
-            except BaseException as e:  # noqa
+            except BaseException as e:
                 slot.error = self._wrap(e)
                 with self._claim_lock:
                     if self._failed is None or self._failed > k:
