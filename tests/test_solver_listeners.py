@@ -144,13 +144,15 @@ def test_a_listener_needs_only_the_methods_it_wants(tmp_path):
     s = make(tmp_path, 'display: 1 test_iter: 1 test_interval: 2 snapshot: 3')
 
     class Ends:
-        iters = []
+        def __init__(self):
+            self.iters = []
 
         def on_step_end(self, solver):
             self.iters.append(solver.iter)
-    s.add_listener(Ends())
+    ends = Ends()
+    s.add_listener(ends)
     s.solve()
-    assert Ends.iters == [1, 2, 3, 4, 5, 6]
+    assert ends.iters == [1, 2, 3, 4, 5, 6]
 
 
 def test_gradients_ready_is_the_seam_before_the_update(tmp_path):
