@@ -15,43 +15,63 @@ pycaffe's surface::
     solver.apply_update(); solver.add_callback(on_start, on_gradients_ready)
     solver.share_weights(other_net)
 
+Listeners (caffeine's own; the CLI's progress bar is one)::
+
+    solver.add_listener(obj)      # obj duck-typed; each method optional
+    obj.on_start(solver)                           # step()/solve() about to run its first iteration
+    obj.on_display(solver, info)                   # each display iteration, after Caffe's log lines
+    obj.on_test(solver, test_net_id, scores)       # after a test pass; scores = {output: float}
+    obj.on_snapshot(solver, model_path, state_path)
+    obj.on_step_end(solver)                        # after each update; solver.iter already incremented
+    obj.on_finish(solver)                          # solve() ending, normally or by a stop action
+    solver.remove_listener(obj)
+
+``info`` is ``dict(iter, loss, smoothed_loss, lr, outputs, iters_per_s)``:
+``loss`` is this iteration's raw loss, ``smoothed_loss`` the one Caffe
+displays, ``outputs`` the train net's outputs as logged, ``iters_per_s`` None
+where no iteration has run since the last display.  An output blob with more
+than one value appears as ``name[0]``, ``name[1]``, ... in ``outputs`` and
+``scores``.
+
+The seam between backward and the update is ``_gradients_ready()``: pycaffe's
+``on_gradients_ready`` callbacks run there, every gradient summed over
+``iter_size`` in its parameter's diff, before ``apply_update()``; that is where
+a data-parallel allreduce plugs in.
+
+An update rule is a subclass of SGDSolver with ``compute_update_value(i, rate)``
+and, if it keeps more than one history blob per parameter, ``history_slots``:
+SGDSolver allocates them in Caffe's order (every parameter's first slot, then
+every parameter's second), so solverstates stay interchangeable with Caffe's.
+
 Weights, gradients and history live in the current backend's memory (NumPy or
 CuPy); every update is computed in place, with buffers allocated once.
-
-Beyond Caffe's files, a snapshot writes a small sidecar ``<state>.caffeine.json``
-with caffeine's random-generator state (and the state of any layer that offers
-``get_state()``/``set_state(state)``, e.g. a data layer's cursor), so that a
-resumed run continues bit for bit on the CPU.  Caffe's own files are untouched
-by it and a solverstate without a sidecar (one written by Caffe) restores too.
+Reading the solver file and building its nets is ``solver_setup``; the
+snapshot files and caffeine's sidecar (random-generator and data-layer state,
+so a resumed run continues bit for bit) are ``solver_state``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import signal
-import sys
 import threading
 import time
 
 import numpy as np
 
 from . import backend
+from . import solver_state as state_io
 from .blob import Blob
 from .errors import CaffeineError, SolverError
 from .proto import caffe_pb2
+from .prototxt import to_text
+from .solver_setup import (LR_POLICIES, build_test_nets, build_train_net, check_snapshot_writable,
+                           check_solver_param, field_error, load_solver_param, upgrade_legacy_type)
 
 log = logging.getLogger('caffeine')
 
 _F32 = np.float32
-
-LR_POLICIES = ('fixed', 'step', 'exp', 'inv', 'multistep', 'poly', 'sigmoid')
-REGULARIZATION_TYPES = ('L2', 'L1')
-_LEGACY_TYPES = {caffe_pb2.SolverParameter.SGD: 'SGD', caffe_pb2.SolverParameter.NESTEROV: 'Nesterov',
-                 caffe_pb2.SolverParameter.ADAGRAD: 'AdaGrad', caffe_pb2.SolverParameter.RMSPROP: 'RMSProp',
-                 caffe_pb2.SolverParameter.ADADELTA: 'AdaDelta', caffe_pb2.SolverParameter.ADAM: 'Adam'}
-SIDECAR_SUFFIX = '.caffeine.json'
 
 
 def _g(x):
@@ -117,46 +137,7 @@ class SignalHandler:
         return SolverAction.NONE
 
 
-# -- reading a solver ----------------------------------------------------------------
-def _upgrade_legacy_type(param, source):
-    """The deprecated ``solver_type`` enum as ``type`` (in case upgrade.py left it)."""
-    if param.HasField('solver_type'):
-        if param.HasField('type'):
-            raise SolverError('%s: the old solver_type field (enum) and the new type field (string) '
-                              'cannot both be given; keep type' % source)
-        param.type = _LEGACY_TYPES[param.solver_type]
-        param.ClearField('solver_type')
-
-
-def load_solver_param(source):
-    """A SolverParameter from a path, prototxt text or message, upgraded as Caffe does.
-
-    Returns ``(param, source_name)``.  Like Caffe's ReadSolverParamsFromTextFile,
-    a file with no ``snapshot_prefix`` snapshots beside itself (the file name
-    without extension), and a prefix that is a folder gets the file's stem.
-    """
-    from .prototxt import read_solver_param, _looks_like_path
-    if isinstance(source, caffe_pb2.SolverParameter):
-        name = '<SolverParameter>'
-        is_file = False
-    else:
-        is_file = _looks_like_path(source)
-        name = os.fspath(source) if is_file else '<string>'
-        if is_file and not os.path.exists(source):
-            raise SolverError('%s: no such solver file' % name)
-    param = read_solver_param(source)
-    _upgrade_legacy_type(param, name)
-    if is_file:
-        if not param.HasField('snapshot_prefix'):
-            param.snapshot_prefix = os.path.splitext(name)[0]
-            log.info('snapshot_prefix was not specified and is set to %s', param.snapshot_prefix)
-        elif os.path.isdir(param.snapshot_prefix):
-            stem = os.path.splitext(os.path.basename(name))[0]
-            param.snapshot_prefix = os.path.join(param.snapshot_prefix, stem)
-            log.info('snapshot_prefix is a directory and is set to %s', param.snapshot_prefix)
-    return param, name
-
-
+# -- solver types ----------------------------------------------------------------------
 _SOLVER_CLASSES = {}
 
 
@@ -183,34 +164,118 @@ def get_solver(source, **kwargs):
     return solver_class(param.type, kwargs['source'])(param, **kwargs)
 
 
+def _solver_param(param, source):
+    """``(SolverParameter, source name)`` of what a Solver was given: a message with its source, or anything
+    load_solver_param reads."""
+    if isinstance(param, caffe_pb2.SolverParameter) and source is not None:
+        p = caffe_pb2.SolverParameter()
+        p.CopyFrom(param)
+        upgrade_legacy_type(p, source)
+        return p, source
+    p, name = load_solver_param(param)
+    return p, source or name
+
+
+# -- small pieces of Caffe's Solver, as functions ---------------------------------------------
+def learning_rate(p, it, current_step):
+    """``(rate, current_step)`` at iteration ``it`` (Caffe's GetLearningRate); step and multistep move the step."""
+    policy = p.lr_policy
+    base = float(_F32(p.base_lr))
+    gamma = float(_F32(p.gamma))
+    power = float(_F32(p.power))
+    if policy == 'fixed':
+        rate = base
+    elif policy == 'step':
+        current_step = it // p.stepsize
+        rate = base * math.pow(gamma, current_step)
+    elif policy == 'exp':
+        rate = base * math.pow(gamma, it)
+    elif policy == 'inv':
+        rate = base * math.pow(float(_F32(1) + _F32(gamma) * _F32(it)), -power)
+    elif policy == 'multistep':
+        if current_step < len(p.stepvalue) and it >= p.stepvalue[current_step]:
+            current_step += 1
+        rate = base * math.pow(gamma, current_step)
+    elif policy == 'poly':
+        rate = base * math.pow(float(_F32(1) - _F32(it) / _F32(p.max_iter)), power)
+    elif policy == 'sigmoid':
+        rate = base * (1.0 / (1.0 + math.exp(-gamma * (float(it) - float(p.stepsize)))))
+    else:
+        raise SolverError('lr_policy: unknown learning rate policy %r (known: %s)' % (policy, ', '.join(LR_POLICIES)))
+    return float(_F32(rate)), current_step
+
+
+def _log_outputs(kind, net, values):
+    """Caffe's ``<kind> net output #k: name = v (* w = l loss)`` lines; returns the ``(name, value)`` pairs."""
+    pairs = []
+    for name, vals in zip(net.outputs, values):
+        w = _F32(net.blob_loss_weights[name])
+        for v in vals:
+            extra = (' (* %s = %s loss)' % (_g(w), _g(_F32(w * v)))) if w else ''
+            log.info('    %s net output #%d: %s = %s%s', kind, len(pairs), name, _g(v), extra)
+            pairs.append((name, float(v)))
+    return pairs
+
+
+def _named(pairs):
+    """``{name: value}`` of output pairs; a name with several values becomes ``name[0]``, ``name[1]``, ..."""
+    counts = {}
+    for name, _ in pairs:
+        counts[name] = counts.get(name, 0) + 1
+    out, seen = {}, {}
+    for name, v in pairs:
+        if counts[name] == 1:
+            out[name] = v
+        else:
+            k = seen.get(name, 0)
+            out['%s[%d]' % (name, k)] = v
+            seen[name] = k + 1
+    return out
+
+
+def _first_non_finite(net):
+    """A phrase naming the first layer whose weights or output are non-finite."""
+    xp = backend.get_xp()
+    for i, (lname, layer) in enumerate(zip(net.layer_names, net.layers)):
+        bad_params = [j for j, b in enumerate(layer.blobs) if not bool(xp.isfinite(b.xdata).all())]
+        bad_tops = [net.top_names[lname][j] for j, t in enumerate(net.top_vecs[i])
+                    if t.count and not bool(xp.isfinite(t.xdata).all())]
+        if bad_params:
+            return 'layer %r (%s): its weights (param %s) are non-finite: an earlier update diverged' % (
+                lname, layer.type, ', '.join(str(j) for j in bad_params))
+        if bad_tops:
+            return 'layer %r (%s): its output %s is non-finite' % (
+                lname, layer.type, ', '.join(repr(t) for t in bad_tops))
+    return 'no layer output is non-finite; the loss sum overflowed'
+
+
 # -- the solver ----------------------------------------------------------------------
 class Solver:
     """Base of every solver: Caffe's Solver (nets, stepping, testing, snapshots).
 
     ``Solver(path)`` builds the solver the file's ``type`` names; a subclass
     (``SGDSolver(path)``, ...) always builds its own kind, as in pycaffe.
+    The update itself (``_presolve``, ``apply_update`` and the ``history`` a
+    snapshot saves) is SGDSolver's, as in Caffe.
     """
 
     type_name = None
+    history = ()   # the update rule's history blobs, in Caffe's order
 
-    def __new__(cls, *args, **kwargs):
+    def __new__(cls, param=None, source=None):
+        loaded = None
         if cls is Solver:
-            src = args[0] if args else kwargs.get('param')
-            param, name = load_solver_param(src)
-            cls = solver_class(param.type, kwargs.get('source') or name)
-        return object.__new__(cls)
+            loaded = _solver_param(param, source)
+            cls = solver_class(loaded[0].type, loaded[1])
+        self = object.__new__(cls)
+        self._loaded = loaded   # __init__ takes it, so that the file is read (and warned about) once
+        return self
 
     def __init__(self, param, source=None):
-        if isinstance(param, caffe_pb2.SolverParameter) and source is not None:
-            p = caffe_pb2.SolverParameter()
-            p.CopyFrom(param)
-            _upgrade_legacy_type(p, source)
-            self._source = source
-        else:
-            p, name = load_solver_param(param)
-            self._source = source or name
-        self.param = p
+        self.param, self._source = self.__dict__.pop('_loaded', None) or _solver_param(param, source)
+        p = self.param
         self.callbacks = []
+        self._listeners = []
         self._action_fn = None
         self.requested_early_exit = False
         self.allow_nan = False
@@ -219,179 +284,35 @@ class Solver:
         self.losses = []
         self.smoothed_loss = 0.0
         self.last_loss = None
-        self.last_test_scores = {}
-        self._pbar = None
-        self._check_param()
-        from .prototxt import to_text
+        self.last_lr = None
+        self._timer = (time.perf_counter(), 0)
+        check_solver_param(p, self._source)
+        self._sanity_check()
         log.info('Initializing solver from parameters: \n%s', to_text(p))
         if p.random_seed >= 0:
             backend.set_random_seed(p.random_seed)
-        self.net = self._init_train_net()
-        self.test_nets = self._init_test_nets()
+        self.net = build_train_net(p, self._source)
+        self.test_nets = build_test_nets(p, self._source, self.net)
         for w in p.weights:
             self._load_weights(w)
         self._presolve()
-        self._check_snapshot_writable()
+        check_snapshot_writable(p, self._source)
         log.info('Solver scaffolding done.')
 
-    # -- checks -----------------------------------------------------------------
     def _err(self, field, msg):
-        return SolverError('%s: %s: %s' % (self._source, field, msg))
-
-    def _check_param(self):
-        p = self.param
-        if p.lr_policy not in LR_POLICIES:
-            raise self._err('lr_policy', 'unknown learning rate policy %r (known: %s)'
-                            % (p.lr_policy, ', '.join(LR_POLICIES)) if p.lr_policy else
-                            'no learning rate policy given (one of %s)' % ', '.join(LR_POLICIES))
-        if p.lr_policy in ('step',) and p.stepsize <= 0:
-            raise self._err('stepsize', 'lr_policy "step" needs stepsize > 0, got %d' % p.stepsize)
-        if p.lr_policy == 'poly' and p.max_iter <= 0:
-            raise self._err('max_iter', 'lr_policy "poly" needs max_iter > 0')
-        if p.regularization_type not in REGULARIZATION_TYPES:
-            raise self._err('regularization_type', 'unknown regularization type %r (L1 or L2)' % p.regularization_type)
-        if p.average_loss < 1:
-            raise self._err('average_loss', 'must be at least 1, got %d' % p.average_loss)
-        if p.iter_size < 1:
-            raise self._err('iter_size', 'must be at least 1, got %d' % p.iter_size)
-        if p.display < 0:
-            raise self._err('display', 'must be >= 0, got %d' % p.display)
-        if p.snapshot < 0:
-            raise self._err('snapshot', 'must be >= 0, got %d' % p.snapshot)
-        self._sanity_check()
+        return field_error(self._source, field, msg)
 
     def _sanity_check(self):
-        pass
+        """A rule's own parameter checks (Caffe's SolverType::CheckSanity)."""
 
-    def _check_snapshot_writable(self):
-        """Fail now, not after hours of training, when snapshots cannot be written (Caffe's check)."""
-        p = self.param
-        if not p.snapshot:
-            return
-        d = os.path.dirname(os.path.abspath(p.snapshot_prefix + '_iter_0'))
-        while not os.path.isdir(d):
-            parent = os.path.dirname(d)
-            if parent == d or (os.path.exists(d) and not os.path.isdir(d)):
-                break
-            d = parent
-        if not (os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK)):
-            raise self._err('snapshot_prefix', 'cannot write snapshots to %r: make sure its folder is writable'
-                            % p.snapshot_prefix)
+    def _presolve(self):
+        """Allocate what the update keeps between iterations (Caffe's PreSolve)."""
 
-    # -- nets ---------------------------------------------------------------------
-    def _read_net_file(self, field, path):
-        from .prototxt import read_net_param
-        if not os.path.isfile(path):
-            raise self._err(field, 'net file %r not found (solver paths are relative to the current '
-                            'directory, %s, as in Caffe)' % (path, os.getcwd()))
-        try:
-            return read_net_param(path)
-        except SolverError:
-            raise
-        except CaffeineError as e:
-            raise self._err(field, str(e))
+    def apply_update(self):
+        """Turn the gradients into a step of the weights (Caffe's pure virtual ApplyUpdate)."""
+        raise NotImplementedError('%s has no update rule' % type(self).__name__)
 
-    def _build_net(self, net_param, state, what):
-        from .net import Net
-        try:
-            return Net(net_param, state=state)
-        except CaffeineError as e:
-            raise type(e)('%s (%s of %s)' % (e, what, self._source))
-
-    def _init_train_net(self):
-        p = self.param
-        fields = [f for f in ('train_net_param', 'train_net', 'net_param', 'net') if p.HasField(f)]
-        if not fields:
-            raise SolverError('%s: no train net: give one of train_net_param, train_net, net_param, net'
-                              % self._source)
-        if len(fields) > 1:
-            raise SolverError('%s: more than one train net given (%s): give only one of train_net_param, '
-                              'train_net, net_param, net' % (self._source, ', '.join(fields)))
-        field = fields[0]
-        if field == 'train_net_param':
-            log.info('Creating training net specified in train_net_param.')
-            net_param = caffe_pb2.NetParameter()
-            net_param.CopyFrom(p.train_net_param)
-        elif field == 'train_net':
-            log.info('Creating training net from train_net file: %s', p.train_net)
-            net_param = self._read_net_file('train_net', p.train_net)
-        elif field == 'net_param':
-            log.info('Creating training net specified in net_param.')
-            net_param = caffe_pb2.NetParameter()
-            net_param.CopyFrom(p.net_param)
-        else:
-            log.info('Creating training net from net file: %s', p.net)
-            net_param = self._read_net_file('net', p.net)
-        if field in ('train_net_param', 'net_param'):
-            from .upgrade import upgrade_net_param
-            upgrade_net_param(net_param, '%s %s' % (self._source, field))
-        state = caffe_pb2.NetState()
-        state.phase = caffe_pb2.TRAIN
-        state.MergeFrom(net_param.state)
-        state.MergeFrom(p.train_state)
-        return self._build_net(net_param, state, 'the train net')
-
-    def _init_test_nets(self):
-        p = self.param
-        has_generic = p.HasField('net_param') or p.HasField('net')
-        n_params, n_files = len(p.test_net_param), len(p.test_net)
-        n_specific = n_params + n_files
-        n_iter = len(p.test_iter)
-        if has_generic:
-            if n_iter < n_specific:
-                raise self._err('test_iter', 'given %d time(s) for %d test nets: give one per test net'
-                                % (n_iter, n_specific))
-        elif n_iter != n_specific:
-            if n_specific == 0:
-                raise self._err('test_iter', 'given, but there is no test net (no net/net_param to test, '
-                                'no test_net/test_net_param)')
-            raise self._err('test_iter', 'given %d time(s) for %d test nets: give one per test net'
-                            % (n_iter, n_specific))
-        n_generic = n_iter - n_specific
-        n_total = n_specific + n_generic
-        if len(p.test_state) and len(p.test_state) != n_total:
-            raise self._err('test_state', 'given %d time(s) for %d test nets: give none or one per test net'
-                            % (len(p.test_state), n_total))
-        if n_total and p.test_interval <= 0:
-            raise self._err('test_interval', 'must be > 0 when there are test nets (test_iter given), got %d'
-                            % p.test_interval)
-        for i, it in enumerate(p.test_iter):
-            if it < 0:
-                raise self._err('test_iter', 'must be >= 0, got %d' % it)
-        sources = []
-        from .upgrade import upgrade_net_param
-        for i in range(n_params):
-            np_ = caffe_pb2.NetParameter()
-            np_.CopyFrom(p.test_net_param[i])
-            upgrade_net_param(np_, '%s test_net_param' % self._source)
-            sources.append(('test_net_param', np_))
-        for i in range(n_files):
-            sources.append(('test_net file: ' + p.test_net[i], self._read_net_file('test_net', p.test_net[i])))
-        if n_generic:
-            if p.HasField('net_param'):
-                gen = caffe_pb2.NetParameter()
-                gen.CopyFrom(p.net_param)
-                upgrade_net_param(gen, '%s net_param' % self._source)
-                what = 'net_param'
-            else:
-                gen = self._read_net_file('net', p.net)
-                what = 'net file: ' + p.net
-            for i in range(n_generic):
-                sources.append((what, gen))
-        nets = []
-        for i, (what, net_param) in enumerate(sources):
-            state = caffe_pb2.NetState()
-            state.phase = caffe_pb2.TEST
-            state.MergeFrom(net_param.state)
-            if len(p.test_state):
-                state.MergeFrom(p.test_state[i])
-            log.info('Creating test net (#%d) specified by %s', i, what)
-            net = self._build_net(net_param, state, 'test net #%d' % i)
-            # test nets use the train net's weights: shared memory, never copies
-            net.share_with(self.net)
-            nets.append(net)
-        return nets
-
+    # -- nets -----------------------------------------------------------------------
     def _load_weights(self, path):
         """Copy trained layers into the train net and every test net (Caffe's LoadNetWeights)."""
         res = self.net.copy_from(path)
@@ -415,22 +336,11 @@ class Solver:
     def __exit__(self, *exc):
         self.close()
 
-    # -- history buffers -------------------------------------------------------------
-    def _blob_like(self, p):
-        b = Blob()
-        b.reshape(p.shape)
-        return b
+    def _tagged_nets(self):
+        """``(tag, net)`` pairs naming the nets in the sidecar: train, test0, test1, ..."""
+        return [('train', self.net)] + [('test%d' % i, n) for i, n in enumerate(self.test_nets)]
 
-    def _presolve(self):
-        params = self.net.learnable_params
-        self.history = [self._blob_like(p) for p in params]
-        self.update_buffers = [self._blob_like(p) for p in params]
-        self.temp = [self._blob_like(p) for p in params]
-        # zero the history where it will be used (device memory in GPU mode)
-        for h in self.history:
-            h.xdata.fill(0)
-
-    # -- callbacks and actions --------------------------------------------------
+    # -- callbacks, listeners and actions ----------------------------------------
     def add_callback(self, on_start=None, on_gradients_ready=None):
         """pycaffe's add_callback(on_start, on_gradients_ready): two callables, or one
         object with methods ``on_start`` and ``on_gradients_ready``."""
@@ -439,6 +349,21 @@ class Solver:
             on_start = getattr(obj, 'on_start', None)
             on_gradients_ready = obj.on_gradients_ready
         self.callbacks.append((on_start, on_gradients_ready))
+
+    def add_listener(self, obj):
+        """Call ``obj``'s on_start/on_display/on_test/on_snapshot/on_step_end/on_finish (each optional)."""
+        self._listeners.append(obj)
+
+    def remove_listener(self, obj):
+        """Stop calling ``obj``; one that was not added is ignored."""
+        if obj in self._listeners:
+            self._listeners.remove(obj)
+
+    def _notify(self, event, *args):
+        for obj in list(self._listeners):
+            fn = getattr(obj, event, None)
+            if fn is not None:
+                fn(self, *args)
 
     def set_action_function(self, fn):
         """``fn()`` returns 'none', 'stop' or 'snapshot' (Caffe's SetActionFunction)."""
@@ -449,42 +374,310 @@ class Solver:
             return SolverAction.NONE
         return self._action_fn() or SolverAction.NONE
 
-    # -- learning rate ------------------------------------------------------------
+    # -- stepping -----------------------------------------------------------------
+    def step(self, iters):
+        """Run ``iters`` training iterations (Caffe's Step)."""
+        p = self.param
+        start_iter = self.iter
+        stop_iter = self.iter + int(iters)
+        self.losses = []
+        self.smoothed_loss = 0.0
+        self._timer = (time.perf_counter(), self.iter)
+        self._notify('on_start')
+        while self.iter < stop_iter:
+            self.net.clear_param_diffs()
+            if (p.test_interval and self.iter % p.test_interval == 0
+                    and (self.iter > 0 or p.test_initialization)):
+                self.test_all()
+                if self.requested_early_exit:
+                    break
+            for on_start, _ in self.callbacks:
+                if on_start is not None:
+                    on_start()
+            display = bool(p.display) and self.iter % p.display == 0
+            self.net.debug_info = display and p.debug_info
+            loss = self._forward_backward()
+            self._update_smoothed_loss(loss, start_iter, p.average_loss)
+            info = self._display(loss) if display else None
+            self._gradients_ready()
+            self.apply_update()
+            if info is not None:
+                self._notify('on_display', dict(info, lr=self.last_lr))
+            self.iter += 1
+            request = self._requested_action()
+            if (p.snapshot and self.iter % p.snapshot == 0) or request == SolverAction.SNAPSHOT:
+                if not self.allow_nan:
+                    self._check_weights_finite()
+                self.snapshot()
+            self._notify('on_step_end')
+            if request == SolverAction.STOP:
+                self.requested_early_exit = True
+                break
+
+    def _forward_backward(self):
+        """The loss of one iteration, averaged over iter_size passes whose gradients add up in the diffs."""
+        n = self.param.iter_size
+        loss = 0.0
+        for _ in range(n):
+            loss += self.net.forward_backward()
+        loss = float(_F32(loss) / _F32(n)) if n > 1 else float(_F32(loss))
+        if not math.isfinite(loss):
+            self._non_finite(loss)
+        self.last_loss = loss
+        return loss
+
+    def _gradients_ready(self):
+        """Every gradient is in its parameter's diff and the update has not run: pycaffe's
+        on_gradients_ready callbacks run here (the place for a data-parallel allreduce)."""
+        for _, on_grad in self.callbacks:
+            if on_grad is not None:
+                on_grad()
+
+    def _update_smoothed_loss(self, loss, start_iter, average_loss):
+        loss = _F32(loss)
+        if len(self.losses) < average_loss:
+            self.losses.append(loss)
+            n = len(self.losses)
+            self.smoothed_loss = _F32((_F32(self.smoothed_loss) * _F32(n - 1) + loss) / _F32(n))
+        else:
+            idx = (self.iter - start_iter) % average_loss
+            self.smoothed_loss = _F32(_F32(self.smoothed_loss) + (loss - self.losses[idx]) / _F32(average_loss))
+            self.losses[idx] = loss
+
+    def _display(self, loss):
+        """Caffe's display lines; returns the listeners' info, less the rate the update has yet to compute."""
+        t0, it0 = self._timer
+        lapse = time.perf_counter() - t0
+        per_s = (self.iter - it0) / (lapse if lapse else 1.0)
+        log.info('Iteration %d (%s iter/s, %ss/%d iters), loss = %s', self.iter, _g(per_s),
+                 _g(lapse), self.param.display, _g(self.smoothed_loss))
+        self._timer = (time.perf_counter(), self.iter)
+        net = self.net
+        outputs = _log_outputs('Train', net, [net.blobs[name].host_data().ravel() for name in net.outputs])
+        return dict(iter=self.iter, loss=loss, smoothed_loss=float(self.smoothed_loss), outputs=_named(outputs),
+                    iters_per_s=per_s if self.iter > it0 else None)
+
+    def _non_finite(self, loss):
+        """Name the first layer whose output (or weights) turned non-finite; raise unless allow_nan."""
+        msg = ('Iteration %d: loss = %s; first non-finite layer: %s; lower base_lr (now %s) or use '
+               'clip_gradients' % (self.iter, _g(loss), _first_non_finite(self.net), _g(self.param.base_lr)))
+        if self.allow_nan:
+            log.warning('%s (continuing: --allow-nan)', msg)
+            return
+        raise SolverError(msg + ' (the last snapshot, if any, is intact; --allow-nan continues)')
+
+    def _check_weights_finite(self):
+        """Never snapshot weights an update has just made non-finite."""
+        xp = backend.get_xp()
+        net = self.net
+        for lname, layer in zip(net.layer_names, net.layers):
+            for j, b in enumerate(layer.blobs):
+                if not bool(xp.isfinite(b.xdata).all()):
+                    raise SolverError('Iteration %d: the update made the weights of layer %r (%s), param %d, '
+                                      'non-finite; not snapshotting them (the last snapshot, if any, is intact; '
+                                      '--allow-nan continues)' % (self.iter, lname, layer.type, j))
+
+    def solve(self, resume_file=None):
+        """Train to max_iter (Caffe's Solve), from a snapshot if given."""
+        p = self.param
+        log.info('Solving %s', self.net.name)
+        log.info('Learning Rate Policy: %s', p.lr_policy)
+        self.requested_early_exit = False
+        if resume_file:
+            log.info('Restoring previous solver status from %s', resume_file)
+            self.restore(resume_file)
+        start_iter = self.iter
+        self.step(p.max_iter - self.iter)
+        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+            self.snapshot()
+        if self.requested_early_exit:
+            log.info('Optimization stopped early.')
+        else:
+            self._final_display(start_iter)
+            if p.test_interval and self.iter % p.test_interval == 0:
+                self.test_all()
+            log.info('Optimization Done.')
+        self._notify('on_finish')
+
+    def _final_display(self, start_iter):
+        """After the last update: one more forward pass for the displayed loss, as Caffe's Solve."""
+        p = self.param
+        if not (p.display and self.iter % p.display == 0):
+            return
+        loss = float(self.net.forward_prefilled())
+        self._update_smoothed_loss(loss, start_iter, p.average_loss)
+        log.info('Iteration %d, loss = %s', self.iter, _g(self.smoothed_loss))
+        outputs = [(name, float(v)) for name in self.net.outputs for v in self.net.blobs[name].host_data().ravel()]
+        self._notify('on_display', dict(iter=self.iter, loss=loss, smoothed_loss=float(self.smoothed_loss),
+                                        lr=learning_rate(p, self.iter, self.current_step)[0],
+                                        outputs=_named(outputs), iters_per_s=None))
+
+    # -- testing ------------------------------------------------------------------
+    def test_all(self):
+        for i in range(len(self.test_nets)):
+            if self.requested_early_exit:
+                break
+            self.test(i)
+
+    def test(self, test_net_id=0):
+        """Run test_iter batches of test net #id and log each output's mean (Caffe's Test).
+
+        Returns the ``(output name, mean)`` pairs as logged; None when a stop request interrupted it."""
+        p = self.param
+        log.info('Iteration %d, Testing net (#%d)', self.iter, test_net_id)
+        net = self.test_nets[test_net_id]
+        self._ensure_shared(net)
+        n_iter = p.test_iter[test_net_id]
+        scores, loss = self._test_batches(net, n_iter)
+        if self.requested_early_exit:
+            log.info('Test interrupted.')
+            return None
+        if p.test_compute_loss and n_iter:
+            loss /= _F32(n_iter)
+            log.info('Test loss: %s', _g(loss))
+        results = _log_outputs('Test', net, [s / _F32(n_iter) for s in scores or []])
+        self._notify('on_test', test_net_id, _named(results))
+        return results
+
+    def _test_batches(self, net, n_iter):
+        """Sums of each output over ``n_iter`` forward passes (None if none ran) and of the loss."""
+        scores = None
+        loss = _F32(0)
+        for _ in range(n_iter):
+            self._handle_requests_while_testing()
+            if self.requested_early_exit:
+                break
+            iter_loss = net.forward_prefilled()
+            if self.param.test_compute_loss:
+                loss += _F32(iter_loss)
+            vals = [net.blobs[o].host_data().ravel() for o in net.outputs]
+            if scores is None:
+                scores = [v.astype(np.float32).copy() for v in vals]
+            else:
+                for s, v in zip(scores, vals):
+                    s += v
+        return scores, loss
+
+    def _handle_requests_while_testing(self):
+        request = self._requested_action()
+        while request != SolverAction.NONE:
+            if request == SolverAction.SNAPSHOT:
+                self.snapshot()
+            elif request == SolverAction.STOP:
+                self.requested_early_exit = True
+            request = self._requested_action()
+
+    def _ensure_shared(self, net):
+        """Re-share if a train param blob was replaced (Caffe shares before every test)."""
+        for lname, params in net.params.items():
+            src = self.net.params.get(lname)
+            if src is None:
+                continue
+            if any(not d.shares_data_with(s) for d, s in zip(params, src)):
+                net.share_with(self.net)
+                return
+
+    # -- snapshots ----------------------------------------------------------------
+    def snapshot_filename(self, extension):
+        return state_io.snapshot_filename(self.param.snapshot_prefix, self.iter, extension)
+
+    def snapshot(self):
+        """Write the weights and the solver state (Caffe's Snapshot); returns the state's path."""
+        p = self.param
+        hdf5 = p.snapshot_format == caffe_pb2.SolverParameter.HDF5
+        kind = 'HDF5 file' if hdf5 else 'binary proto file'
+        model = self.snapshot_filename('.caffemodel.h5' if hdf5 else '.caffemodel')
+        log.info('Snapshotting to %s %s', kind, model)
+        (self.net.save_hdf5 if hdf5 else self.net.save)(model, write_diff=p.snapshot_diff)
+        state_file = self.snapshot_filename('.solverstate.h5' if hdf5 else '.solverstate')
+        state_io.write_sidecar(state_file, self.iter, state_io.layer_states(self._tagged_nets()))
+        log.info('Snapshotting solver state to %s %s', kind, state_file)
+        state_io.write_state(state_file, self._saved_state(model))
+        self._notify('on_snapshot', model, state_file)
+        return state_file
+
+    def _saved_state(self, model_filename):
+        return state_io.SavedState(self.iter, self.current_step, model_filename,
+                                   [h.host_data() for h in self.history])
+
+    def solver_state(self, model_filename=''):
+        """A caffe_pb2.SolverState of this solver (iter, learned_net, history, current_step)."""
+        return state_io.state_to_proto(self._saved_state(model_filename))
+
+    def restore(self, state_file):
+        """Resume from a .solverstate (or .solverstate.h5), Caffe's or caffeine's."""
+        state_file = os.fspath(state_file)
+        saved = state_io.read_state(state_file)
+        state_io.check_history(state_file, saved.history, [h.shape for h in self.history],
+                               '%s solver on net %r' % (self.type_name, self.net.name))
+        if saved.learned_net:
+            self._restore_weights(state_file, state_io.resolve_learned_net(saved.learned_net, state_file))
+        self.iter = saved.iter
+        self.current_step = saved.current_step
+        log.info('SGDSolver: restoring history')
+        for hb, arr in zip(self.history, saved.history):
+            backend.copy_into(hb.xdata, arr.reshape(hb.shape))
+        state_io.apply_sidecar(state_file, self.iter, self._tagged_nets())
+
+    def _restore_weights(self, state_file, model):
+        try:
+            res = self.net.copy_from(model)
+        except CaffeineError as e:
+            raise SolverError('%s: snapshot does not fit this net (%s)' % (state_file, e))
+        owners = [n for n, layer in zip(self.net.layer_names, self.net.layers) if layer.blobs]
+        if owners and not any(n in res['copied'] for n in owners):
+            raise SolverError('%s: snapshot is from a different net: its weights %s match no layer '
+                              'of net %r' % (state_file, model, self.net.name))
+
+
+# -- the update rules ------------------------------------------------------------------
+@_solver_type('SGD')
+class SGDSolver(Solver):
+    """Stochastic gradient descent with momentum: h = lr * g + m * h; w -= h.
+
+    As Caffe's SGDSolver, the base of every rule below: the learning-rate
+    schedule, ApplyUpdate (clipping, iter_size normalization, regularization,
+    the rule's update value, ``net.update()``) and the history.  A rule
+    overrides ``compute_update_value(i, rate)`` and, when it keeps more than one
+    history blob per parameter, ``history_slots``.
+    """
+
+    history_slots = 1
+
+    # -- history ---------------------------------------------------------------------
+    def _blob_like(self, p):
+        b = Blob()
+        b.reshape(p.shape)
+        return b
+
+    def _presolve(self):
+        """Allocate ``history_slots`` zeroed history blobs per parameter (Caffe's order) and the work buffers."""
+        params = self.net.learnable_params
+        self._slots = [[self._blob_like(p) for p in params] for _ in range(self.history_slots)]
+        self.history = [b for slot in self._slots for b in slot]
+        self.update_buffers = [self._blob_like(p) for p in params]
+        self.temp = [self._blob_like(p) for p in params]
+        for h in self.history:   # device memory in GPU mode
+            h.xdata.fill(0)
+
+    def _history(self, i):
+        """Parameter ``i``'s history arrays, one per slot."""
+        return tuple(slot[i].xdata for slot in self._slots)
+
+    # -- the update ------------------------------------------------------------------
     def get_learning_rate(self):
         """The rate for the current iteration (Caffe's GetLearningRate); multistep advances current_step."""
-        p = self.param
-        policy = p.lr_policy
-        base = float(_F32(p.base_lr))
-        gamma = float(_F32(p.gamma))
-        power = float(_F32(p.power))
-        it = self.iter
-        if policy == 'fixed':
-            rate = base
-        elif policy == 'step':
-            self.current_step = it // p.stepsize
-            rate = base * math.pow(gamma, self.current_step)
-        elif policy == 'exp':
-            rate = base * math.pow(gamma, it)
-        elif policy == 'inv':
-            rate = base * math.pow(float(_F32(1) + _F32(gamma) * _F32(it)), -power)
-        elif policy == 'multistep':
-            if self.current_step < len(p.stepvalue) and it >= p.stepvalue[self.current_step]:
-                self.current_step += 1
-                log.info('MultiStep Status: Iteration %d, step = %d', it, self.current_step)
-            rate = base * math.pow(gamma, self.current_step)
-        elif policy == 'poly':
-            rate = base * math.pow(float(_F32(1) - _F32(it) / _F32(p.max_iter)), power)
-        elif policy == 'sigmoid':
-            rate = base * (1.0 / (1.0 + math.exp(-gamma * (float(it) - float(p.stepsize)))))
-        else:  # checked at construction
-            raise self._err('lr_policy', 'unknown learning rate policy %r' % policy)
-        return float(_F32(rate))
+        rate, step = learning_rate(self.param, self.iter, self.current_step)
+        if self.param.lr_policy == 'multistep' and step != self.current_step:
+            log.info('MultiStep Status: Iteration %d, step = %d', self.iter, step)
+        self.current_step = step
+        return rate
 
-    # -- the update ---------------------------------------------------------------
     def apply_update(self):
         """Caffe's ApplyUpdate: rate, clipping, normalization, regularization, the
         solver's update value, then ``net.update()``."""
         rate = self.get_learning_rate()
+        self.last_lr = rate
         p = self.param
         if p.display and self.iter % p.display == 0:
             log.info('Iteration %d, lr = %s', self.iter, _g(rate))
@@ -542,470 +735,11 @@ class Solver:
         return _F32(rate) * _F32(self.net.params_lr[i])
 
     def compute_update_value(self, i, rate):
-        raise NotImplementedError
-
-    # -- stepping -----------------------------------------------------------------
-    def _update_smoothed_loss(self, loss, start_iter, average_loss):
-        loss = _F32(loss)
-        if len(self.losses) < average_loss:
-            self.losses.append(loss)
-            n = len(self.losses)
-            self.smoothed_loss = _F32((_F32(self.smoothed_loss) * _F32(n - 1) + loss) / _F32(n))
-        else:
-            idx = (self.iter - start_iter) % average_loss
-            self.smoothed_loss = _F32(_F32(self.smoothed_loss) + (loss - self.losses[idx]) / _F32(average_loss))
-            self.losses[idx] = loss
-
-    def _display_outputs(self):
-        net = self.net
-        k = 0
-        for name in net.outputs:
-            w = _F32(net.blob_loss_weights[name])
-            for v in net.blobs[name].host_data().ravel():
-                extra = (' (* %s = %s loss)' % (_g(w), _g(_F32(w * v)))) if w else ''
-                log.info('    Train net output #%d: %s = %s%s', k, name, _g(v), extra)
-                k += 1
-
-    def _non_finite(self, loss):
-        """Name the first layer whose output (or weights) turned non-finite."""
-        xp = backend.get_xp()
-        net = self.net
-        culprit = None
-        for i, (lname, layer) in enumerate(zip(net.layer_names, net.layers)):
-            bad_params = [j for j, b in enumerate(layer.blobs) if not bool(xp.isfinite(b.xdata).all())]
-            bad_tops = [net.top_names[lname][j] for j, t in enumerate(net.top_vecs[i])
-                        if t.count and not bool(xp.isfinite(t.xdata).all())]
-            if bad_params or bad_tops:
-                if bad_params:
-                    why = 'its weights (param %s) are non-finite: an earlier update diverged' % (
-                        ', '.join(str(j) for j in bad_params))
-                else:
-                    why = 'its output %s is non-finite' % ', '.join(repr(t) for t in bad_tops)
-                culprit = 'layer %r (%s): %s' % (lname, layer.type, why)
-                break
-        if culprit is None:
-            culprit = 'no layer output is non-finite; the loss sum overflowed'
-        msg = ('Iteration %d: loss = %s; first non-finite layer: %s; lower base_lr (now %s) or use '
-               'clip_gradients' % (self.iter, _g(loss), culprit, _g(self.param.base_lr)))
-        if self.allow_nan:
-            log.warning('%s (continuing: --allow-nan)', msg)
-            return
-        raise SolverError(msg + ' (the last snapshot, if any, is intact; --allow-nan continues)')
-
-    def _check_weights_finite(self):
-        """Never snapshot weights an update has just made non-finite."""
-        xp = backend.get_xp()
-        net = self.net
-        for lname, layer in zip(net.layer_names, net.layers):
-            for j, b in enumerate(layer.blobs):
-                if not bool(xp.isfinite(b.xdata).all()):
-                    raise SolverError('Iteration %d: the update made the weights of layer %r (%s), param %d, '
-                                      'non-finite; not snapshotting them (the last snapshot, if any, is intact; '
-                                      '--allow-nan continues)' % (self.iter, lname, layer.type, j))
-
-    def step(self, iters):
-        """Run ``iters`` training iterations (Caffe's Step)."""
-        p = self.param
-        start_iter = self.iter
-        stop_iter = self.iter + int(iters)
-        average_loss = p.average_loss
-        self.losses = []
-        self.smoothed_loss = 0.0
-        timer = time.perf_counter()
-        iterations_last = self.iter
-        net = self.net
-        while self.iter < stop_iter:
-            net.clear_param_diffs()
-            if (p.test_interval and self.iter % p.test_interval == 0
-                    and (self.iter > 0 or p.test_initialization)):
-                self.test_all()
-                if self.requested_early_exit:
-                    break
-            for on_start, _ in self.callbacks:
-                if on_start is not None:
-                    on_start()
-            display = bool(p.display) and self.iter % p.display == 0
-            net.debug_info = display and p.debug_info
-            loss = 0.0
-            for _ in range(p.iter_size):
-                loss += net.forward_backward()
-            loss = float(_F32(loss) / _F32(p.iter_size)) if p.iter_size > 1 else float(_F32(loss))
-            if not math.isfinite(loss):
-                self._non_finite(loss)
-            self.last_loss = loss
-            self._update_smoothed_loss(loss, start_iter, average_loss)
-            if display:
-                lapse = time.perf_counter() - timer
-                per_s = (self.iter - iterations_last) / (lapse if lapse else 1.0)
-                log.info('Iteration %d (%s iter/s, %ss/%d iters), loss = %s', self.iter, _g(per_s),
-                         _g(lapse), p.display, _g(self.smoothed_loss))
-                timer = time.perf_counter()
-                iterations_last = self.iter
-                self._display_outputs()
-            for _, on_grad in self.callbacks:
-                if on_grad is not None:
-                    on_grad()
-            self.apply_update()
-            self.iter += 1
-            request = self._requested_action()
-            if (p.snapshot and self.iter % p.snapshot == 0) or request == SolverAction.SNAPSHOT:
-                if not self.allow_nan:
-                    self._check_weights_finite()
-                self.snapshot()
-            if self._pbar is not None:
-                self._progress_update()
-            if request == SolverAction.STOP:
-                self.requested_early_exit = True
-                break
-
-    # -- progress bar ---------------------------------------------------------
-    def _progress_update(self):
-        bar = self._pbar
-        bar.update(self.iter - bar.n)
-        post = {'loss': '%.4g' % float(self.smoothed_loss)}
-        if self.last_test_scores:
-            name, val = self.last_test_scores[min(self.last_test_scores)][0]
-            post[name] = '%.4g' % val
-        bar.set_postfix(post, refresh=False)
-
-    @staticmethod
-    def progress_wanted():
-        """A live bar only on a terminal, never in logs or CI."""
-        if os.environ.get('CI') or os.environ.get('CAFFEINE_NO_PROGRESS'):
-            return False
-        try:
-            return sys.stderr.isatty()
-        except (AttributeError, ValueError):
-            return False
-
-    def solve(self, resume_file=None, progress=None):
-        """Train to max_iter (Caffe's Solve), from a snapshot if given."""
-        p = self.param
-        log.info('Solving %s', self.net.name)
-        log.info('Learning Rate Policy: %s', p.lr_policy)
-        self.requested_early_exit = False
-        if resume_file:
-            log.info('Restoring previous solver status from %s', resume_file)
-            self.restore(resume_file)
-        start_iter = self.iter
-        if progress is None:
-            progress = self.progress_wanted()
-        if progress and p.max_iter > self.iter:
-            from tqdm import tqdm
-            from tqdm.contrib.logging import logging_redirect_tqdm
-            consoles = [lg for lg in (logging.root, log) if any(
-                isinstance(h, logging.StreamHandler) and getattr(h, 'stream', None) in (sys.stdout, sys.stderr)
-                for h in lg.handlers)]
-            with logging_redirect_tqdm(loggers=consoles):
-                with tqdm(total=p.max_iter, initial=self.iter, desc='train', unit='it',
-                          dynamic_ncols=True, file=sys.stderr, leave=False) as bar:
-                    self._pbar = bar
-                    try:
-                        self.step(p.max_iter - self.iter)
-                    finally:
-                        self._pbar = None
-        else:
-            self.step(p.max_iter - self.iter)
-        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
-            self.snapshot()
-        if self.requested_early_exit:
-            log.info('Optimization stopped early.')
-            return
-        if p.display and self.iter % p.display == 0:
-            loss = self.net.forward_prefilled()
-            self._update_smoothed_loss(loss, start_iter, p.average_loss)
-            log.info('Iteration %d, loss = %s', self.iter, _g(self.smoothed_loss))
-        if p.test_interval and self.iter % p.test_interval == 0:
-            self.test_all()
-        log.info('Optimization Done.')
-
-    # -- testing ------------------------------------------------------------------
-    def test_all(self):
-        for i in range(len(self.test_nets)):
-            if self.requested_early_exit:
-                break
-            self.test(i)
-
-    def test(self, test_net_id=0):
-        """Run test_iter batches of test net #id and log each output's mean (Caffe's Test)."""
-        p = self.param
-        log.info('Iteration %d, Testing net (#%d)', self.iter, test_net_id)
-        net = self.test_nets[test_net_id]
-        self._ensure_shared(net)
-        n_iter = p.test_iter[test_net_id]
-        scores = None
-        loss = _F32(0)
-        for i in range(n_iter):
-            request = self._requested_action()
-            while request != SolverAction.NONE:
-                if request == SolverAction.SNAPSHOT:
-                    self.snapshot()
-                elif request == SolverAction.STOP:
-                    self.requested_early_exit = True
-                request = self._requested_action()
-            if self.requested_early_exit:
-                break
-            iter_loss = net.forward_prefilled()
-            if p.test_compute_loss:
-                loss += _F32(iter_loss)
-            vals = [net.blobs[o].host_data().ravel() for o in net.outputs]
-            if scores is None:
-                scores = [v.astype(np.float32).copy() for v in vals]
-            else:
-                for s, v in zip(scores, vals):
-                    s += v
-        if self.requested_early_exit:
-            log.info('Test interrupted.')
-            return
-        if p.test_compute_loss and n_iter:
-            loss /= _F32(n_iter)
-            log.info('Test loss: %s', _g(loss))
-        results = []
-        k = 0
-        for name, s in zip(net.outputs, scores or []):
-            w = _F32(net.blob_loss_weights[name])
-            for v in s:
-                mean = _F32(v / _F32(n_iter))
-                extra = (' (* %s = %s loss)' % (_g(w), _g(_F32(w * mean)))) if w else ''
-                log.info('    Test net output #%d: %s = %s%s', k, name, _g(mean), extra)
-                results.append((name, float(mean)))
-                k += 1
-        if results:
-            self.last_test_scores[test_net_id] = results
-        return results
-
-    def _ensure_shared(self, net):
-        """Re-share if a train param blob was replaced (Caffe shares before every test)."""
-        for lname, params in net.params.items():
-            src = self.net.params.get(lname)
-            if src is None:
-                continue
-            if any(not d.shares_data_with(s) for d, s in zip(params, src)):
-                net.share_with(self.net)
-                return
-
-    # -- snapshots ----------------------------------------------------------------
-    def snapshot_filename(self, extension):
-        return '%s_iter_%d%s' % (self.param.snapshot_prefix, self.iter, extension)
-
-    def snapshot(self):
-        """Write the weights and the solver state (Caffe's Snapshot); returns the state's path."""
-        p = self.param
-        if p.snapshot_format == caffe_pb2.SolverParameter.HDF5:
-            model = self.snapshot_filename('.caffemodel.h5')
-            log.info('Snapshotting to HDF5 file %s', model)
-            self.net.save_hdf5(model, write_diff=p.snapshot_diff)
-            state_file = self.snapshot_filename('.solverstate.h5')
-            self._write_sidecar(state_file)
-            log.info('Snapshotting solver state to HDF5 file %s', state_file)
-            self._write_state_hdf5(state_file, model)
-        else:
-            model = self.snapshot_filename('.caffemodel')
-            log.info('Snapshotting to binary proto file %s', model)
-            self.net.save(model, write_diff=p.snapshot_diff)
-            state_file = self.snapshot_filename('.solverstate')
-            self._write_sidecar(state_file)
-            log.info('Snapshotting solver state to binary proto file %s', state_file)
-            self._write_state_proto(state_file, model)
-        return state_file
-
-    def solver_state(self, model_filename=''):
-        """A caffe_pb2.SolverState of this solver (iter, learned_net, history, current_step)."""
-        st = caffe_pb2.SolverState()
-        st.iter = self.iter
-        st.learned_net = model_filename
-        st.current_step = self.current_step
-        for h in self.history:
-            h.to_proto(st.history.add())
-        return st
-
-    def _write_state_proto(self, path, model):
-        from .utils import atomic_write
-        data = self.solver_state(model).SerializeToString()
-        with atomic_write(path, 'wb') as f:
-            f.write(data)
-
-    def _write_state_hdf5(self, path, model):
-        import h5py
-        from .utils import atomic_write
-        with atomic_write(path, 'wb') as f:
-            with h5py.File(f, 'w') as h:
-                h.create_dataset('iter', data=np.int32(self.iter))
-                _h5_write_string(h, 'learned_net', model)
-                h.create_dataset('current_step', data=np.int32(self.current_step))
-                g = h.create_group('history')
-                for i, hb in enumerate(self.history):
-                    g.create_dataset(str(i), data=hb.host_data())
-
-    def _layer_states(self):
-        out = {}
-        for tag, net in [('train', self.net)] + [('test%d' % i, n) for i, n in enumerate(self.test_nets)]:
-            for lname, layer in zip(net.layer_names, net.layers):
-                get = getattr(layer, 'get_state', None)
-                if callable(get):
-                    out['%s/%s' % (tag, lname)] = get()
-        return out
-
-    def _write_sidecar(self, state_file):
-        from .utils import atomic_write
-        extra = {'caffeine_sidecar': 1, 'iter': self.iter, 'mode': backend.mode(),
-                 'rng': backend.rng_state(), 'layers': self._layer_states()}
-        try:
-            text = json.dumps(extra)
-        except TypeError as e:
-            log.warning('Not saving layer states with the snapshot (%s)', e)
-            extra['layers'] = {}
-            text = json.dumps(extra)
-        with atomic_write(state_file + SIDECAR_SUFFIX, 'w') as f:
-            f.write(text)
-
-    # -- restoring ----------------------------------------------------------------
-    def restore(self, state_file):
-        """Resume from a .solverstate (or .solverstate.h5), Caffe's or caffeine's."""
-        state_file = os.fspath(state_file)
-        if not os.path.isfile(state_file):
-            raise SolverError('%s: no such solver state file' % state_file)
-        if state_file.endswith('.h5'):
-            it, learned, step, hist = self._read_state_hdf5(state_file)
-        else:
-            it, learned, step, hist = self._read_state_proto(state_file)
-        self._check_history(state_file, hist)
-        if learned:
-            model = _resolve_learned_net(learned, state_file)
-            try:
-                res = self.net.copy_from(model)
-            except CaffeineError as e:
-                raise SolverError('%s: snapshot does not fit this net (%s)' % (state_file, e))
-            owners = [n for n, l in zip(self.net.layer_names, self.net.layers) if l.blobs]
-            if owners and not any(n in res['copied'] for n in owners):
-                raise SolverError('%s: snapshot is from a different net: its weights %s match no layer '
-                                  'of net %r' % (state_file, model, self.net.name))
-        self.iter = it
-        self.current_step = step
-        log.info('SGDSolver: restoring history')
-        for hb, arr in zip(self.history, hist):
-            backend.copy_into(hb.xdata, arr.reshape(hb.shape))
-        self._read_sidecar(state_file)
-
-    def _read_state_proto(self, path):
-        from .weights import blob_proto_to_array
-        st = caffe_pb2.SolverState()
-        try:
-            with open(path, 'rb') as f:
-                st.ParseFromString(f.read())
-        except Exception as e:
-            raise SolverError('%s: not a valid .solverstate (binary SolverState): %s' % (path, e))
-        hist = []
-        for i, bp in enumerate(st.history):
-            try:
-                hist.append(blob_proto_to_array(bp))
-            except CaffeineError as e:
-                raise SolverError('%s: history blob %d: %s' % (path, i, e))
-        return st.iter, st.learned_net if st.HasField('learned_net') else '', st.current_step, hist
-
-    def _read_state_hdf5(self, path):
-        import h5py
-        try:
-            h = h5py.File(path, 'r')
-        except OSError as e:
-            raise SolverError('%s: cannot open HDF5 solver state (%s)' % (path, e))
-        with h:
-            try:
-                it = int(np.asarray(h['iter'][()]))
-                step = int(np.asarray(h['current_step'][()])) if 'current_step' in h else 0
-                learned = ''
-                if 'learned_net' in h:
-                    v = h['learned_net'][()]
-                    if isinstance(v, np.ndarray):
-                        v = v.tobytes()
-                    learned = (v.decode('utf-8') if isinstance(v, bytes) else str(v)).rstrip('\0')
-                g = h['history']
-                hist = [np.asarray(g[str(i)], dtype=np.float32) for i in range(len(g))]
-            except KeyError as e:
-                raise SolverError('%s: not a Caffe HDF5 solver state (missing %s)' % (path, e))
-        return it, learned, step, hist
-
-    def _check_history(self, path, hist):
-        want = self.history
-        if len(hist) != len(want):
-            raise SolverError('%s: snapshot is from a different net or solver type: it has %d history blobs, '
-                              'this %s solver on net %r needs %d' % (path, len(hist), self.type_name,
-                                                                     self.net.name, len(want)))
-        for i, (a, b) in enumerate(zip(hist, want)):
-            shape = tuple(b.shape)
-            legacy = (1,) * (4 - len(shape)) + shape if len(shape) <= 4 else shape
-            if a.size != b.count or tuple(a.shape) not in (shape, legacy):
-                raise SolverError('%s: snapshot is from a different net: history blob %d has shape %s, '
-                                  'this net needs %s' % (path, i, list(a.shape), list(shape)))
-
-    def _read_sidecar(self, state_file):
-        side = state_file + SIDECAR_SUFFIX
-        if not os.path.isfile(side):
-            log.debug('No %s: random streams continue from the seed', side)
-            return
-        try:
-            with open(side) as f:
-                extra = json.load(f)
-        except (OSError, ValueError) as e:
-            log.warning('Ignoring %s: %s', side, e)
-            return
-        if extra.get('iter') != self.iter:
-            log.warning('Ignoring %s: it is for iteration %s, the state for %d', side, extra.get('iter'), self.iter)
-            return
-        if extra.get('rng'):
-            try:
-                backend.set_rng_state(extra['rng'])
-            except (TypeError, ValueError, KeyError) as e:
-                log.warning('Could not restore the random generator from %s: %s', side, e)
-        states = extra.get('layers') or {}
-        for tag, net in [('train', self.net)] + [('test%d' % i, n) for i, n in enumerate(self.test_nets)]:
-            for lname, layer in zip(net.layer_names, net.layers):
-                key = '%s/%s' % (tag, lname)
-                setter = getattr(layer, 'set_state', None)
-                if key in states and callable(setter):
-                    setter(states[key])
-
-
-def _h5_write_string(h, name, s):
-    """A scalar fixed-length, NUL-terminated string dataset, as HDF5's H5LTmake_dataset_string."""
-    import h5py
-    b = s.encode('utf-8')
-    try:
-        tid = h5py.h5t.C_S1.copy()
-        tid.set_size(len(b) + 1)
-        tid.set_strpad(h5py.h5t.STR_NULLTERM)
-        sid = h5py.h5s.create(h5py.h5s.SCALAR)
-        did = h5py.h5d.create(h.id, name.encode(), tid, sid)
-        did.write(h5py.h5s.ALL, h5py.h5s.ALL, np.array(b + b'\0', dtype='S%d' % (len(b) + 1)))
-    except Exception:  # pragma: no cover - an h5py without the low-level API
-        if name in h:
-            del h[name]
-        h.create_dataset(name, data=np.bytes_(b + b'\0'))
-
-
-def _resolve_learned_net(learned, state_file):
-    """Caffe reads learned_net relative to the current directory; failing that, beside the state file."""
-    if os.path.isabs(learned) or os.path.exists(learned):
-        if not os.path.exists(learned):
-            raise SolverError('%s: learned_net %s: no such file' % (state_file, learned))
-        return learned
-    d = os.path.dirname(os.path.abspath(state_file))
-    for cand in (os.path.join(d, learned), os.path.join(d, os.path.basename(learned))):
-        if os.path.exists(cand):
-            return cand
-    raise SolverError('%s: learned_net %s: no such file (looked in %s and beside the state file)'
-                      % (state_file, learned, os.getcwd()))
-
-
-# -- the update rules ------------------------------------------------------------------
-@_solver_type('SGD')
-class SGDSolver(Solver):
-    """Stochastic gradient descent with momentum: h = lr * g + m * h; w -= h."""
-
-    def compute_update_value(self, i, rate):
+        """Turn parameter ``i``'s gradient (its diff) into the step ``net.update()`` subtracts."""
         xp = backend.get_xp()
         prm = self.net.learnable_params[i]
-        diff, h, tmp = prm.xdiff, self.history[i].xdata, self.temp[i].xdata
+        (h,) = self._history(i)
+        diff, tmp = prm.xdiff, self.temp[i].xdata
         lr = self._local_rate(i, rate)
         h *= _F32(self.param.momentum)
         xp.multiply(diff, lr, out=tmp)
@@ -1020,7 +754,8 @@ class NesterovSolver(SGDSolver):
     def compute_update_value(self, i, rate):
         xp = backend.get_xp()
         prm = self.net.learnable_params[i]
-        diff, h = prm.xdiff, self.history[i].xdata
+        (h,) = self._history(i)
+        diff = prm.xdiff
         u, tmp = self.update_buffers[i].xdata, self.temp[i].xdata
         m = _F32(self.param.momentum)
         lr = self._local_rate(i, rate)
@@ -1045,7 +780,8 @@ class AdaGradSolver(SGDSolver):
     def compute_update_value(self, i, rate):
         xp = backend.get_xp()
         prm = self.net.learnable_params[i]
-        diff, h, u = prm.xdiff, self.history[i].xdata, self.update_buffers[i].xdata
+        (h,) = self._history(i)
+        diff, u = prm.xdiff, self.update_buffers[i].xdata
         lr = self._local_rate(i, rate)
         xp.multiply(diff, diff, out=u)
         h += u
@@ -1069,7 +805,8 @@ class RMSPropSolver(SGDSolver):
     def compute_update_value(self, i, rate):
         xp = backend.get_xp()
         prm = self.net.learnable_params[i]
-        diff, h, u = prm.xdiff, self.history[i].xdata, self.update_buffers[i].xdata
+        (h,) = self._history(i)
+        diff, u = prm.xdiff, self.update_buffers[i].xdata
         d = _F32(self.param.rms_decay)
         lr = self._local_rate(i, rate)
         xp.multiply(diff, diff, out=u)
@@ -1084,21 +821,15 @@ class RMSPropSolver(SGDSolver):
 
 @_solver_type('AdaDelta')
 class AdaDeltaSolver(SGDSolver):
-    """AdaDelta: RMS of past updates over RMS of past gradients, both decayed by momentum."""
+    """AdaDelta: g2 = m * g2 + (1 - m) * g^2; u = g * sqrt((u2 + delta) / (g2 + delta));
+    u2 = m * u2 + (1 - m) * u^2; w -= lr * u  (history: g2, then u2)."""
 
-    def _presolve(self):
-        super()._presolve()
-        extra = [self._blob_like(p) for p in self.net.learnable_params]
-        for h in extra:
-            h.xdata.fill(0)
-        self.history += extra
+    history_slots = 2
 
     def compute_update_value(self, i, rate):
         xp = backend.get_xp()
-        n = len(self.net.learnable_params)
-        prm = self.net.learnable_params[i]
-        diff = prm.xdiff
-        hg, hu = self.history[i].xdata, self.history[n + i].xdata
+        diff = self.net.learnable_params[i].xdiff
+        hg, hu = self._history(i)
         u, t = self.update_buffers[i].xdata, self.temp[i].xdata
         m = _F32(self.param.momentum)
         delta = _F32(self.param.delta)
@@ -1122,21 +853,17 @@ class AdaDeltaSolver(SGDSolver):
 
 @_solver_type('Adam')
 class AdamSolver(SGDSolver):
-    """Adam: m, v moments (momentum, momentum2) with Caffe's bias correction."""
+    """Adam: m = b1 * m + (1 - b1) * g; v = b2 * v + (1 - b2) * g^2;
+    w -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + delta), t = iter + 1,
+    b1 = momentum, b2 = momentum2  (history: m, then v)."""
 
-    def _presolve(self):
-        super()._presolve()
-        extra = [self._blob_like(p) for p in self.net.learnable_params]
-        for h in extra:
-            h.xdata.fill(0)
-        self.history += extra
+    history_slots = 2
 
     def compute_update_value(self, i, rate):
         xp = backend.get_xp()
-        n = len(self.net.learnable_params)
-        prm = self.net.learnable_params[i]
-        diff = prm.xdiff
-        m, v, t = self.history[i].xdata, self.history[n + i].xdata, self.temp[i].xdata
+        diff = self.net.learnable_params[i].xdiff
+        m, v = self._history(i)
+        t = self.temp[i].xdata
         b1 = _F32(self.param.momentum)
         b2 = _F32(self.param.momentum2)
         step = self.iter + 1

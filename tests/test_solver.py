@@ -4,7 +4,6 @@ import logging
 import math
 import os
 import re
-import sys
 
 import h5py
 import numpy as np
@@ -545,23 +544,6 @@ def test_l1_and_clip_arithmetic(tmp_path, caplog):
     expect = w - 0.1 * (1.0 * 0.001 / n + 0.5 * np.sign(w))
     np.testing.assert_allclose(p.data, expect, rtol=1e-5, atol=1e-7)
     assert 'Gradient clipping: scaling down gradients (L2 norm' in caplog.text
-
-
-# -- the progress bar --------------------------------------------------------------------------
-def test_progress_bar_only_when_asked_or_on_a_terminal(tmp_path, capsys, monkeypatch):
-    s = make_solver(tmp_path, 'max_iter: 5 display: 0 snapshot_after_train: false')
-    s.solve(progress=True)
-    err = capsys.readouterr().err
-    assert 'train:' in err and '/5 ' in err
-    monkeypatch.setenv('CI', '1')
-    assert not Solver.progress_wanted()
-    monkeypatch.delenv('CI')
-    monkeypatch.delenv('CAFFEINE_NO_PROGRESS', raising=False)
-    monkeypatch.setattr(sys.stderr, 'isatty', lambda: False, raising=False)
-    assert not Solver.progress_wanted()
-    t = make_solver(tmp_path, 'max_iter: 3 display: 0 snapshot_after_train: false')
-    t.solve()
-    assert 'train:' not in capsys.readouterr().err
 
 
 def test_snapshot_prefix_must_be_writable(tmp_path):

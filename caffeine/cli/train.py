@@ -5,11 +5,15 @@ Caffe's single-dash spellings work too (``caffeine train -solver s.prototxt
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import time as _time
 
 import click
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..errors import CaffeineError
 from .device import parse_gpus, use_gpus
@@ -55,6 +59,76 @@ def copy_layers(solver, weights):
     if not any_copied:
         raise CaffeineError('--weights %s: no layer name matches a layer with weights in net %r'
                             % (weights, solver.net.name))
+
+
+# -- the progress bar ------------------------------------------------------------------
+def progress_wanted():
+    """A live bar only on a terminal, never in logs or CI."""
+    if os.environ.get('CI') or os.environ.get('CAFFEINE_NO_PROGRESS'):
+        return False
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class ProgressBar:
+    """A solver listener: a tqdm bar on stderr to max_iter, showing the smoothed loss and the
+    first score of the lowest-numbered test net."""
+
+    def __init__(self):
+        self.bar = None
+        self.score = None   # (test_net_id, name, value)
+
+    def on_start(self, solver):
+        p = solver.param
+        if self.bar is None and p.max_iter > solver.iter:
+            self.bar = tqdm(total=p.max_iter, initial=solver.iter, desc='train', unit='it',
+                            dynamic_ncols=True, file=sys.stderr, leave=False)
+
+    def on_test(self, solver, test_net_id, scores):
+        if scores and (self.score is None or test_net_id <= self.score[0]):
+            name, value = next(iter(scores.items()))
+            self.score = (test_net_id, name.split('[')[0], value)
+
+    def on_step_end(self, solver):
+        if self.bar is None:
+            return
+        self.bar.update(solver.iter - self.bar.n)
+        post = {'loss': '%.4g' % float(solver.smoothed_loss)}
+        if self.score is not None:
+            post[self.score[1]] = '%.4g' % self.score[2]
+        self.bar.set_postfix(post, refresh=False)
+
+    def on_finish(self, solver):
+        self.close()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+@contextlib.contextmanager
+def progress_bar(solver, progress=None):
+    """While the block runs, ``solver`` draws a ProgressBar (progress None: on a terminal only);
+    console log lines print above the bar."""
+    if progress is None:
+        progress = progress_wanted()
+    if not progress:
+        yield None
+        return
+    consoles = [lg for lg in (logging.root, log) if any(
+        isinstance(h, logging.StreamHandler) and getattr(h, 'stream', None) in (sys.stdout, sys.stderr)
+        for h in lg.handlers)]
+    bar = ProgressBar()
+    solver.add_listener(bar)
+    try:
+        with logging_redirect_tqdm(loggers=consoles):
+            yield bar
+    finally:
+        solver.remove_listener(bar)
+        bar.close()
 
 
 @click.command('train')
@@ -110,8 +184,8 @@ def train_cmd(solver, weights, snapshot, gpu, level, stage, sigint_effect, sighu
             log.info('Starting Optimization')
             import numpy as np
             # a diverging loss is reported by the solver itself, naming the layer
-            with np.errstate(over='ignore', invalid='ignore', divide='ignore'):
-                s.solve(progress=progress)
+            with np.errstate(over='ignore', invalid='ignore', divide='ignore'), progress_bar(s, progress):
+                s.solve()
 
 
 def _load_net(model, phase, weights, level, stage, memory_plan=False):
