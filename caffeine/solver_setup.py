@@ -8,7 +8,7 @@ Caffe's ``ReadSolverParamsFromTextFileOrDie``, ``Solver::InitTrainNet`` and
 - ``check_solver_param(param, source)``: the fields every solver type needs.
 - ``train_net_spec(param, source)``: the train net's NetParameter and NetState
   (exactly one of train_net_param, train_net, net_param, net).
-- ``test_net_specs(param, source)``: one ``(what, NetParameter, NetState)`` per
+- ``eval_net_specs(param, source)``: one ``(what, NetParameter, NetState)`` per
   test net (test_net_param, then test_net, then net_param/net for the
   remaining ``test_iter``), with ``test_state`` merged in.
 - ``build_net``, ``build_test_nets``: the Nets themselves; test nets share
@@ -191,7 +191,7 @@ def _count_test_nets(p, source):
     return n_specific, n_total - n_specific
 
 
-def test_net_specs(p, source):
+def eval_net_specs(p, source):
     """One ``(what, NetParameter, NetState)`` per test net, in Caffe's order."""
     n_specific, n_generic = _count_test_nets(p, source)
     sources = [('test_net_param', _inline_net(source, 'test_net_param', m)) for m in p.test_net_param]
@@ -223,7 +223,7 @@ def build_train_net(p, source):
 def build_test_nets(p, source, train_net):
     """The test nets, each sharing ``train_net``'s weights (shared memory, never copies)."""
     nets = []
-    for i, (what, net_param, state) in enumerate(test_net_specs(p, source)):
+    for i, (what, net_param, state) in enumerate(eval_net_specs(p, source)):
         log.info('Creating test net (#%d) specified by %s', i, what)
         net = build_net(net_param, state, 'test net #%d' % i, source)
         net.share_with(train_net)

@@ -14,7 +14,7 @@ from caffeine.errors import SolverError
 from caffeine.proto import caffe_pb2
 from caffeine.prototxt import parse_text
 from caffeine.solver_setup import check_solver_param, load_solver_param, train_net_spec
-from caffeine.solver_setup import test_net_specs as specs_of_test_nets   # not a test for pytest to collect
+from caffeine.solver_setup import eval_net_specs
 
 
 def a_state(learned='snap_iter_7.caffemodel'):
@@ -181,7 +181,7 @@ def test_test_net_specs_generic_and_specific(tmp_path):
     p = solver_param('net_param { %s } test_net: "%s" test_iter: 5 test_iter: 6 test_iter: 7 test_interval: 10 '
                      'test_state { stage: "s0" } test_state { stage: "s1" } test_state { stage: "s2" }'
                      % (NET, f))
-    specs = specs_of_test_nets(p, 'sv')
+    specs = eval_net_specs(p, 'sv')
     assert [(what, n.name) for what, n, _ in specs] == [('test_net file: %s' % f, 'other'),
                                                         ('net_param', 'n'), ('net_param', 'n')]
     assert [(s.phase, list(s.stage)) for _, _, s in specs] == [(caffe_pb2.TEST, ['s0']), (caffe_pb2.TEST, ['s1']),
@@ -199,7 +199,7 @@ def test_test_net_specs_generic_and_specific(tmp_path):
 ])
 def test_test_net_rules(extra, message):
     with pytest.raises(SolverError, match=message):
-        specs_of_test_nets(solver_param(extra), 'sv')
+        eval_net_specs(solver_param(extra), 'sv')
 
 
 @pytest.mark.parametrize('extra, message', [
