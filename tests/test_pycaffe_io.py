@@ -1,4 +1,4 @@
-"""caffeine.io (pycaffe's caffe.io) and caffeine.parallel (pycaffe's singletons)."""
+"""caffeine.io (pycaffe's caffe.io) and caffeine.runtime / caffeine.glog (pycaffe's process-wide settings, Timer, logging)."""
 import time
 
 import numpy as np
@@ -225,7 +225,7 @@ def test_encoded_datum_decodes_to_bgr(tmp_path):
     assert (arr[0] == 10).all() and (arr[1] == 0).all() and (arr[2] == 200).all()
 
 
-# -- caffeine.parallel ---------------------------------------------------------
+# -- caffeine.runtime, caffeine.glog ------------------------------------------
 
 def test_parallel_singletons_timer_nccl_and_log(caplog):
     assert caffe.solver_count() == 1 and caffe.solver_rank() == 0
