@@ -18,6 +18,7 @@ import numpy
 
 from . import backend
 from .errors import CaffeineError
+from .proto import caffe_pb2
 
 _UNINIT, _HOST, _DEVICE, _SYNCED = 0, 1, 2, 3
 MAX_BLOB_AXES = 32
@@ -259,7 +260,6 @@ class Blob:
     # -- proto ---------------------------------------------------------
     def to_proto(self, proto=None, write_diff=False):
         """Fill a caffe_pb2.BlobProto (shape + float data, and diff if asked)."""
-        from .proto import caffe_pb2
         if proto is None:
             proto = caffe_pb2.BlobProto()
         proto.Clear()

@@ -1,7 +1,11 @@
 """Looking at a model and a run: per-layer summary, and parsing training logs."""
 from __future__ import annotations
 
+import os
 import re
+
+from .errors import CaffeineError
+from .utils import atomic_write
 
 
 def _prod(xs):
@@ -149,7 +153,6 @@ def parse_log(lines):
 
 def plot_log(log_path, out_path):
     """Draw training loss, test loss and test accuracy against iterations (matplotlib)."""
-    from .errors import CaffeineError
     try:
         import matplotlib
         matplotlib.use('Agg')
@@ -186,8 +189,6 @@ def plot_log(log_path, out_path):
     ax.legend(handles, labels, loc='center right')
     ax.set_title(str(log_path))
     fig.tight_layout()
-    from .utils import atomic_write
-    import os
     ext = os.path.splitext(str(out_path))[1].lstrip('.') or 'png'
     with atomic_write(out_path, 'wb') as f:
         fig.savefig(f, format=ext, dpi=100)

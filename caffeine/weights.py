@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import WeightsError
 from .proto import caffe_pb2
+from .upgrade import upgrade_net_weights
 from .utils import atomic_write
 
 log = logging.getLogger('caffeine')
@@ -96,16 +97,14 @@ def read_caffemodel(path):
         param.ParseFromString(data)
     except Exception as e:
         raise WeightsError('%s: not a valid .caffemodel (binary NetParameter): %s' % (path, e))
-    from .upgrade import upgrade_net_weights
     upgrade_net_weights(param, str(path))
     return param
 
 
 def copy_trained_layers_from(net, path):
+    """Copy weights by layer name from a local .caffemodel or .caffemodel.h5 file
+    (``zoo:NAME`` is resolved to a file by the caller: caffeine.zoo.resolve_weights)."""
     path = os.fspath(path)
-    if path.startswith('zoo:'):
-        from .zoo import resolve_weights
-        path = resolve_weights(path)
     if is_hdf5(path):
         return load_hdf5(net, path)
     return copy_trained_layers_from_param(net, read_caffemodel(path), source=path)

@@ -7,6 +7,7 @@ below.  Errors print one line, ``caffeine: error: ...``, and exit with status
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 
@@ -30,18 +31,11 @@ def main(ctx, debug, no_python_layers):
         os.environ['CAFFEINE_DEBUG'] = '1'
     if no_python_layers:
         os.environ['CAFFEINE_NO_PYTHON_LAYERS'] = '1'
-    import logging
     logging.basicConfig(level=logging.INFO, format='%(message)s', stream=sys.stderr)
 
 
 for _m in _COMMAND_MODULES:
-    try:
-        _mod = importlib.import_module('.' + _m, __name__)
-    except ModuleNotFoundError as _e:
-        if _e.name != __name__ + '.' + _m:
-            raise
-        continue
-    for _c in getattr(_mod, 'COMMANDS', ()):
+    for _c in importlib.import_module('.' + _m, __name__).COMMANDS:
         main.add_command(_c)
 
 
