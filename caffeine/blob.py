@@ -113,9 +113,6 @@ class Blob:
         self._views = {}
         return self
 
-    def reshape_like(self, other):
-        return self.reshape(other.shape)
-
     @property
     def shape(self):
         return self._shape
@@ -221,7 +218,18 @@ class Blob:
         self._diff = other._diff
         self._views = {}
 
-    def _set_data_memory(self, mem):
+    @property
+    def data_memory(self):
+        """The SyncedMemory holding the values (None before the first reshape); blobs
+        that share data (share_data, the memory planner) hold the same one."""
+        return self._data
+
+    @property
+    def diff_memory(self):
+        """The SyncedMemory holding the gradient (None before the first reshape)."""
+        return self._diff
+
+    def set_data_memory(self, mem):
         """Put this blob's data in ``mem`` (a SyncedMemory at least as large): the memory planner."""
         if mem.capacity < self._count:
             raise CaffeineError('planned buffer of %d values too small for blob of %d' % (mem.capacity, self._count))
@@ -248,14 +256,6 @@ class Blob:
     def sumsq_data(self):
         d = self.xdata
         return float((d * d).sum())
-
-    def sumsq_diff(self):
-        d = self.xdiff
-        return float((d * d).sum())
-
-    def scale_diff(self, factor):
-        d = self.xdiff
-        d *= factor
 
     # -- proto ---------------------------------------------------------
     def to_proto(self, proto=None, write_diff=False):

@@ -40,7 +40,7 @@ def summarize(net):
     for i, (name, layer) in enumerate(zip(net.layer_names, net.layers)):
         nparams = 0
         for b in layer.blobs:
-            key = id(b._data)
+            key = id(b.data_memory)
             if key not in seen:
                 seen.add(key)
                 nparams += b.count
@@ -62,13 +62,11 @@ def memory_report(net):
     backward = any(net.layer_need_backward)
     seen, planned = set(), 0
     for b in net._blobs:
-        for mem in ((b._data, b._diff) if backward else (b._data,)):
+        for mem in ((b.data_memory, b.diff_memory) if backward else (b.data_memory,)):
             if mem is not None and id(mem) not in seen:
                 seen.add(id(mem))
                 planned += mem.capacity * 4
-    naive = getattr(net, '_unplanned_bytes', None) if getattr(net, 'memory_planned', False) else None
-    if naive is None:
-        naive = planned
+    naive = net.unplanned_bytes if net.memory_planned else planned
     param_bytes = sum(b.count for b in net.learnable_params) * 4
     return {'blob_bytes': planned, 'param_bytes': param_bytes, 'naive_blob_bytes': naive}
 
