@@ -105,9 +105,5 @@ class Timer:
             self.stop()
         return self._elapsed * 1000.0
 
-    @property
-    def seconds(self):
-        return self.ms / 1000.0
-
     def __repr__(self):
         return '<Timer %s>' % ('running' if self._running else '%.3f ms' % (self._elapsed * 1000.0))

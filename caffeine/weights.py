@@ -57,16 +57,6 @@ def blob_proto_to_array(bp, diff=False):
     return arr.reshape(shape)
 
 
-def array_to_blob_proto(arr, diff=None, proto=None):
-    proto = proto if proto is not None else caffe_pb2.BlobProto()
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    proto.shape.dim.extend(arr.shape)
-    proto.data.extend(arr.ravel())
-    if diff is not None:
-        proto.diff.extend(np.ascontiguousarray(diff, dtype=np.float32).ravel())
-    return proto
-
-
 def _legacy_shape(shape, i):
     n = len(shape)
     if i >= n or i < -n:

@@ -208,12 +208,6 @@ class ZooEntry:
             return self.folder
         return cache_home() / 'models' / self.key
 
-    def to_dict(self):
-        d = dict(self.meta)
-        d.update(key=self.key, folder=str(self.folder), sha1=self.sha1 or '', size=self.size,
-                 description=self.body)
-        return d
-
 
 def read_entry(folder, key=None, from_path=False):
     """Read and validate ``folder/readme.md``."""

@@ -24,8 +24,7 @@ _COMMAND_MODULES = ('upgrade', 'train', 'data', 'zoo', 'summary', 'draw', 'devic
 @click.option('--no-python-layers', is_flag=True,
               help='Refuse "Python" layers (they import code named in a prototxt).')
 @click.version_option(package_name='caffeine', prog_name='caffeine')
-@click.pass_context
-def main(ctx, debug, no_python_layers):
+def main(debug, no_python_layers):
     """caffeine: Caffe's prototxt nets, solvers and weights, in Python."""
     if debug:
         os.environ['CAFFEINE_DEBUG'] = '1'
