@@ -44,7 +44,9 @@ def blob_proto_shape(bp):
 
 
 def blob_proto_to_array(bp, diff=False):
-    """float32 array with the values (or diff) of a BlobProto, shaped."""
+    """A BlobProto's values (or diff) as the **float32** array a Blob holds, shaped:
+    how the Net's weights and the solver's history are read.  pycaffe's
+    ``caffeine.io.blobproto_to_array`` returns float64 (and takes ``return_diff``)."""
     shape = blob_proto_shape(bp)
     if diff:
         vals = bp.double_diff if len(bp.double_diff) else bp.diff
