@@ -17,6 +17,8 @@
 """
 from __future__ import annotations
 
+import io as _io
+
 import numpy as np
 
 from .errors import CaffeineError
@@ -123,7 +125,6 @@ def datum_to_array(datum):
     float32 and a read-only view of ``data``, and takes Caffe's decode modes.)
     """
     if datum.encoded and len(datum.data):
-        import io as _io
         from PIL import Image
         try:
             with Image.open(_io.BytesIO(datum.data)) as img:
