@@ -18,6 +18,7 @@ import numpy
 
 from . import backend
 from .errors import CaffeineError
+from .proto import caffe_pb2
 
 _UNINIT, _HOST, _DEVICE, _SYNCED = 0, 1, 2, 3
 MAX_BLOB_AXES = 32
@@ -111,9 +112,6 @@ class Blob:
             self._diff = SyncedMemory(count, self.dtype)
         self._views = {}
         return self
-
-    def reshape_like(self, other):
-        return self.reshape(other.shape)
 
     @property
     def shape(self):
@@ -220,7 +218,18 @@ class Blob:
         self._diff = other._diff
         self._views = {}
 
-    def _set_data_memory(self, mem):
+    @property
+    def data_memory(self):
+        """The SyncedMemory holding the values (None before the first reshape); blobs
+        that share data (share_data, the memory planner) hold the same one."""
+        return self._data
+
+    @property
+    def diff_memory(self):
+        """The SyncedMemory holding the gradient (None before the first reshape)."""
+        return self._diff
+
+    def set_data_memory(self, mem):
         """Put this blob's data in ``mem`` (a SyncedMemory at least as large): the memory planner."""
         if mem.capacity < self._count:
             raise CaffeineError('planned buffer of %d values too small for blob of %d' % (mem.capacity, self._count))
@@ -248,18 +257,9 @@ class Blob:
         d = self.xdata
         return float((d * d).sum())
 
-    def sumsq_diff(self):
-        d = self.xdiff
-        return float((d * d).sum())
-
-    def scale_diff(self, factor):
-        d = self.xdiff
-        d *= factor
-
     # -- proto ---------------------------------------------------------
     def to_proto(self, proto=None, write_diff=False):
         """Fill a caffe_pb2.BlobProto (shape + float data, and diff if asked)."""
-        from .proto import caffe_pb2
         if proto is None:
             proto = caffe_pb2.BlobProto()
         proto.Clear()

@@ -10,9 +10,14 @@
   ``arraylist_to_blobprotovector_str`` / ``blobprotovector_str_to_arraylist``
   / ``array_to_datum`` / ``datum_to_array``: conversions between NumPy arrays
   and Caffe's BlobProto, BlobProtoVector and Datum messages (mean files,
-  LMDB records).
+  LMDB records).  These return float64 for float values, as pycaffe's do.
+  caffeine itself reads these messages with float32 readers of nearly the
+  same names: ``caffeine.weights.blob_proto_to_array`` (weights, solver
+  history) and ``caffeine.data.datum.datum_to_array`` (the data layers).
 """
 from __future__ import annotations
+
+import io as _io
 
 import numpy as np
 
@@ -40,11 +45,13 @@ class ImageReadError(CaffeineError, OSError):
 # -- proto <-> array ---------------------------------------------------------
 
 def blobproto_to_array(blob, return_diff=False):
-    """A BlobProto's data (or diff) as a NumPy array of its shape.
+    """pycaffe's: a BlobProto's data (or diff) as a **float64** array of its shape.
 
     Blobs written with Caffe's legacy 4-D fields (num, channels, height,
     width) get that shape; others get ``shape.dim``.  Values come from the
     float fields, or from the double ones when only those are filled.
+    (``caffeine.weights.blob_proto_to_array`` is the float32 reader the Net
+    and the solver use.)
     """
     if return_diff:
         values = blob.diff if len(blob.diff) or not len(blob.double_diff) else blob.double_diff
@@ -92,7 +99,8 @@ def blobprotovector_str_to_arraylist(str):  # noqa: A002 (pycaffe's argument nam
 
 
 def array_to_datum(arr, label=None):
-    """A Datum from a C x H x W array: uint8 arrays fill ``data`` (bytes), others ``float_data``."""
+    """pycaffe's: a Datum from a C x H x W array: uint8 arrays fill ``data`` (bytes),
+    others ``float_data``.  (``caffeine.data.datum.array_to_datum`` also takes H x W.)"""
     arr = np.asarray(arr)
     if arr.ndim != 3:
         raise IOValueError('Incorrect array shape.')
@@ -108,13 +116,15 @@ def array_to_datum(arr, label=None):
 
 
 def datum_to_array(datum):
-    """A Datum's values as a C x H x W array: uint8 from ``data``, float64 from ``float_data``.
+    """pycaffe's: a Datum's values as a new C x H x W array, **uint8** from ``data``,
+    **float64** from ``float_data``.
 
     An encoded Datum (``encoded: true``, from ``convert_imageset --encoded``)
     is decoded, with channels in BGR order as Caffe's OpenCV decoding gives.
+    (``caffeine.data.datum.datum_to_array``, which the data layers use, gives
+    float32 and a read-only view of ``data``, and takes Caffe's decode modes.)
     """
     if datum.encoded and len(datum.data):
-        import io as _io
         from PIL import Image
         try:
             with Image.open(_io.BytesIO(datum.data)) as img:

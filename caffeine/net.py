@@ -12,15 +12,19 @@ The Python surface is pycaffe's: ``Net(model_file, phase, weights=None)``,
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 
 import numpy as np
 
-from .blob import Blob
+from .blob import Blob, SyncedMemory
 from .errors import CaffeineError, GraphError, LayerError
 from .layer import create_layer
 from .proto import caffe_pb2
+from .prototxt import read_net_param
+from .weights import (copy_trained_layers_from, load_hdf5, net_to_proto, save_caffemodel,
+                      save_hdf5)
 
 log = logging.getLogger('caffeine')
 
@@ -137,7 +141,57 @@ def _parse_net_args(args, kwargs):
         phase = args.pop(0)
     if args:
         raise TypeError('Net() takes (model, phase) or (model, weights, phase)')
+    if kwargs:
+        raise TypeError('Net() got unexpected arguments: %s' % ', '.join(kwargs))
     return phase, weights
+
+
+def _read_with_state(model, phase, level, stages, state):
+    """The NetParameter of ``model`` with its NetState: ``state`` if given, else
+    phase/level/stages (a NetParameter given as is may keep its own state)."""
+    param = read_net_param(model)
+    if state is not None:
+        param.state.CopyFrom(state)
+    elif phase is not None or not isinstance(model, caffe_pb2.NetParameter):
+        if phase is None:
+            raise TypeError('Net(): phase (caffeine.TRAIN or caffeine.TEST) is required')
+        if phase not in (TRAIN, TEST):
+            raise CaffeineError('phase must be caffeine.TRAIN (0) or caffeine.TEST (1), got %r' % (phase,))
+        param.state.phase = phase
+        param.state.level = int(level)
+        del param.state.stage[:]
+        param.state.stage.extend(stages)
+    return param
+
+
+def find_folds(layers, bottom_id_vecs, top_id_vecs):
+    """{i: i + 1} for the pairs of layers that forward runs as one (BatchNorm with
+    global statistics + an in-place Scale, neither asked for backward), and the
+    function that runs such a pair; no pairs when CAFFEINE_NO_FOLDING is set."""
+    # Imported here, not at the top: it loads every layer family, which
+    # `import caffeine` does not need.
+    from .layers.common import batchnorm_scale_forward, can_fold_batchnorm_scale
+    if os.environ.get('CAFFEINE_NO_FOLDING', '') not in ('', '0'):
+        return {}, batchnorm_scale_forward
+    folds = {}
+    for i in range(len(layers) - 1):
+        if can_fold_batchnorm_scale(layers[i], layers[i + 1], bottom_id_vecs[i], top_id_vecs[i],
+                                    bottom_id_vecs[i + 1], top_id_vecs[i + 1]):
+            folds[i] = i + 1
+    return folds, batchnorm_scale_forward
+
+
+@dataclasses.dataclass
+class _BlobGroup:
+    """The memory planner's record of one data buffer and the blobs on it."""
+    first: int                  # first layer that reads or writes it
+    last: int                   # last layer that reads or writes it
+    capacity: int               # values
+    blob_ids: list = dataclasses.field(default_factory=list)
+    fixed: bool = False         # an input's, an output's or a data layer's: keeps its own buffer
+
+    def overlaps(self, other):
+        return not (self.first > other.last or other.first > self.last)
 
 
 class Net:
@@ -147,69 +201,61 @@ class Net:
 
     def __init__(self, model, *args, level=0, stages=(), state=None, memory_plan=False, **kwargs):
         phase, weights = _parse_net_args(args, kwargs)
-        if kwargs:
-            raise TypeError('Net() got unexpected arguments: %s' % ', '.join(kwargs))
-        from .prototxt import read_net_param
-        param = read_net_param(model)
-        self._source = model if isinstance(model, str) and '\n' not in model else '<net>'
-        if state is not None:
-            param.state.CopyFrom(state)
-        elif phase is not None or not isinstance(model, caffe_pb2.NetParameter):
-            if phase is None:
-                raise TypeError('Net(): phase (caffeine.TRAIN or caffeine.TEST) is required')
-            if phase not in (TRAIN, TEST):
-                raise CaffeineError('phase must be caffeine.TRAIN (0) or caffeine.TEST (1), got %r' % (phase,))
-            param.state.phase = phase
-            param.state.level = int(level)
-            del param.state.stage[:]
-            param.state.stage.extend(stages)
-        self._init(param)
-        self.memory_planned = False
-        if memory_plan:
-            self.plan_memory()
-        if weights is not None:
-            if isinstance(weights, (list, tuple)):
-                for w in weights:
-                    self.copy_from(w)
-            else:
-                self.copy_from(weights)
-
-    # -- construction ------------------------------------------------------
-    def _init(self, in_param):
+        in_param = _read_with_state(model, phase, level, stages, state)
         self.phase = in_param.state.phase
-        filtered = filter_net(in_param)
-        param = insert_splits(filtered)
-        self.param = param
-        self.name = param.name
-        self.debug_info = param.debug_info
-        self._layers = []
-        self._layer_names = []
-        self._blobs = []          # Blob objects, by blob id
-        self._blob_names = []
-        self._blob_name_to_idx = {}
-        self.bottom_vecs, self.top_vecs = [], []
-        self.bottom_id_vecs, self.top_id_vecs = [], []
-        self.bottom_need_backward = []
-        self.layer_need_backward = []
-        self.blob_need_backward = []
-        self.blob_loss_weights_ = []
-        self.param_id_vecs = []
-        self._params = []          # every param blob, by net param id
-        self.param_owners = []     # -1 if it owns itself, else owner's param id
-        self.param_display_names = []
-        self.param_layer_indices = []
-        self._param_names_index = {}
-        self.learnable_params = []
-        self.learnable_param_ids = []
-        self.params_lr = []
-        self.params_weight_decay = []
+        self.param = insert_splits(filter_net(in_param))
+        self.name = self.param.name
+        self.debug_info = self.param.debug_info
+        # layers, by layer id
+        self._layers, self._layer_names = [], []
+        self.bottom_vecs, self.top_vecs = [], []              # Blobs
+        self.bottom_id_vecs, self.top_id_vecs = [], []        # blob ids
+        self.bottom_need_backward, self.layer_need_backward = [], []
+        self.param_id_vecs = []                               # net param ids
+        # blobs, by blob id
+        self._blobs, self._blob_names, self._blob_name_to_idx = [], [], {}
+        self.blob_need_backward, self.blob_loss_weights_ = [], []
+        self._input_blob_indices, self._output_blob_indices = [], []
+        # parameters, by net param id (every layer's blobs) ...
+        self._params, self.param_layer_indices, self.param_display_names = [], [], []
+        self.param_owners = []             # -1 if it owns itself, else the owner's param id
+        self.learnable_param_ids = []      # its learnable param id (its owner's if shared)
+        self._param_names_index = {}       # ParamSpec.name -> owner's param id
+        # ... and by learnable param id (owners only)
+        self.learnable_params, self.params_lr, self.params_weight_decay = [], [], []
         self.has_params_lr, self.has_params_decay = [], []
-        self._input_blob_indices = []
-        available = {}
+        # pycaffe's hooks: fn(layer index)
         self._before_forward, self._after_forward = [], []
         self._before_backward, self._after_backward = [], []
 
-        for layer_id, lp in enumerate(param.layer):
+        self._init_layers()
+        self._mark_backward()
+        self._share_weights()
+        self._folds, self._fold_forward = find_folds(self._layers, self.bottom_id_vecs, self.top_id_vecs)
+
+        # pycaffe's views, by name
+        self.blobs = collections.OrderedDict(zip(self._blob_names, self._blobs))
+        self.layers = list(self._layers)
+        self.layer_dict = collections.OrderedDict(zip(self._layer_names, self._layers))
+        self.params = collections.OrderedDict(
+            (name, list(layer.blobs)) for name, layer in zip(self._layer_names, self._layers) if layer.blobs)
+        self.top_names = self._names_by_layer(self.top_id_vecs)
+        self.bottom_names = self._names_by_layer(self.bottom_id_vecs)
+        self.blob_loss_weights = collections.OrderedDict(zip(self._blob_names, self.blob_loss_weights_))
+
+        self.memory_planned = False
+        self.unplanned_bytes = None        # blob bytes before plan_memory(), once planned
+        if memory_plan:
+            self.plan_memory()
+        if weights is not None:
+            for w in weights if isinstance(weights, (list, tuple)) else [weights]:
+                self.copy_from(w)
+
+    # -- construction (Caffe's Net::Init) ---------------------------------------
+    def _init_layers(self):
+        """Create, wire and set up each layer in order; append its params."""
+        available = {}     # blob name -> id, for the tops no later layer has consumed yet
+        for layer_id, lp in enumerate(self.param.layer):
             if not lp.HasField('phase'):
                 lp.phase = self.phase
             if len(lp.propagate_down) and len(lp.propagate_down) != len(lp.bottom):
@@ -218,100 +264,183 @@ class Net:
             layer = create_layer(lp, self.phase)
             self._layers.append(layer)
             self._layer_names.append(lp.name)
-            bvec, bids, bneed = [], [], []
-            need_backward = False
-            for j, bname in enumerate(lp.bottom):
-                if bname not in available:
-                    raise GraphError('layer %r (%s): unknown bottom blob %r (bottom index %d)'
-                                     % (lp.name, lp.type, bname, j))
-                bid = self._blob_name_to_idx[bname]
-                bvec.append(self._blobs[bid])
-                bids.append(bid)
-                nb = self.blob_need_backward[bid]
-                if len(lp.propagate_down):
-                    nb = bool(lp.propagate_down[j])
-                bneed.append(nb)
-                need_backward |= self.blob_need_backward[bid]
-                del available[bname]
-            tvec, tids = [], []
-            for j, tname in enumerate(lp.top):
-                if j < len(lp.bottom) and lp.bottom[j] == tname:
-                    tid = self._blob_name_to_idx[tname]   # in place
-                elif tname in self._blob_name_to_idx:
-                    raise GraphError('layer %r (%s): top blob %r is produced by multiple sources'
-                                     % (lp.name, lp.type, tname))
-                else:
-                    tid = self._new_blob(tname)
-                    self._blob_name_to_idx[tname] = tid
-                    if lp.type == 'Input':
-                        self._input_blob_indices.append(tid)
-                tvec.append(self._blobs[tid])
-                tids.append(tid)
-                available[tname] = tid
-            if layer.auto_top_blobs:
-                # Caffe's AutoTopBlobs: a loss layer given no top still gets
-                # one, an anonymous blob that no other layer can name.
-                needed = max(layer.min_top or 0, layer.exact_num_top or 0)
-                while len(tvec) < needed:
-                    tid = self._new_blob('(automatic)')
-                    tvec.append(self._blobs[tid])
-                    tids.append(tid)
-            self.bottom_vecs.append(bvec)
-            self.bottom_id_vecs.append(bids)
-            self.bottom_need_backward.append(bneed)
-            self.top_vecs.append(tvec)
-            self.top_id_vecs.append(tids)
-            try:
-                layer.SetUp(bvec, tvec)
-            except LayerError:
-                raise
-            except CaffeineError as e:
-                raise LayerError('layer %r (%s): %s' % (lp.name, lp.type, e))
-            for j, tid in enumerate(tids):
-                w = layer.loss(j)
-                if w:
-                    self.blob_loss_weights_[tid] = w
-            if self.debug_info or log.isEnabledFor(logging.DEBUG):
-                for j, t in enumerate(tvec):
-                    log.info('Top shape: %s', t.shape_string())
-            # parameters
-            pids = []
-            force_zero = getattr(layer, 'force_zero_lr', False)
-            for j, pblob in enumerate(layer.blobs):
-                spec = lp.param[j] if j < len(lp.param) else caffe_pb2.ParamSpec()
-                lr = 0.0 if force_zero else spec.lr_mult
-                need = lr != 0
-                need_backward |= need
-                if j < len(layer.param_propagate_down):
-                    layer.param_propagate_down[j] = need
-                pids.append(self._append_param(layer_id, j, spec, lr))
-            self.param_id_vecs.append(pids)
-            if len(lp.param) > len(layer.blobs):
-                raise GraphError('layer %r (%s): %d param specs but the layer has %d parameter blobs'
-                                 % (lp.name, lp.type, len(lp.param), len(layer.blobs)))
+            need_backward = self._append_bottoms(lp, available)
+            self._append_tops(lp, layer, available)
+            self._set_up_layer(layer_id)
+            need_backward |= self._append_params(layer_id)
             if need_backward:
-                for tid in tids:
+                for tid in self.top_id_vecs[layer_id]:
                     self.blob_need_backward[tid] = True
             self.layer_need_backward.append(need_backward)
+        # the tops no layer consumed are the net's outputs
+        self._output_blob_indices = [available[n] for n in sorted(available)]
 
-        # Which layers contribute to the loss; prune backward where they do not.
+    def _append_bottoms(self, lp, available):
+        """Caffe's AppendBottom for each bottom; True if one of them needs backward."""
+        bvec, bids, bneed = [], [], []
+        need_backward = False
+        for j, bname in enumerate(lp.bottom):
+            if bname not in available:
+                raise GraphError('layer %r (%s): unknown bottom blob %r (bottom index %d)'
+                                 % (lp.name, lp.type, bname, j))
+            bid = available.pop(bname)
+            bvec.append(self._blobs[bid])
+            bids.append(bid)
+            bneed.append(bool(lp.propagate_down[j]) if len(lp.propagate_down) else self.blob_need_backward[bid])
+            need_backward |= self.blob_need_backward[bid]
+        self.bottom_vecs.append(bvec)
+        self.bottom_id_vecs.append(bids)
+        self.bottom_need_backward.append(bneed)
+        return need_backward
+
+    def _append_tops(self, lp, layer, available):
+        """Caffe's AppendTop for each top (in place when it names the bottom at its
+        index), then the anonymous tops of a layer with AutoTopBlobs."""
+        tvec, tids = [], []
+        for j, tname in enumerate(lp.top):
+            if j < len(lp.bottom) and lp.bottom[j] == tname:
+                tid = self._blob_name_to_idx[tname]
+            elif tname in self._blob_name_to_idx:
+                raise GraphError('layer %r (%s): top blob %r is produced by multiple sources'
+                                 % (lp.name, lp.type, tname))
+            else:
+                tid = self._new_blob(tname)
+                self._blob_name_to_idx[tname] = tid
+                if lp.type == 'Input':
+                    self._input_blob_indices.append(tid)
+            tvec.append(self._blobs[tid])
+            tids.append(tid)
+            available[tname] = tid
+        if layer.auto_top_blobs:
+            # a loss layer given no top still gets one, that no other layer can name
+            needed = max(layer.min_top or 0, layer.exact_num_top or 0)
+            while len(tvec) < needed:
+                tid = self._new_blob('(automatic)')
+                tvec.append(self._blobs[tid])
+                tids.append(tid)
+        self.top_vecs.append(tvec)
+        self.top_id_vecs.append(tids)
+
+    def _new_blob(self, name):
+        """A new top blob and its bookkeeping; returns its id."""
+        self._blobs.append(Blob())
+        self._blob_names.append(name)
+        self.blob_need_backward.append(False)
+        self.blob_loss_weights_.append(0.0)
+        return len(self._blobs) - 1
+
+    def _set_up_layer(self, layer_id):
+        """The layer's SetUp (errors name the layer), then its tops' loss weights."""
+        layer, lp = self._layers[layer_id], self.param.layer[layer_id]
+        try:
+            layer.SetUp(self.bottom_vecs[layer_id], self.top_vecs[layer_id])
+        except LayerError:
+            raise
+        except CaffeineError as e:
+            raise LayerError('layer %r (%s): %s' % (lp.name, lp.type, e))
+        for j, tid in enumerate(self.top_id_vecs[layer_id]):
+            w = layer.loss(j)
+            if w:
+                self.blob_loss_weights_[tid] = w
+        if self.debug_info or log.isEnabledFor(logging.DEBUG):
+            for t in self.top_vecs[layer_id]:
+                log.info('Top shape: %s', t.shape_string())
+
+    def _append_params(self, layer_id):
+        """Caffe's AppendParam for each of the layer's parameter blobs; True if one is learned."""
+        layer, lp = self._layers[layer_id], self.param.layer[layer_id]
+        pids = []
+        need_backward = False
+        force_zero = getattr(layer, 'force_zero_lr', False)
+        for j in range(len(layer.blobs)):
+            spec = lp.param[j] if j < len(lp.param) else caffe_pb2.ParamSpec()
+            lr = 0.0 if force_zero else spec.lr_mult
+            need_backward |= lr != 0
+            if j < len(layer.param_propagate_down):
+                layer.param_propagate_down[j] = lr != 0
+            pids.append(self._append_param(layer_id, j, spec, lr))
+        self.param_id_vecs.append(pids)
+        if len(lp.param) > len(layer.blobs):
+            raise GraphError('layer %r (%s): %d param specs but the layer has %d parameter blobs'
+                             % (lp.name, lp.type, len(lp.param), len(layer.blobs)))
+        return need_backward
+
+    def _append_param(self, layer_id, j, spec, lr):
+        """Record parameter ``j`` of a layer: a learnable param of its own, or (a
+        ParamSpec name seen before) a share of its owner's; returns its param id."""
+        blob = self._layers[layer_id].blobs[j]
+        pid = len(self._params)
+        self._params.append(blob)
+        self.param_layer_indices.append((layer_id, j))
+        name = spec.name
+        self.param_display_names.append(name if name else str(j))
+        if name and name in self._param_names_index:
+            owner = self._param_names_index[name]
+            self._check_shareable(layer_id, j, spec, owner)
+            self.param_owners.append(owner)
+            lid = self.learnable_param_ids[owner]
+            self.learnable_param_ids.append(lid)
+            self._merge_shared_multipliers(layer_id, spec, lr, lid)
+            return pid
+        if name:
+            self._param_names_index[name] = pid
+        self.param_owners.append(-1)
+        self.learnable_param_ids.append(len(self.learnable_params))
+        self.learnable_params.append(blob)
+        self.has_params_lr.append(spec.HasField('lr_mult'))
+        self.has_params_decay.append(spec.HasField('decay_mult'))
+        self.params_lr.append(lr)
+        self.params_weight_decay.append(spec.decay_mult)
+        return pid
+
+    def _check_shareable(self, layer_id, j, spec, owner):
+        """Shapes (STRICT) or counts (PERMISSIVE) of a shared param and its owner agree."""
+        lp = self.param.layer[layer_id]
+        mine, theirs = self._layers[layer_id].blobs[j], self._params[owner]
+        owner_name = self._layer_names[self.param_layer_indices[owner][0]]
+        if spec.share_mode == caffe_pb2.ParamSpec.PERMISSIVE:
+            if theirs.count != mine.count:
+                raise GraphError('layer %r (%s): cannot share param %r (index %d) with layer %r: count %d != %d (PERMISSIVE)'
+                                 % (lp.name, lp.type, spec.name, j, owner_name, mine.count, theirs.count))
+        elif theirs.shape != mine.shape:
+            raise GraphError('layer %r (%s): cannot share param %r (index %d) with layer %r: shape %s != %s '
+                             '(STRICT; use share_mode PERMISSIVE to match counts only)'
+                             % (lp.name, lp.type, spec.name, j, owner_name, list(mine.shape), list(theirs.shape)))
+
+    def _merge_shared_multipliers(self, layer_id, spec, lr, lid):
+        """A shared param's lr_mult/decay_mult, where given, set (or must equal) the owner's."""
+        lp = self.param.layer[layer_id]
+        if spec.HasField('lr_mult'):
+            if self.has_params_lr[lid] and self.params_lr[lid] != lr:
+                raise GraphError('layer %r: shared param %r specifies a different lr_mult (%g != %g)'
+                                 % (lp.name, spec.name, lr, self.params_lr[lid]))
+            self.has_params_lr[lid] = True
+            self.params_lr[lid] = lr
+        if spec.HasField('decay_mult'):
+            if self.has_params_decay[lid] and self.params_weight_decay[lid] != spec.decay_mult:
+                raise GraphError('layer %r: shared param %r specifies a different decay_mult (%g != %g)'
+                                 % (lp.name, spec.name, spec.decay_mult, self.params_weight_decay[lid]))
+            self.has_params_decay[lid] = True
+            self.params_weight_decay[lid] = spec.decay_mult
+
+    def _mark_backward(self):
+        """Caffe's rules for which layers need backward: only those under a loss,
+        and not those whose tops need no gradient; then force_backward; then each
+        layer is told (it may skip keeping what only backward reads)."""
         under_loss, skip_backp = set(), set()
         for layer_id in range(len(self._layers) - 1, -1, -1):
             layer = self._layers[layer_id]
-            lp = param.layer[layer_id]
-            contributes = False
-            skip_prop = True
+            contributes, skip_prop = False, True
             for j, tid in enumerate(self.top_id_vecs[layer_id]):
                 name = self._blob_names[tid]
-                if layer.loss(j) or name in under_loss:
-                    contributes = True
-                if name not in skip_backp:
-                    skip_prop = False
+                contributes |= bool(layer.loss(j)) or name in under_loss
+                skip_prop &= name in skip_backp
                 if contributes and not skip_prop:
                     break
+            bneed = self.bottom_need_backward[layer_id]
             if self.layer_need_backward[layer_id] and skip_prop:
                 self.layer_need_backward[layer_id] = False
-                self.bottom_need_backward[layer_id] = [False] * len(self.bottom_need_backward[layer_id])
+                bneed[:] = [False] * len(bneed)
             if not contributes:
                 self.layer_need_backward[layer_id] = False
             for j, bid in enumerate(self.bottom_id_vecs[layer_id]):
@@ -319,100 +448,27 @@ class Net:
                 if contributes:
                     under_loss.add(name)
                 else:
-                    self.bottom_need_backward[layer_id][j] = False
-                if not self.bottom_need_backward[layer_id][j]:
+                    bneed[j] = False
+                if not bneed[j]:
                     skip_backp.add(name)
-        if param.force_backward:
-            for layer_id, layer in enumerate(self._layers):
-                self.layer_need_backward[layer_id] = True
-                for j, bid in enumerate(self.bottom_id_vecs[layer_id]):
-                    nb = self.bottom_need_backward[layer_id][j] or layer.allow_force_backward(j)
-                    self.bottom_need_backward[layer_id][j] = nb
-                    self.blob_need_backward[bid] = self.blob_need_backward[bid] or nb
-                for j in range(len(layer.param_propagate_down)):
-                    layer.param_propagate_down[j] = True
-        # Layers the Net will never ask for a backward pass may skip keeping
-        # what only backward reads (e.g. BatchNorm's normalized copy).
+        if self.param.force_backward:
+            self._force_backward()
         for layer, nb in zip(self._layers, self.layer_need_backward):
             layer.need_backward = bool(nb)
-        self._find_folds()
-        self._output_names = sorted(available)
-        self._output_blob_indices = [self._blob_name_to_idx[n] for n in self._output_names]
-        self._share_weights()
-        self._build_python_views()
-        self._memory_used = sum(b.count for b in self._blobs) * 4
 
-    def _new_blob(self, name):
-        """A new top blob and its bookkeeping; returns its index."""
-        self._blobs.append(Blob())
-        self._blob_names.append(name)
-        self.blob_need_backward.append(False)
-        self.blob_loss_weights_.append(0.0)
-        return len(self._blobs) - 1
-
-    def _find_folds(self):
-        """Pairs of layers that forward runs as one (BatchNorm + Scale at inference)."""
-        from .layers.common import batchnorm_scale_forward, can_fold_batchnorm_scale
-        self._fold_forward = batchnorm_scale_forward
-        self._folds = {}
-        if os.environ.get('CAFFEINE_NO_FOLDING', '') not in ('', '0'):
-            return
-        for i in range(len(self._layers) - 1):
-            if can_fold_batchnorm_scale(self._layers[i], self._layers[i + 1],
-                                        self.bottom_id_vecs[i], self.top_id_vecs[i],
-                                        self.bottom_id_vecs[i + 1], self.top_id_vecs[i + 1]):
-                self._folds[i] = i + 1
-
-    def _append_param(self, layer_id, j, spec, lr):
-        layer = self._layers[layer_id]
-        lp = self.param.layer[layer_id]
-        pid = len(self._params)
-        self._params.append(layer.blobs[j])
-        self.param_layer_indices.append((layer_id, j))
-        name = spec.name
-        self.param_display_names.append(name if name else str(j))
-        if not name or name not in self._param_names_index:
-            if name:
-                self._param_names_index[name] = pid
-            self.param_owners.append(-1)
-            self.learnable_param_ids.append(len(self.learnable_params))
-            self.learnable_params.append(layer.blobs[j])
-            self.has_params_lr.append(spec.HasField('lr_mult'))
-            self.has_params_decay.append(spec.HasField('decay_mult'))
-            self.params_lr.append(lr)
-            self.params_weight_decay.append(spec.decay_mult)
-            return pid
-        owner = self._param_names_index[name]
-        self.param_owners.append(owner)
-        owner_layer, owner_j = self.param_layer_indices[owner]
-        owner_blob = self._params[owner]
-        mine = layer.blobs[j]
-        if spec.share_mode == caffe_pb2.ParamSpec.PERMISSIVE:
-            if owner_blob.count != mine.count:
-                raise GraphError('layer %r (%s): cannot share param %r (index %d) with layer %r: count %d != %d (PERMISSIVE)'
-                                 % (lp.name, lp.type, name, j, self._layer_names[owner_layer], mine.count, owner_blob.count))
-        elif owner_blob.shape != mine.shape:
-            raise GraphError('layer %r (%s): cannot share param %r (index %d) with layer %r: shape %s != %s '
-                             '(STRICT; use share_mode PERMISSIVE to match counts only)'
-                             % (lp.name, lp.type, name, j, self._layer_names[owner_layer],
-                                list(mine.shape), list(owner_blob.shape)))
-        lid = self.learnable_param_ids[owner]
-        self.learnable_param_ids.append(lid)
-        if spec.HasField('lr_mult'):
-            if self.has_params_lr[lid] and self.params_lr[lid] != lr:
-                raise GraphError('layer %r: shared param %r specifies a different lr_mult (%g != %g)'
-                                 % (lp.name, name, lr, self.params_lr[lid]))
-            self.has_params_lr[lid] = True
-            self.params_lr[lid] = lr
-        if spec.HasField('decay_mult'):
-            if self.has_params_decay[lid] and self.params_weight_decay[lid] != spec.decay_mult:
-                raise GraphError('layer %r: shared param %r specifies a different decay_mult (%g != %g)'
-                                 % (lp.name, name, spec.decay_mult, self.params_weight_decay[lid]))
-            self.has_params_decay[lid] = True
-            self.params_weight_decay[lid] = spec.decay_mult
-        return pid
+    def _force_backward(self):
+        """NetParameter.force_backward: every layer, and every bottom its layer allows."""
+        for layer_id, layer in enumerate(self._layers):
+            self.layer_need_backward[layer_id] = True
+            bneed = self.bottom_need_backward[layer_id]
+            for j, bid in enumerate(self.bottom_id_vecs[layer_id]):
+                bneed[j] = bneed[j] or layer.allow_force_backward(j)
+                self.blob_need_backward[bid] = self.blob_need_backward[bid] or bneed[j]
+            for j in range(len(layer.param_propagate_down)):
+                layer.param_propagate_down[j] = True
 
     def _share_weights(self):
+        """Shared params use their owner's data and diff (Caffe's ShareWeights)."""
         for pid, owner in enumerate(self.param_owners):
             if owner < 0:
                 continue
@@ -422,17 +478,9 @@ class Net:
             p.share_data(o)
             p.share_diff(o)
 
-    def _build_python_views(self):
-        self.blobs = collections.OrderedDict((n, self._blobs[i]) for i, n in enumerate(self._blob_names))
-        self.layers = list(self._layers)
-        self.layer_dict = collections.OrderedDict(zip(self._layer_names, self._layers))
-        self.params = collections.OrderedDict(
-            (name, list(layer.blobs)) for name, layer in zip(self._layer_names, self._layers) if layer.blobs)
-        self.top_names = collections.OrderedDict(
-            (name, [self._blob_names[i] for i in ids]) for name, ids in zip(self._layer_names, self.top_id_vecs))
-        self.bottom_names = collections.OrderedDict(
-            (name, [self._blob_names[i] for i in ids]) for name, ids in zip(self._layer_names, self.bottom_id_vecs))
-        self.blob_loss_weights = collections.OrderedDict(zip(self._blob_names, self.blob_loss_weights_))
+    def _names_by_layer(self, id_vecs):
+        return collections.OrderedDict(
+            (name, [self._blob_names[i] for i in ids]) for name, ids in zip(self._layer_names, id_vecs))
 
     # -- memory planning ------------------------------------------------------
     def plan_memory(self):
@@ -447,48 +495,44 @@ class Net:
         """
         if any(self.layer_need_backward):
             return 0
-        from .blob import SyncedMemory
-        keep = set(self._input_blob_indices) | set(self._output_blob_indices)
-        groups = {}  # id(SyncedMemory) -> [first, last, count, [blob ids], fixed]
-        for layer_id in range(len(self._layers)):
-            for bid in self.bottom_id_vecs[layer_id] + self.top_id_vecs[layer_id]:
-                b = self._blobs[bid]
-                if b._data is None:
-                    continue
-                g = groups.setdefault(id(b._data), [layer_id, layer_id, 0, [], False])
-                g[0] = min(g[0], layer_id)
-                g[1] = max(g[1], layer_id)
-                g[2] = max(g[2], b._data.capacity)
-                if bid not in g[3]:
-                    g[3].append(bid)
-                if bid in keep or getattr(self._layers[layer_id], 'is_data_layer', False):
-                    g[4] = True
-        before = sum(g[2] for g in groups.values())
+        groups = self._blob_groups()
+        before = sum(g.capacity for g in groups)
         # Greedy by size: the largest blobs first, each into the smallest buffer
         # whose blobs' lives do not overlap its own, else a new buffer of its
         # size (buffers are made largest first, so none ever grows).
-        plan = sorted((g for g in groups.values() if not g[4]), key=lambda g: (-g[2], g[0]))
-        buffers = []  # [capacity, [groups]]
-        for g in plan:
-            best = None
-            for buf in buffers:
-                if all(g[0] > h[1] or h[0] > g[1] for h in buf[1]):
-                    if best is None or buf[0] < best[0]:
-                        best = buf
-            if best is None:
-                best = [g[2], []]
-                buffers.append(best)
-            best[1].append(g)
-        for buf in buffers:
-            mem = SyncedMemory(buf[0])
-            for g in buf[1]:
-                for bid in g[3]:
-                    self._blobs[bid]._set_data_memory(mem)
-        after = sum(g[2] for g in groups.values() if g[4]) + sum(buf[0] for buf in buffers)
+        buffers = []  # (capacity, [groups])
+        for g in sorted((g for g in groups if not g.fixed), key=lambda g: (-g.capacity, g.first)):
+            free = [buf for buf in buffers if not any(g.overlaps(h) for h in buf[1])]
+            if free:
+                min(free, key=lambda buf: buf[0])[1].append(g)
+            else:
+                buffers.append((g.capacity, [g]))
+        for capacity, members in buffers:
+            mem = SyncedMemory(capacity)
+            for g in members:
+                for bid in g.blob_ids:
+                    self._blobs[bid].set_data_memory(mem)
+        after = sum(g.capacity for g in groups if g.fixed) + sum(capacity for capacity, _ in buffers)
         self.memory_planned = True
-        self._unplanned_bytes = before * 4
-        self._planned_saving = (before - after) * 4
-        return self._planned_saving
+        self.unplanned_bytes = before * 4
+        return (before - after) * 4
+
+    def _blob_groups(self):
+        """A _BlobGroup for each data buffer the layers read or write, by first use."""
+        keep = set(self._input_blob_indices) | set(self._output_blob_indices)
+        groups = {}   # id(buffer) -> _BlobGroup
+        for layer_id, layer in enumerate(self._layers):
+            data_layer = getattr(layer, 'is_data_layer', False)
+            for bid in self.bottom_id_vecs[layer_id] + self.top_id_vecs[layer_id]:
+                mem = self._blobs[bid].data_memory
+                if mem is None:
+                    continue
+                g = groups.setdefault(id(mem), _BlobGroup(layer_id, layer_id, mem.capacity))
+                g.last = layer_id
+                if bid not in g.blob_ids:
+                    g.blob_ids.append(bid)
+                g.fixed |= bid in keep or data_layer
+        return list(groups.values())
 
     # -- pycaffe-style properties -------------------------------------------
     @property
@@ -497,7 +541,7 @@ class Net:
 
     @property
     def outputs(self):
-        return list(self._output_names)
+        return [self._blob_names[i] for i in self._output_blob_indices]
 
     @property
     def layer_names(self):
@@ -509,15 +553,6 @@ class Net:
 
     def has_blob(self, name):
         return name in self._blob_name_to_idx
-
-    def blob_by_name(self, name):
-        try:
-            return self.blobs[name]
-        except KeyError:
-            raise CaffeineError('unknown blob name %r' % name)
-
-    def has_layer(self, name):
-        return name in self.layer_dict
 
     def layer_by_name(self, name):
         return self.layer_dict[name]
@@ -597,7 +632,7 @@ class Net:
                 if arr.ndim and arr.shape[0] != blob.shape[0]:
                     raise CaffeineError('input %r is not batch sized: %d != %d' % (name, arr.shape[0], blob.shape[0]))
                 blob.data[...] = arr
-        self._last_loss = self.forward_from_to(start_ind, end_ind)
+        self.forward_from_to(start_ind, end_ind)
         return {out: self.blobs[out].data for out in outputs}
 
     def backward(self, diffs=None, start=None, end=None, **kwargs):
@@ -754,28 +789,19 @@ class Net:
 
     # -- weights ------------------------------------------------------------
     def copy_from(self, path):
-        """Copy trained layers' weights from a .caffemodel or .caffemodel.h5 (by layer name)."""
-        from .weights import copy_trained_layers_from
+        """Copy trained layers' weights from a .caffemodel or .caffemodel.h5 file (by layer name)."""
         return copy_trained_layers_from(self, path)
 
-    def copy_from_param(self, net_param):
-        from .weights import copy_trained_layers_from_param
-        return copy_trained_layers_from_param(self, net_param)
-
     def to_proto(self, write_diff=False):
-        from .weights import net_to_proto
         return net_to_proto(self, write_diff)
 
     def save(self, filename, write_diff=False):
-        from .weights import save_caffemodel
         save_caffemodel(self, filename, write_diff)
 
     def save_hdf5(self, filename, write_diff=False):
-        from .weights import save_hdf5
         save_hdf5(self, filename, write_diff)
 
     def load_hdf5(self, filename):
-        from .weights import load_hdf5
         load_hdf5(self, filename)
 
     # -- debug info -----------------------------------------------------------

@@ -1,7 +1,11 @@
 """Looking at a model and a run: per-layer summary, and parsing training logs."""
 from __future__ import annotations
 
+import os
 import re
+
+from .errors import CaffeineError
+from .utils import atomic_write
 
 
 def _prod(xs):
@@ -36,7 +40,7 @@ def summarize(net):
     for i, (name, layer) in enumerate(zip(net.layer_names, net.layers)):
         nparams = 0
         for b in layer.blobs:
-            key = id(b._data)
+            key = id(b.data_memory)
             if key not in seen:
                 seen.add(key)
                 nparams += b.count
@@ -58,13 +62,11 @@ def memory_report(net):
     backward = any(net.layer_need_backward)
     seen, planned = set(), 0
     for b in net._blobs:
-        for mem in ((b._data, b._diff) if backward else (b._data,)):
+        for mem in ((b.data_memory, b.diff_memory) if backward else (b.data_memory,)):
             if mem is not None and id(mem) not in seen:
                 seen.add(id(mem))
                 planned += mem.capacity * 4
-    naive = getattr(net, '_unplanned_bytes', None) if getattr(net, 'memory_planned', False) else None
-    if naive is None:
-        naive = planned
+    naive = net.unplanned_bytes if net.memory_planned else planned
     param_bytes = sum(b.count for b in net.learnable_params) * 4
     return {'blob_bytes': planned, 'param_bytes': param_bytes, 'naive_blob_bytes': naive}
 
@@ -149,7 +151,6 @@ def parse_log(lines):
 
 def plot_log(log_path, out_path):
     """Draw training loss, test loss and test accuracy against iterations (matplotlib)."""
-    from .errors import CaffeineError
     try:
         import matplotlib
         matplotlib.use('Agg')
@@ -186,8 +187,6 @@ def plot_log(log_path, out_path):
     ax.legend(handles, labels, loc='center right')
     ax.set_title(str(log_path))
     fig.tight_layout()
-    from .utils import atomic_write
-    import os
     ext = os.path.splitext(str(out_path))[1].lstrip('.') or 'png'
     with atomic_write(out_path, 'wb') as f:
         fig.savefig(f, format=ext, dpi=100)

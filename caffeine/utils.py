@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import tempfile
 
 log = logging.getLogger('caffeine')
@@ -48,7 +49,6 @@ def atomic_path(path):
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     tmp = os.path.join(d, '.%s.tmp%d' % (os.path.basename(path), os.getpid()))
-    import shutil
     if os.path.isdir(tmp):
         shutil.rmtree(tmp)
     elif os.path.exists(tmp):

@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import WeightsError
 from .proto import caffe_pb2
+from .upgrade import upgrade_net_weights
 from .utils import atomic_write
 
 log = logging.getLogger('caffeine')
@@ -43,7 +44,9 @@ def blob_proto_shape(bp):
 
 
 def blob_proto_to_array(bp, diff=False):
-    """float32 array with the values (or diff) of a BlobProto, shaped."""
+    """A BlobProto's values (or diff) as the **float32** array a Blob holds, shaped:
+    how the Net's weights and the solver's history are read.  pycaffe's
+    ``caffeine.io.blobproto_to_array`` returns float64 (and takes ``return_diff``)."""
     shape = blob_proto_shape(bp)
     if diff:
         vals = bp.double_diff if len(bp.double_diff) else bp.diff
@@ -57,6 +60,7 @@ def blob_proto_to_array(bp, diff=False):
 
 
 def array_to_blob_proto(arr, diff=None, proto=None):
+    """A float32 array (and its diff) into a BlobProto (a new one, or ``proto``)."""
     proto = proto if proto is not None else caffe_pb2.BlobProto()
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     proto.shape.dim.extend(arr.shape)
@@ -96,16 +100,14 @@ def read_caffemodel(path):
         param.ParseFromString(data)
     except Exception as e:
         raise WeightsError('%s: not a valid .caffemodel (binary NetParameter): %s' % (path, e))
-    from .upgrade import upgrade_net_weights
     upgrade_net_weights(param, str(path))
     return param
 
 
 def copy_trained_layers_from(net, path):
+    """Copy weights by layer name from a local .caffemodel or .caffemodel.h5 file
+    (``zoo:NAME`` is resolved to a file by the caller: caffeine.zoo.resolve_weights)."""
     path = os.fspath(path)
-    if path.startswith('zoo:'):
-        from .zoo import resolve_weights
-        path = resolve_weights(path)
     if is_hdf5(path):
         return load_hdf5(net, path)
     return copy_trained_layers_from_param(net, read_caffemodel(path), source=path)

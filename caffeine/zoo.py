@@ -50,6 +50,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .errors import CaffeineError
+from .net import Net
+from .proto import caffe_pb2
 
 log = logging.getLogger('caffeine')
 
@@ -205,12 +207,6 @@ class ZooEntry:
         if self.from_path:
             return self.folder
         return cache_home() / 'models' / self.key
-
-    def to_dict(self):
-        d = dict(self.meta)
-        d.update(key=self.key, folder=str(self.folder), sha1=self.sha1 or '', size=self.size,
-                 description=self.body)
-        return d
 
 
 def read_entry(folder, key=None, from_path=False):
@@ -390,10 +386,7 @@ def _progress_bar(enabled, total, initial, desc):
     enabled = bool(enabled) and hasattr(sys.stderr, 'isatty') and sys.stderr.isatty()
     if not enabled:
         return None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return None
+    from tqdm import tqdm
     return tqdm(total=total, initial=initial, unit='B', unit_scale=True, unit_divisor=1024,
                 desc=desc, file=sys.stderr, leave=True, dynamic_ncols=True)
 
@@ -584,9 +577,7 @@ def load(name_or_folder, phase=None, **download_kwargs):
     if not e.deploy.is_file():
         raise ZooError('%s has no deploy.prototxt' % e.folder)
     weights = download(e, **download_kwargs)
-    from .net import Net
     if phase is None:
-        from .proto import caffe_pb2
         phase = caffe_pb2.TEST
     return Net(str(e.deploy), phase, weights=str(weights))
 

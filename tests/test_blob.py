@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from caffeine import backend
-from caffeine.blob import Blob
+from caffeine.blob import Blob, SyncedMemory
 from caffeine.errors import CaffeineError
 
 
@@ -55,6 +55,23 @@ def test_share_data_and_diff():
     np.testing.assert_array_equal(b.diff, 7)
     with pytest.raises(CaffeineError):
         Blob(3).share_data(a)
+
+
+def test_data_memory_is_what_shared_blobs_hold_and_set_data_memory_moves_the_values():
+    a, b = Blob(2, 3), Blob(6)
+    assert Blob().data_memory is None and Blob().diff_memory is None
+    assert a.data_memory is not b.data_memory and a.data_memory.capacity == 6
+    b.share_data(a)
+    assert b.data_memory is a.data_memory and b.diff_memory is not a.diff_memory
+    mem = SyncedMemory(10)
+    mem.host()[:6] = np.arange(6)
+    a.set_data_memory(mem)
+    assert a.data_memory is mem and not a.shares_data_with(b)
+    np.testing.assert_array_equal(a.data, [[0, 1, 2], [3, 4, 5]])
+    a.data[1, 2] = 50
+    assert mem.host()[5] == 50
+    with pytest.raises(CaffeineError, match='too small'):
+        Blob(11).set_data_memory(mem)
 
 
 def test_negative_dimension_is_an_error():

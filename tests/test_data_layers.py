@@ -17,7 +17,7 @@ import pytest
 from google.protobuf import text_format
 
 import caffeine
-from caffeine import backend
+from caffeine import backend, runtime
 from caffeine.blob import Blob
 from caffeine.errors import CaffeineError, DataError
 from caffeine.layer import create_layer
@@ -763,10 +763,9 @@ def test_net_with_data_layer(tmp_path):
 
 
 def test_data_multi_solver_skip(tmp_path, monkeypatch):
-    parallel = pytest.importorskip('caffeine.parallel')
     src = make_lmdb(tmp_path / 'db', images(8))
-    monkeypatch.setattr(parallel, 'solver_count', lambda: 2)
-    monkeypatch.setattr(parallel, 'solver_rank', lambda: 1)
+    monkeypatch.setattr(runtime, 'solver_count', lambda: 2)
+    monkeypatch.setattr(runtime, 'solver_rank', lambda: 1)
     layer, top = data_layer(src, batch=3)                   # TRAIN: rank 1 of 2 reads the odd records
     np.testing.assert_array_equal(forward(layer, top)[1], [1, 3, 5])
     layer.close()

@@ -1,4 +1,4 @@
-"""caffeine.io (pycaffe's caffe.io) and caffeine.parallel (pycaffe's singletons)."""
+"""caffeine.io (pycaffe's caffe.io) and caffeine.runtime / caffeine.glog (pycaffe's process-wide settings, Timer, logging)."""
 import time
 
 import numpy as np
@@ -212,6 +212,24 @@ def test_datum_round_trip():
         caffe.io.datum_to_array(short)
 
 
+def test_pycaffe_readers_give_float64_and_caffeines_own_give_float32():
+    """caffe.io's readers keep pycaffe's dtypes; the Net's and the data layers' readers give what a Blob holds."""
+    from caffeine.data.datum import datum_to_array as layer_datum_to_array
+    from caffeine.weights import blob_proto_to_array
+    vals = np.array([[0.1, -2.5], [3.25, 1e-3]])
+    bp = caffe.io.array_to_blobproto(vals)
+    for arr, dtype in ((caffe.io.blobproto_to_array(bp), np.float64), (blob_proto_to_array(bp), np.float32)):
+        assert arr.dtype == dtype and arr.shape == (2, 2)
+        np.testing.assert_array_equal(arr, vals.astype(np.float32))     # a BlobProto stores float32
+    d = caffe.io.array_to_datum(vals.reshape(1, 2, 2))
+    assert caffe.io.datum_to_array(d).dtype == np.float64
+    assert layer_datum_to_array(d).dtype == np.float32
+    u8 = caffe.io.array_to_datum(np.arange(4, dtype=np.uint8).reshape(1, 2, 2))
+    pycaffe_u8, layer_u8 = caffe.io.datum_to_array(u8), layer_datum_to_array(u8)
+    assert pycaffe_u8.dtype == layer_u8.dtype == np.uint8
+    assert pycaffe_u8.flags.writeable and not layer_u8.flags.writeable
+
+
 def test_encoded_datum_decodes_to_bgr(tmp_path):
     import io as _io
     rgb = np.zeros((2, 3, 3), np.uint8)
@@ -225,7 +243,7 @@ def test_encoded_datum_decodes_to_bgr(tmp_path):
     assert (arr[0] == 10).all() and (arr[1] == 0).all() and (arr[2] == 200).all()
 
 
-# -- caffeine.parallel ---------------------------------------------------------
+# -- caffeine.runtime, caffeine.glog ------------------------------------------
 
 def test_parallel_singletons_timer_nccl_and_log(caplog):
     assert caffe.solver_count() == 1 and caffe.solver_rank() == 0

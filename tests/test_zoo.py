@@ -14,10 +14,14 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import caffeine
 from caffeine import zoo
 from caffeine.errors import CaffeineError
+from caffeine.net import Net
+from caffeine.proto import caffe_pb2
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / 'shared'
@@ -146,7 +150,6 @@ def zoo_env(tmp_path, monkeypatch):
 
 def blob(n=50_000, seed=0):
     """A caffemodel-like blob: a serialized NetParameter padded with bytes."""
-    from caffeine.proto import caffe_pb2
     p = caffe_pb2.NetParameter(name='zoo-test-%d' % seed)
     head = p.SerializeToString()
     rnd = bytes((i * 131 + seed * 7 + (i >> 8)) % 256 for i in range(n))
@@ -525,12 +528,7 @@ INPUT_NET = ('name: "tiny" layer { name: "data" type: "Input" top: "data" '
 
 
 def test_load_returns_net(zoo_env, server):
-    try:
-        from caffeine.net import Net  # noqa: F401
-    except Exception as e:  # Net not there yet
-        pytest.skip('caffeine.net.Net unavailable: %s' % e)
     models, _ = zoo_env
-    from caffeine.proto import caffe_pb2
     data = caffe_pb2.NetParameter(name='tiny').SerializeToString()
     add_model(models, server, data=data)
     (models / 'tiny' / 'deploy.prototxt').write_text(INPUT_NET)
@@ -553,8 +551,6 @@ layer { name: "ip2_style" type: "InnerProduct" bottom: "ip1" top: "ip2_style"
 
 
 def _caffemodel_bytes(rng):
-    import numpy as np
-    from caffeine.proto import caffe_pb2
     p = caffe_pb2.NetParameter(name='tiny')
     arrays = {}
     for name, shape in (('ip1', [(4, 3), (4,)]), ('ip2', [(2, 4), (2,)])):
@@ -571,13 +567,6 @@ def _caffemodel_bytes(rng):
 
 def test_finetune_from_zoo_weights(zoo_env, server):
     """Weights fetched from the zoo initialise a net; a renamed layer learns from scratch."""
-    np = pytest.importorskip('numpy')
-    try:
-        import caffeine
-        from caffeine.net import Net
-        Net(FT_DEPLOY, caffeine.TEST)
-    except Exception as e:  # Net or InnerProduct not written yet
-        pytest.skip('Net with InnerProduct unavailable: %s' % e)
     models, _ = zoo_env
     data, arrays = _caffemodel_bytes(np.random.default_rng(0))
     add_model(models, server, data=data)
@@ -589,6 +578,25 @@ def test_finetune_from_zoo_weights(zoo_env, server):
     ft = Net(FT_NEW, caffeine.TRAIN, weights=zoo.resolve_weights('zoo:tiny', progress=False))
     np.testing.assert_array_equal(ft.params['ip1'][0].data, arrays['ip1'][0])
     assert np.all(ft.params['ip2_style'][0].data == 0.5)
+
+
+def test_weights_io_takes_local_paths_and_the_cli_resolves_zoo_names(zoo_env, server, tmp_path, capsys, caplog):
+    """``zoo:NAME`` is resolved once, by the command line; Net.copy_from reads files only."""
+    models, _ = zoo_env
+    data, arrays = _caffemodel_bytes(np.random.default_rng(1))
+    add_model(models, server, data=data)
+    deploy = tmp_path / 'deploy.prototxt'
+    deploy.write_text(FT_DEPLOY)
+    net = Net(str(deploy), caffeine.TEST)
+    with pytest.raises(CaffeineError, match='zoo:tiny: no such weights file'):
+        net.copy_from('zoo:tiny')
+    with caplog.at_level(logging.INFO, logger='caffeine'):
+        code, _, err = _cli(['test', '--model', str(deploy), '--weights', 'zoo:tiny', '--iterations', '1'], capsys)
+    assert code == 0, err
+    # ip2 = W2 (W1 x + b1) + b2 with x = 0 (the Input blob is zeros)
+    expect = arrays['ip2'][0] @ arrays['ip1'][1] + arrays['ip2'][1]
+    got = [float(m) for m in re.findall(r'Batch 0, ip2 = (\S+)', caplog.text)]
+    np.testing.assert_allclose(got, np.tile(expect, 2), rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------

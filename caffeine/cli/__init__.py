@@ -7,6 +7,7 @@ below.  Errors print one line, ``caffeine: error: ...``, and exit with status
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 
@@ -23,25 +24,17 @@ _COMMAND_MODULES = ('upgrade', 'train', 'data', 'zoo', 'summary', 'draw', 'devic
 @click.option('--no-python-layers', is_flag=True,
               help='Refuse "Python" layers (they import code named in a prototxt).')
 @click.version_option(package_name='caffeine', prog_name='caffeine')
-@click.pass_context
-def main(ctx, debug, no_python_layers):
+def main(debug, no_python_layers):
     """caffeine: Caffe's prototxt nets, solvers and weights, in Python."""
     if debug:
         os.environ['CAFFEINE_DEBUG'] = '1'
     if no_python_layers:
         os.environ['CAFFEINE_NO_PYTHON_LAYERS'] = '1'
-    import logging
     logging.basicConfig(level=logging.INFO, format='%(message)s', stream=sys.stderr)
 
 
 for _m in _COMMAND_MODULES:
-    try:
-        _mod = importlib.import_module('.' + _m, __name__)
-    except ModuleNotFoundError as _e:
-        if _e.name != __name__ + '.' + _m:
-            raise
-        continue
-    for _c in getattr(_mod, 'COMMANDS', ()):
+    for _c in importlib.import_module('.' + _m, __name__).COMMANDS:
         main.add_command(_c)
 
 

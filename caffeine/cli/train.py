@@ -12,10 +12,19 @@ import sys
 import time as _time
 
 import click
+import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from .. import backend
+from ..data.db import DBWriter
 from ..errors import CaffeineError
+from ..net import TEST, TRAIN, Net
+from ..proto import caffe_pb2
+from ..prototxt import _looks_like_path
+from ..solver import SignalHandler, load_solver_param, solver_class
+from ..summary import human_bytes, memory_report
+from ..zoo import resolve_weights
 from .device import parse_gpus, use_gpus
 
 log = logging.getLogger('caffeine')
@@ -30,18 +39,17 @@ def _stages(stage):
     return out
 
 
-def _split_weights(weights):
-    return [w.strip() for w in (weights or '').split(',') if w.strip()]
+def _weight_files(weights):
+    """--weights a.caffemodel,zoo:NAME -> [(as given, local path)]: the one place
+    where ``zoo:`` names are resolved (downloaded if needed)."""
+    names = [w.strip() for w in (weights or '').split(',') if w.strip()]
+    return [(w, resolve_weights(w)) for w in names]
 
 
 def copy_layers(solver, weights):
     """--weights a.caffemodel,b.caffemodel: copy into the train net and every test net, and say what matched."""
     any_copied = False
-    for w in _split_weights(weights):
-        path = w
-        if w.startswith('zoo:'):
-            from ..zoo import resolve_weights
-            path = resolve_weights(w)
+    for w, path in _weight_files(weights):
         if not os.path.exists(path):
             raise CaffeineError('--weights %s: no such file' % w)
         res = solver.net.copy_from(path)
@@ -51,7 +59,7 @@ def copy_layers(solver, weights):
         log.info('Copied weights from %s: %d layer(s) (%s)', w, len(with_blobs), ', '.join(with_blobs) or '-')
         if res['ignored']:
             log.info('Ignored layer(s) of %s not in net %r: %s', w, solver.net.name, ', '.join(res['ignored']))
-        learnable = [n for n, l in zip(solver.net.layer_names, solver.net.layers) if l.blobs]
+        learnable = [n for n, layer in zip(solver.net.layer_names, solver.net.layers) if layer.blobs]
         missing = [n for n in learnable if n not in res['copied']]
         if missing:
             log.info('Layers of %r left as initialized: %s', solver.net.name, ', '.join(missing))
@@ -147,9 +155,6 @@ def progress_bar(solver, progress=None):
 @click.option('--progress/--no-progress', default=None, help='Live progress bar (default: on a terminal only).')
 def train_cmd(solver, weights, snapshot, gpu, level, stage, sigint_effect, sighup_effect, allow_nan, progress):
     """Train or fine-tune a model (Caffe's `caffe train`)."""
-    from .. import backend
-    from ..proto import caffe_pb2
-    from ..solver import SignalHandler, load_solver_param, solver_class
     if not solver:
         raise CaffeineError('train: need a solver definition (--solver solver.prototxt)')
     if snapshot and weights:
@@ -182,20 +187,17 @@ def train_cmd(solver, weights, snapshot, gpu, level, stage, sigint_effect, sighu
             elif weights:
                 copy_layers(s, weights)
             log.info('Starting Optimization')
-            import numpy as np
             # a diverging loss is reported by the solver itself, naming the layer
             with np.errstate(over='ignore', invalid='ignore', divide='ignore'), progress_bar(s, progress):
                 s.solve()
 
 
 def _load_net(model, phase, weights, level, stage, memory_plan=False):
-    import caffeine
-    from ..prototxt import _looks_like_path
     if _looks_like_path(model) and not os.path.exists(model):
         raise CaffeineError('--model %s: no such file' % model)
-    net = caffeine.Net(model, phase, level=level, stages=_stages(stage), memory_plan=memory_plan)
-    for w in _split_weights(weights):
-        res = net.copy_from(w)
+    net = Net(model, phase, level=level, stages=_stages(stage), memory_plan=memory_plan)
+    for w, path in _weight_files(weights):
+        res = net.copy_from(path)
         if not res['copied']:
             raise CaffeineError('--weights %s: no layer name matches a layer of net %r' % (w, net.name))
     return net
@@ -210,14 +212,12 @@ def _load_net(model, phase, weights, level, stage, memory_plan=False):
 @click.option('--stage', multiple=True)
 def test_cmd(model, weights, iterations, gpu, level, stage):
     """Score a trained model on its TEST-phase data (Caffe's `caffe test`)."""
-    import numpy as np
-    import caffeine
     if not model:
         raise CaffeineError('test: need a model definition to score (--model)')
     if not weights:
         raise CaffeineError('test: need model weights to score (--weights)')
     use_gpus(parse_gpus(gpu), 'test')
-    net = _load_net(model, caffeine.TEST, weights, level, stage)
+    net = _load_net(model, TEST, weights, level, stage)
     log.info('Running for %d iterations.', iterations)
     scores, names = None, []
     loss = np.float32(0)
@@ -254,15 +254,13 @@ def test_cmd(model, weights, iterations, gpu, level, stage):
 @click.option('--stage', multiple=True)
 def time_cmd(model, weights, iterations, gpu, phase, level, stage):
     """Benchmark forward and backward, layer by layer (Caffe's `caffe time`)."""
-    import caffeine
-    from .. import backend
     if not model:
         raise CaffeineError('time: need a model definition to time (--model)')
     if iterations < 1:
         raise CaffeineError('time: --iterations must be at least 1')
     use_gpus(parse_gpus(gpu), 'time')
     # a TEST net without a backward pass runs with the memory planner, as deployed
-    net = _load_net(model, caffeine.TRAIN if phase == 'TRAIN' else caffeine.TEST, weights, level, stage,
+    net = _load_net(model, TRAIN if phase == 'TRAIN' else TEST, weights, level, stage,
                     memory_plan=(phase != 'TRAIN'))
     log.info('Performing Forward')
     initial_loss = net.forward_prefilled()
@@ -306,7 +304,6 @@ def time_cmd(model, weights, iterations, gpu, phase, level, stage):
     log.info('Average Forward-Backward: %g ms.', total * 1000 / iterations)
     log.info('Total Time: %g ms.', total * 1000)
     log.info('*** Benchmark ends ***')
-    from ..summary import human_bytes, memory_report
     mem = memory_report(net)
     log.info('Memory: blobs %s%s (%s without it), parameters %s.', human_bytes(mem['blob_bytes']),
              ' with the memory planner' if net.memory_planned else '', human_bytes(mem['naive_blob_bytes']),
@@ -314,77 +311,6 @@ def time_cmd(model, weights, iterations, gpu, phase, level, stage):
 
 
 # -- extract_features ----------------------------------------------------------------
-class _FeatureDB:
-    """A new LMDB or LevelDB written under a temporary name, renamed into place on close."""
-
-    def __init__(self, path, backend_name):
-        from ..utils import atomic_path
-        self.path = path
-        self.backend = backend_name
-        if os.path.exists(path):
-            raise CaffeineError('%s already exists: give a new database name' % path)
-        self._ctx = atomic_path(path)
-        self.tmp = self._ctx.__enter__()
-        self.pending = []
-        if backend_name == 'lmdb':
-            import lmdb
-            self.map_size = 64 << 20
-            self.db = lmdb.open(self.tmp, map_size=self.map_size, subdir=True, lock=True)
-        else:
-            try:
-                import plyvel
-            except ImportError:
-                raise CaffeineError('--backend leveldb needs plyvel (pip install caffeine[leveldb])')
-            self.db = plyvel.DB(self.tmp, create_if_missing=True, error_if_exists=True)
-
-    def put(self, key, value):
-        self.pending.append((key, value))
-
-    def commit(self):
-        if not self.pending:
-            return
-        if self.backend == 'lmdb':
-            import lmdb
-            while True:
-                try:
-                    with self.db.begin(write=True) as txn:
-                        for k, v in self.pending:
-                            txn.put(k, v)
-                    break
-                except lmdb.MapFullError:
-                    self.map_size *= 2
-                    self.db.set_mapsize(self.map_size)
-        else:
-            with self.db.write_batch() as wb:
-                for k, v in self.pending:
-                    wb.put(k, v)
-        self.pending = []
-
-    def close(self, ok=True):
-        try:
-            if ok:
-                self.commit()
-            self.db.close()
-        finally:
-            if ok:
-                self._ctx.__exit__(None, None, None)
-            else:
-                err = CaffeineError('aborted')
-                try:
-                    self._ctx.__exit__(type(err), err, None)
-                except CaffeineError:
-                    pass
-
-
-def _open_feature_db(path, backend_name):
-    """caffeine.data.db's atomic writer where present, else the local one."""
-    try:
-        from ..data.db import DBWriter
-    except ImportError:
-        return _FeatureDB(path, backend_name)
-    return DBWriter(path, backend_name)
-
-
 @click.command('extract_features')
 @click.argument('weights')
 @click.argument('model')
@@ -401,8 +327,6 @@ def extract_features_cmd(weights, model, blobs, dbs, num_mini_batches, extra, db
     WEIGHTS MODEL BLOB[,BLOB...] DB[,DB...] NUM_MINI_BATCHES, as Caffe's
     extract_features (whose trailing `lmdb|leveldb [CPU|GPU] [DEVICE_ID]` are accepted too).
     """
-    import caffeine
-    from ..proto import caffe_pb2
     extra = list(extra)
     if extra and extra[0].lower() in ('lmdb', 'leveldb'):
         db_backend = db_backend or extra.pop(0).lower()
@@ -422,7 +346,7 @@ def extract_features_cmd(weights, model, blobs, dbs, num_mini_batches, extra, db
     if num_mini_batches < 1:
         raise CaffeineError('extract_features: NUM_MINI_BATCHES must be at least 1')
     use_gpus(parse_gpus(gpu), 'extract_features')
-    net = _load_net(model, caffeine.TEST, weights, 0, ())
+    net = _load_net(model, TEST, weights, 0, ())
     for b in blob_names:
         if not net.has_blob(b):
             raise CaffeineError('Unknown feature blob name %s in the network %s' % (b, model))
@@ -433,7 +357,7 @@ def extract_features_cmd(weights, model, blobs, dbs, num_mini_batches, extra, db
     out = []
     try:
         for d in db_names:
-            out.append(_open_feature_db(d, db_backend))
+            out.append(DBWriter(d, db_backend))
     except BaseException:
         for db in out:
             db.close(False)

@@ -54,7 +54,8 @@ def _one_line(e):
 
 
 def array_to_datum(arr, label=None):
-    """A Datum of a (C, H, W) (or (H, W)) array: uint8 arrays go in ``data``, others in ``float_data``."""
+    """A Datum of a (C, H, W) (or (H, W)) array: uint8 arrays go in ``data``, others in
+    ``float_data`` (as float32).  pycaffe's ``caffeine.io.array_to_datum`` takes 3-D only."""
     arr = np.asarray(arr)
     if arr.ndim == 2:
         arr = arr[None]
@@ -113,8 +114,11 @@ def datum_shape(d, where='', key=None, data=None):
 
 
 def datum_to_array(d, mode='native', where='', key=None):
-    """A Datum's values as a (C, H, W) array: uint8 for ``data`` and encoded images,
-    float32 for ``float_data``.  ``mode`` decodes encoded images ('native', 'color', 'gray')."""
+    """A Datum's values as a (C, H, W) array, as the data layers read it: **uint8**
+    for ``data`` (a read-only view, no copy) and encoded images, **float32** for
+    ``float_data``.  ``mode`` decodes encoded images ('native', 'color', 'gray').
+    Not pycaffe's ``caffeine.io.datum_to_array``, which returns float64 for
+    ``float_data`` and always a new array."""
     data = d.data          # (each access to a bytes field copies it: read it once)
     if d.encoded:
         return decode_image(data, mode, _at(where, key))

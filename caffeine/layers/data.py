@@ -45,8 +45,8 @@ def _private_rng():
 def _solver_split():
     """(solver_count, solver_rank) for multi-GPU record skipping (1, 0 when unknown)."""
     try:
-        from .. import parallel
-        return int(parallel.solver_count()), int(parallel.solver_rank())
+        from .. import runtime
+        return int(runtime.solver_count()), int(runtime.solver_rank())
     except Exception:
         return 1, 0
 

@@ -1,4 +1,4 @@
-"""pycaffe's process-wide singletons: multi-GPU solver count/rank, NCCL, Timer, logging.
+"""pycaffe's process-wide settings: multi-GPU solver count/rank, NCCL, and Timer.
 
 caffeine trains on one device per process.  ``solver_count``/``solver_rank``
 and ``set_multiprocess`` keep pycaffe's values so that scripts written for
@@ -8,14 +8,12 @@ multi-GPU pycaffe run (as one solver); ``NCCL`` refuses clearly, and
 from __future__ import annotations
 
 import logging
-import sys
 import time
 
 from .errors import CaffeineError
 
 __all__ = ['solver_count', 'solver_rank', 'set_solver_count', 'set_solver_rank',
-           'set_multiprocess', 'multiprocess', 'has_nccl', 'Timer', 'NCCL',
-           'init_log', 'log']
+           'set_multiprocess', 'multiprocess', 'has_nccl', 'Timer', 'NCCL']
 
 _state = {'solver_count': 1, 'solver_rank': 0, 'multiprocess': False}
 
@@ -107,35 +105,5 @@ class Timer:
             self.stop()
         return self._elapsed * 1000.0
 
-    @property
-    def seconds(self):
-        return self.ms / 1000.0
-
     def __repr__(self):
         return '<Timer %s>' % ('running' if self._running else '%.3f ms' % (self._elapsed * 1000.0))
-
-
-# glog's severities: 0 INFO, 1 WARNING, 2 ERROR, 3 FATAL
-_GLOG_LEVELS = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 3: logging.CRITICAL}
-_logger = logging.getLogger('caffeine')
-_handler = None
-
-
-def init_log(level=0, stderr=False):
-    """Caffe's log set-up: messages of glog severity >= ``level`` (0 INFO ... 3 FATAL)
-    on the 'caffeine' logger; ``stderr=True`` also prints them to standard error."""
-    global _handler
-    lvl = _GLOG_LEVELS.get(int(level), logging.CRITICAL if int(level) > 3 else logging.INFO)
-    _logger.setLevel(lvl)
-    if stderr and _handler is None:
-        _handler = logging.StreamHandler(sys.stderr)
-        _handler.setFormatter(logging.Formatter('%(levelname).1s%(asctime)s %(message)s', '%m%d %H:%M:%S'))
-        _logger.addHandler(_handler)
-    elif not stderr and _handler is not None:
-        _logger.removeHandler(_handler)
-        _handler = None
-
-
-def log(msg):
-    """Log ``msg`` at INFO, as Caffe's LOG(INFO)."""
-    _logger.info(msg)
