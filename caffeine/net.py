@@ -352,7 +352,7 @@ class Net:
 
     def _find_folds(self):
         """Pairs of layers that forward runs as one (BatchNorm + Scale at inference)."""
-        from .layers.common import batchnorm_scale_forward, can_fold_batchnorm_scale
+        from .layers.normalization import batchnorm_scale_forward, can_fold_batchnorm_scale
         self._fold_forward = batchnorm_scale_forward
         self._folds = {}
         if os.environ.get('CAFFEINE_NO_FOLDING', '') not in ('', '0'):

@@ -27,6 +27,7 @@ import threading
 import numpy as np
 
 from .. import backend
+from ._util import shape_count
 
 _F32 = np.float32
 _ws = threading.local()
@@ -76,11 +77,6 @@ def clear_workspace():
     _ws.bufs = {}
 
 
-def _prod(s):
-    p = 1
-    for v in s:
-        p *= int(v)
-    return p
 
 
 def as_strided(xp, a, shape, strides):
@@ -135,7 +131,7 @@ def im2col(xp, x, col, kernel, pad, stride, dilation, out, pad_buf=None):
     nd = len(kernel)
     if any(pad):
         sp = tuple(s + 2 * p for s, p in zip(x.shape[2:], pad))
-        xpad = pad_buf[:_prod(x.shape[:2] + sp)].reshape(x.shape[:2] + sp)
+        xpad = pad_buf[:shape_count(x.shape[:2] + sp)].reshape(x.shape[:2] + sp)
         pad_into(xp, x, xpad, pad)
     else:
         xpad = x
@@ -156,7 +152,7 @@ def col2im(xp, col, dx, kernel, pad, stride, dilation, out, pad_buf=None):
     nd = len(kernel)
     if any(pad):
         sp = tuple(s + 2 * p for s, p in zip(dx.shape[2:], pad))
-        dpad = pad_buf[:_prod(dx.shape[:2] + sp)].reshape(dx.shape[:2] + sp)
+        dpad = pad_buf[:shape_count(dx.shape[:2] + sp)].reshape(dx.shape[:2] + sp)
     else:
         dpad = dx
     dpad.fill(0)
@@ -223,14 +219,14 @@ class ConvEngine:
         self.in_sp, self.out_sp = tuple(in_sp), tuple(out_sp)
         self.N = int(num)
         self.nd = len(self.kernel)
-        self.K = _prod(self.kernel)
-        self.IN = _prod(self.in_sp)
-        self.OUT = _prod(self.out_sp)
+        self.K = shape_count(self.kernel)
+        self.IN = shape_count(self.in_sp)
+        self.OUT = shape_count(self.out_sp)
         self.CK = self.in_ch * self.K
         self.Mg = self.out_ch // self.G
         self.CKg = self.CK // self.G
         self.pad_sp = tuple(s + 2 * p for s, p in zip(self.in_sp, self.pad))
-        self.P = _prod(self.pad_sp)
+        self.P = shape_count(self.pad_sp)
         is_1x1 = all(k == 1 for k in self.kernel) and all(s == 1 for s in self.stride) \
             and all(p == 0 for p in self.pad)
         self.batched_1x1 = is_1x1 and self.OUT >= BATCHED_1X1_MIN
@@ -258,10 +254,10 @@ class ConvEngine:
         else:
             self.col_sp = self.out_sp
             self.slack = 0
-        self.OUTc = _prod(self.col_sp)
+        self.OUTc = shape_count(self.col_sp)
         self.chunk = self._chunk_for(self.OUTc)
         # strides (in elements) of the padded input's spatial axes
-        self._pstr = tuple(_prod(self.pad_sp[i + 1:]) for i in range(self.nd))
+        self._pstr = tuple(shape_count(self.pad_sp[i + 1:]) for i in range(self.nd))
         self.ext = tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel))
         self._flip = None
         self.flip_ok = (allow_flip and FLIP_BACKWARD and self.layout != '1x1' and all(s == 1 for s in self.stride)

@@ -18,6 +18,7 @@ from .. import backend
 from ..blob import Blob
 from ..layer import Layer, register
 from ..proto import caffe_pb2
+from ._util import sigmoid_tanh
 
 _F32 = np.float32
 
@@ -213,10 +214,7 @@ class SigmoidLayer(NeuronLayer):
     def forward(self, bottom, top):
         xp = backend.get_xp()
         x, y = bottom[0].xdata, top[0].xdata
-        xp.multiply(x, _F32(0.5), out=y)
-        xp.tanh(y, out=y)
-        y *= _F32(0.5)
-        y += _F32(0.5)
+        sigmoid_tanh(xp, x, y)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -552,12 +550,8 @@ class SwishLayer(NeuronLayer):
     def forward(self, bottom, top):
         xp = backend.get_xp()
         x, y, s = bottom[0].xdata, top[0].xdata, self._sig.xdata
-        # sigmoid(beta x) as Caffe's Sigmoid layer: 0.5 * tanh(0.5 * beta x) + 0.5
         xp.multiply(x, self.beta, out=s)
-        s *= _F32(0.5)
-        xp.tanh(s, out=s)
-        s *= _F32(0.5)
-        s += _F32(0.5)
+        sigmoid_tanh(xp, s, s)            # sigmoid(beta x), as Caffe's Sigmoid layer
         xp.multiply(x, s, out=y)
 
     def backward(self, top, propagate_down, bottom):
