@@ -270,7 +270,6 @@ class DeconvolutionLayer(ConvolutionLayer):
     top spatial size: stride (in - 1) + dilation (kernel - 1) + 1 - 2 pad.
     param blobs: weight (C, num_output / group, *kernel), bias (num_output,).
     """
-    type_name = 'Deconvolution'
     reverse = True
 
 
