@@ -5,8 +5,8 @@ Input lives in ``layers/input.py``.  The Data, ImageData and WindowData layers
 prepare ``data_param.prefetch`` batches ahead (default 4) in daemon threads
 (see ``caffeine.data.prefetch``); call ``layer.close()`` to stop them early
 (they also stop when the layer is garbage-collected and at interpreter exit).
-Their random choices (crops, mirrors, shuffles) come from a generator seeded
-from ``caffeine.backend.rng()`` at setup and are drawn batch by batch in order,
+Their random choices (crops, mirrors, shuffles) come from a generator made by
+``caffeine.backend.child_rng()`` at setup and are drawn batch by batch in order,
 so a run under ``caffeine.set_random_seed`` is repeatable.
 
 Errors in the data are one-line ``DataError``s naming the layer, the file and
@@ -34,12 +34,6 @@ TRAIN = caffe_pb2.TRAIN
 
 def _where(layer):
     return 'layer %r (%s): ' % (layer.name, layer.type)
-
-
-def _private_rng():
-    """A generator for one layer's background work, seeded from caffeine's generator."""
-    seed = int(backend.rng().integers(0, 2 ** 63 - 1))
-    return np.random.Generator(np.random.PCG64(seed))
 
 
 def _solver_split():
@@ -276,7 +270,7 @@ class DataLayer(BasePrefetchingDataLayer):
         if len(top) > 1:
             top[1].reshape((int(p.batch_size),))
         log.info('%soutput data size: %s', where, ','.join(str(s) for s in shape))
-        src.rng = _private_rng()
+        src.rng = backend.child_rng()
         self._source = src
         self._start(src.claim, src.make, close_hook=db.close)
 
@@ -393,7 +387,7 @@ class ImageDataLayer(BasePrefetchingDataLayer):
             raise self.data_error('list file %s is empty' % p.source)
         src = _ImageListSource(where, p.source, entries, p.root_folder, int(p.batch_size),
                                int(p.new_height), int(p.new_width), bool(p.is_color), bool(p.shuffle), tf)
-        src.rng = _private_rng()
+        src.rng = backend.child_rng()
         if p.shuffle:
             src.shuffle_lines()
         log.info('%sA total of %d images.', where, len(entries))
@@ -648,7 +642,7 @@ class WindowDataLayer(BasePrefetchingDataLayer):
         src = _WindowSource(where, p.source, images, fg, bg, int(p.batch_size), p.fg_fraction, crop,
                             int(p.context_pad), p.crop_mode == 'square',
                             bool(tp.mirror) and self.phase == TRAIN, scale, mean, mv, bool(p.cache_images))
-        src.rng = _private_rng()
+        src.rng = backend.child_rng()
         top[0].reshape((int(p.batch_size), 3, crop, crop))
         top[1].reshape((int(p.batch_size),))
         self._source = src

@@ -521,11 +521,7 @@ class DropoutLayer(NeuronLayer):
             if y is not x:
                 y[...] = x
             return
-        m = self._mask.xdata
-        if backend.is_numpy(xp):
-            backend.rng().random(dtype=np.float32, out=m.reshape(-1))
-        else:
-            m[...] = xp.random.random_sample(m.shape, dtype=np.float32)
+        m = backend.uniform(self._mask.xdata)
         # keep where u >= p (probability 1 - p), scaled by 1 / (1 - p)
         xp.greater_equal(m, self.ratio, out=m)
         m *= self.scale

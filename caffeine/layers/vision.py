@@ -587,14 +587,7 @@ class PoolingLayer(Layer):
         total.fill(0)
         for off in self.offsets:
             xp.add(total, self._view(src, off), out=total)
-        u_host = self._c.buf('u_host', shape) if not backend.is_gpu() else None
-        if u_host is None:
-            u = backend.rng().random(shape, dtype=_F32)
-            thres = self._c.buf('thres', shape)
-            backend.copy_into(thres, u)
-        else:
-            backend.rng().random(shape, dtype=_F32, out=u_host)
-            thres = u_host
+        thres = backend.uniform(self._c.buf('thres', shape))
         xp.multiply(thres, total, out=thres)
         cum = total
         cum.fill(0)
