@@ -16,7 +16,8 @@ import caffeine
 from caffeine import backend
 from caffeine.blob import Blob
 from caffeine.errors import LayerError
-from caffeine.layers import im2col as im2col_mod
+from caffeine import workspace as workspace_mod
+from caffeine.layers import conv_engine as engine_mod
 from caffeine.testing import (GradientChecker, blobs_from_arrays, check_golden_layer,
                               golden_cases, make_layer)
 
@@ -111,10 +112,10 @@ def ref_deconv(x, W, b, stride, pad, dil, group):
     N, C = x.shape[:2]
     K = W.shape[2:]
     nd = len(K)
-    O = W.shape[1] * group
-    Cg, Og = C // group, O // group
+    M = W.shape[1] * group
+    Cg, Og = C // group, M // group
     full = [st * (s - 1) + d * (k - 1) + 1 for s, st, d, k in zip(x.shape[2:], stride, dil, K)]
-    y = np.zeros((N, O) + tuple(full))
+    y = np.zeros((N, M) + tuple(full))
     for ko in itertools.product(*[range(k) for k in K]):
         sl = tuple(slice(k * d, k * d + st * (s - 1) + 1, st) for k, d, st, s in zip(ko, dil, stride, x.shape[2:]))
         for g in range(group):
@@ -123,7 +124,7 @@ def ref_deconv(x, W, b, stride, pad, dil, group):
                                                                             x[:, g * Cg:(g + 1) * Cg])
     y = y[(slice(None), slice(None)) + tuple(slice(p, f - p) for p, f in zip(pad, full))]
     if b is not None:
-        y = y + b.reshape((1, O) + (1,) * nd)
+        y = y + b.reshape((1, M) + (1,) * nd)
     return y
 
 
@@ -260,15 +261,15 @@ def test_convolution_forward_backward(mode, name, bias):
                                   'per_axis'])
 def test_convolution_column_layouts(mode, monkeypatch, layout, name):
     """Every column layout of the engine (narrow, wide, batch-innermost, per-image 1x1) computes the same."""
-    monkeypatch.setattr(im2col_mod, 'CHWN', layout.startswith('chwn'))
-    monkeypatch.setattr(im2col_mod, 'CHWN_MAX_ROW', 1 << 30)
-    monkeypatch.setattr(im2col_mod, 'CHWN_MIN_IMAGES', 2)
-    monkeypatch.setattr(im2col_mod, 'WIDE_MAX_WASTE', 1e9 if layout.startswith('wide') else 0.0)
-    monkeypatch.setattr(im2col_mod, 'WIDE_MAX_EXTRA', 1e9)
-    monkeypatch.setattr(im2col_mod, 'FLIP_BACKWARD', not layout.endswith('col2im'))
-    monkeypatch.setattr(im2col_mod, 'FLIP_MIN_CHANNELS', 1)
-    monkeypatch.setattr(im2col_mod, 'FLIP_MAX_RATIO', 1e9)
-    monkeypatch.setattr(im2col_mod, 'BATCHED_1X1_MIN', 0 if layout == 'batched_1x1' else 1 << 40)
+    monkeypatch.setattr(engine_mod, 'CHWN', layout.startswith('chwn'))
+    monkeypatch.setattr(engine_mod, 'CHWN_MAX_ROW', 1 << 30)
+    monkeypatch.setattr(engine_mod, 'CHWN_MIN_IMAGES', 2)
+    monkeypatch.setattr(engine_mod, 'WIDE_MAX_WASTE', 1e9 if layout.startswith('wide') else 0.0)
+    monkeypatch.setattr(engine_mod, 'WIDE_MAX_EXTRA', 1e9)
+    monkeypatch.setattr(engine_mod, 'FLIP_BACKWARD', not layout.endswith('col2im'))
+    monkeypatch.setattr(engine_mod, 'FLIP_MIN_CHANNELS', 1)
+    monkeypatch.setattr(engine_mod, 'FLIP_MAX_RATIO', 1e9)
+    monkeypatch.setattr(engine_mod, 'BATCHED_1X1_MIN', 0 if layout == 'batched_1x1' else 1 << 40)
     param, shape, (k, s, p, d), group, nout = CONV_CASES[name]
     x = gauss(shape)
     for kind in ('Convolution', 'Deconvolution'):
@@ -883,9 +884,9 @@ def test_no_allocation_after_first_iteration(mode, text, shape, ntop):
 
 
 def test_workspace_is_shared_and_grows_once(mode):
-    a = im2col_mod.workspace('test_ws', 10)
-    b = im2col_mod.workspace('test_ws', 5)
+    a = workspace_mod.workspace('test_ws', 10)
+    b = workspace_mod.workspace('test_ws', 5)
     assert b.size == 5 and (a.base if a.base is not None else a) is (b.base if b.base is not None else b)
     n = backend.alloc_count
-    im2col_mod.workspace('test_ws', 20)
+    workspace_mod.workspace('test_ws', 20)
     assert backend.alloc_count == n + 1

@@ -5,7 +5,7 @@ Written once for NumPy and CuPy with ``xp = backend.get_xp()``.
 - Convolution / Deconvolution: im2col of a whole chunk of images with one strided
   copy, then ONE GEMM per group (a batched matmul over the groups) over the chunk;
   1x1 convolutions with stride 1 and no pad use the input as its own column matrix
-  (see :mod:`caffeine.layers.im2col`).  Column and padding buffers live in a shared
+  (see :mod:`caffeine.layers.conv_engine`).  Column and padding buffers live in a shared
   workspace that grows once and is reused, as Caffe's shared column buffer.
 - Pooling: loops over kernel offsets only (each step a whole-array op on a strided
   view); windows that cover the whole plane (global pooling) are plain reductions.
@@ -19,8 +19,9 @@ from .. import backend
 from ..blob import Blob
 from ..layer import Layer, register
 from ..proto import caffe_pb2
-from . import im2col as _ic
-from .im2col import ConvEngine, workspace
+from ..workspace import workspace
+from . import conv_engine as _ic
+from .conv_engine import ConvEngine
 from ._util import canonical_axis, shape_count
 
 _F32 = np.float32
