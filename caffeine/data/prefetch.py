@@ -33,6 +33,7 @@ and ``close``.
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import queue
 import threading
@@ -75,9 +76,7 @@ class Slot:
     def buffer(self, i, shape, dtype=np.float32):
         """Host array ``i`` of ``shape``, reusing its storage when large enough."""
         shape = tuple(int(s) for s in shape)
-        n = 1
-        for s in shape:
-            n *= s
+        n = math.prod(shape)
         while len(self._host) <= i:
             self._host.append(None)
             self._views.append(None)
