@@ -500,7 +500,7 @@ def internal_bytes(net, extra=()):
     """Host bytes held outside the net's blobs and parameters, by layer type.
 
     Blobs and arrays kept as layer attributes (layer-internal buffers), the
-    shared convolution workspace (caffeine.layers.im2col), and ``extra``
+    shared convolution workspace (caffeine.workspace), and ``extra``
     objects (the solver's history).  Returns {type or 'workspace' or 'solver': bytes}.
     """
     from caffeine.blob import Blob
@@ -539,13 +539,9 @@ def internal_bytes(net, extra=()):
             if k in ('blobs', 'layer_param'):
                 continue
             add(layer.type, v)
-    try:
-        from caffeine.layers import im2col
-        bufs = getattr(im2col._ws, 'bufs', None) or {}
-        for v in bufs.values():
-            add('conv workspace', v)
-    except ImportError:
-        pass
+    from caffeine import workspace
+    for v in workspace.buffers().values():
+        add('conv workspace', v)
     for o in extra:
         add('solver', o)
     return out

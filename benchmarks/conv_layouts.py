@@ -4,7 +4,7 @@ benchmark nets, in one process (the machine's noise hits both sides alike).
     python benchmarks/conv_layouts.py                      # batch-innermost columns off vs on
     python benchmarks/conv_layouts.py --cases lenet_conv2 --variants CHWN=0 CHWN=1,CHWN_MAX_ROW=64
 
-Each variant sets module constants of ``caffeine.layers.im2col`` (``CHWN``,
+Each variant sets module constants of ``caffeine.layers.conv_engine`` (``CHWN``,
 ``CHWN_MAX_ROW``, ``CHWN_MIN_IMAGES``, ``WIDE_MAX_WASTE``, ``FLIP_BACKWARD``,
 ...) while its layer is set up; the layers are then timed in turn, forward and
 backward (to the data and the weights), and the best of ``--reps`` is printed
@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # this checkout's caffeine
 
 import caffeine  # noqa: E402
-import caffeine.layers.im2col as im2col  # noqa: E402
+import caffeine.layers.conv_engine as engine  # noqa: E402
 from caffeine.blob import Blob  # noqa: E402
 from caffeine.testing import make_layer  # noqa: E402
 
@@ -52,23 +52,23 @@ def _settings(spec):
     out = {}
     for kv in filter(None, spec.split(',')):
         k, v = kv.split('=')
-        cur = getattr(im2col, k)
+        cur = getattr(engine, k)
         out[k] = (v not in ('0', 'false', 'False')) if isinstance(cur, bool) else type(cur)(float(v))
     return out
 
 
 def _build(text, shape, settings, rng):
-    saved = {k: getattr(im2col, k) for k in settings}
+    saved = {k: getattr(engine, k) for k in settings}
     try:
         for k, v in settings.items():
-            setattr(im2col, k, v)
+            setattr(engine, k, v)
         layer = make_layer(text)
         bottom, top = Blob(shape), Blob()
         bottom.data[...] = rng.standard_normal(shape)
         layer.SetUp([bottom], [top])
     finally:
         for k, v in saved.items():
-            setattr(im2col, k, v)
+            setattr(engine, k, v)
     top.diff[...] = rng.standard_normal(top.shape)
     return layer, bottom, top
 

@@ -194,8 +194,17 @@ def synchronize():
 
 
 # Random numbers --------------------------------------------------------------
-# One NumPy generator drives every random choice in caffeine (fillers, dropout
-# masks, shuffles, crops), so a seed makes a run repeatable on the CPU.
+# One policy for every random choice in caffeine, so that a seed makes a run
+# repeatable:
+# - rng(): the one NumPy generator for choices made on the host (fillers,
+#   shuffles, skips, crops and mirrors);
+# - child_rng(): an independent generator seeded from rng(), for work done in
+#   background threads (a data layer's prefetching), so that thread timing never
+#   changes what the main generator draws;
+# - uniform(out): fills an array of the current mode with U[0, 1) floats, from
+#   rng() on the CPU and from CuPy's generator (seeded by the same
+#   set_random_seed) on the GPU, so nothing crosses the bus (dropout masks,
+#   stochastic pooling).
 _rng = numpy.random.Generator(numpy.random.PCG64(None))
 
 
@@ -212,7 +221,22 @@ def set_random_seed(seed: int):
 
 
 def rng() -> numpy.random.Generator:
+    """The host generator every host-side random choice draws from."""
     return _rng
+
+
+def child_rng() -> numpy.random.Generator:
+    """A new generator seeded from :func:`rng`, for one background worker's draws."""
+    return numpy.random.Generator(numpy.random.PCG64(int(_rng.integers(0, 2 ** 63 - 1))))
+
+
+def uniform(out):
+    """Fill ``out`` (a float32 array of the current mode, contiguous) with U[0, 1) values."""
+    if is_device_array(out):
+        out[...] = _cupy.random.random_sample(out.shape, dtype=numpy.float32)
+    else:
+        _rng.random(dtype=numpy.float32, out=out.reshape(-1))
+    return out
 
 
 def rng_state():

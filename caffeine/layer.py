@@ -16,12 +16,17 @@ names), which check bottom/top counts, set loss weights and sum the loss.
 
 Register a class with ``@register('TypeName')``.  pycaffe's Python layers are
 plain subclasses of this class too.
+
+Beyond those four methods, the Net and the Solver read a few hooks, all declared
+on :class:`Layer` with a default, so that every layer answers them:
+``is_data_layer``, ``need_backward``, ``force_zero_lr`` (class attributes),
+``get_state()``/``set_state(state)`` (what a snapshot keeps beside the solver
+state) and ``close()`` (release threads and files).
 """
 from __future__ import annotations
 
 import difflib
 
-from . import backend
 from .blob import Blob
 from .errors import LayerError
 
@@ -38,13 +43,17 @@ class BlobVec(list):
 
 
 def register(*type_names):
-    """Class decorator: register a layer class under Caffe type name(s)."""
+    """Class decorator: register a layer class under Caffe type name(s).
+
+    The class's ``type_name`` becomes the first name unless the class itself
+    (not a parent) sets one: a registered subclass never reports its parent's type.
+    """
     def deco(cls):
         for name in type_names:
             if name in _REGISTRY and _REGISTRY[name] is not cls:
                 raise ValueError('layer type %r registered twice' % name)
             _REGISTRY[name] = cls
-        if getattr(cls, 'type_name', None) is None:
+        if cls.__dict__.get('type_name') is None:
             cls.type_name = type_names[0]
         return cls
     return deco
@@ -98,13 +107,17 @@ class Layer:
     auto_top_blobs = False
     # Whether the gradient w.r.t. bottom i may be computed (Caffe's AllowForceBackward).
     allow_force_backward_bottoms = None  # None = all; else a set of indices that may
-    # True for layers whose forward needs no gradient bookkeeping (data layers).
+    # True for layers that produce data from outside the net (no bottoms): the
+    # memory planner never lets another blob share their tops.
     is_data_layer = False
     # Set by the Net once the graph is known: False when it will never call
     # this layer's backward (no loss above it, nothing to learn), so forward
     # may skip saving what only backward needs.  A layer used on its own
     # keeps True.
     need_backward = True
+    # True when the layer's parameter blobs are statistics, never learned: the
+    # Net sets their lr_mult to 0 whatever the prototxt says (BatchNorm).
+    force_zero_lr = False
 
     def __init__(self, layer_param=None, phase=None):
         from .proto import caffe_pb2
@@ -128,9 +141,6 @@ class Layer:
         """A LayerError naming this layer and its type."""
         return LayerError('layer %r (%s): %s' % (self.name, self.type, msg))
 
-    def xp(self):
-        return backend.get_xp()
-
     def allow_force_backward(self, bottom_index):
         a = self.allow_force_backward_bottoms
         return True if a is None else bottom_index in a
@@ -147,6 +157,21 @@ class Layer:
 
     def backward(self, top, propagate_down, bottom):
         pass
+
+    # -- hooks the Net and the Solver call -----------------------------
+    def get_state(self):
+        """What the layer needs, beyond its parameter blobs, to continue a run
+        exactly (a data layer's position and random state), as plain JSON values;
+        None when there is nothing to keep (the default).  The Solver saves it
+        beside each snapshot and hands it back to :meth:`set_state` on restore."""
+        return None
+
+    def set_state(self, state):
+        """Continue from a value :meth:`get_state` returned (by default, nothing to do)."""
+
+    def close(self):
+        """Release what the layer holds outside its blobs (threads, open files).
+        Idempotent; called by ``Net.close``.  By default, nothing to do."""
 
     # -- what the Net calls --------------------------------------------
     def check_blob_counts(self, bottom, top):

@@ -170,7 +170,7 @@ def find_folds(layers, bottom_id_vecs, top_id_vecs):
     function that runs such a pair; no pairs when CAFFEINE_NO_FOLDING is set."""
     # Imported here, not at the top: it loads every layer family, which
     # `import caffeine` does not need.
-    from .layers.common import batchnorm_scale_forward, can_fold_batchnorm_scale
+    from .layers.normalization import batchnorm_scale_forward, can_fold_batchnorm_scale
     if os.environ.get('CAFFEINE_NO_FOLDING', '') not in ('', '0'):
         return {}, batchnorm_scale_forward
     folds = {}
@@ -351,7 +351,7 @@ class Net:
         layer, lp = self._layers[layer_id], self.param.layer[layer_id]
         pids = []
         need_backward = False
-        force_zero = getattr(layer, 'force_zero_lr', False)
+        force_zero = layer.force_zero_lr
         for j in range(len(layer.blobs)):
             spec = lp.param[j] if j < len(lp.param) else caffe_pb2.ParamSpec()
             lr = 0.0 if force_zero else spec.lr_mult
@@ -522,7 +522,7 @@ class Net:
         keep = set(self._input_blob_indices) | set(self._output_blob_indices)
         groups = {}   # id(buffer) -> _BlobGroup
         for layer_id, layer in enumerate(self._layers):
-            data_layer = getattr(layer, 'is_data_layer', False)
+            data_layer = layer.is_data_layer
             for bid in self.bottom_id_vecs[layer_id] + self.top_id_vecs[layer_id]:
                 mem = self._blobs[bid].data_memory
                 if mem is None:
@@ -748,9 +748,7 @@ class Net:
         """Stop the data layers' prefetch threads and close their databases.
         Idempotent; the net can not read more data afterwards."""
         for layer in self._layers:
-            close = getattr(layer, 'close', None)
-            if callable(close):
-                close()
+            layer.close()
 
     def __enter__(self):
         return self

@@ -183,24 +183,23 @@ def resolve_learned_net(learned, state_file):
 
 # -- the sidecar -----------------------------------------------------------------------
 def layer_states(nets):
-    """``{'<tag>/<layer>': layer.get_state()}`` over ``(tag, net)`` pairs, for layers that offer it."""
+    """``{'<tag>/<layer>': layer.get_state()}`` over ``(tag, net)`` pairs, for layers that have a state."""
     out = {}
     for tag, net in nets:
         for lname, layer in zip(net.layer_names, net.layers):
-            get = getattr(layer, 'get_state', None)
-            if callable(get):
-                out['%s/%s' % (tag, lname)] = get()
+            state = layer.get_state()
+            if state is not None:
+                out['%s/%s' % (tag, lname)] = state
     return out
 
 
 def set_layer_states(nets, states):
-    """Hand each layer of ``(tag, net)`` pairs its saved state, where it has one and takes it."""
+    """Hand each layer of ``(tag, net)`` pairs its saved state, where it has one."""
     for tag, net in nets:
         for lname, layer in zip(net.layer_names, net.layers):
             key = '%s/%s' % (tag, lname)
-            setter = getattr(layer, 'set_state', None)
-            if key in states and callable(setter):
-                setter(states[key])
+            if key in states:
+                layer.set_state(states[key])
 
 
 def write_sidecar(state_file, iteration, layers):

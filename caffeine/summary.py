@@ -1,6 +1,7 @@
 """Looking at a model and a run: per-layer summary, and parsing training logs."""
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -8,19 +9,12 @@ from .errors import CaffeineError
 from .utils import atomic_write
 
 
-def _prod(xs):
-    p = 1
-    for x in xs:
-        p *= int(x)
-    return p
-
-
 def layer_macs(layer, bottom, top):
     """Multiply-adds of one forward pass of ``layer`` (0 where negligible)."""
     t = layer.type
     if t in ('Convolution', 'Deconvolution') and layer.blobs:
         w = layer.blobs[0].shape
-        per_out = _prod(w[1:])  # (C_in/group) * kernel for Convolution
+        per_out = math.prod(int(x) for x in w[1:])  # (C_in/group) * kernel for Convolution
         if t == 'Convolution':
             return sum(tp.count for tp in top) * per_out
         return sum(b.count for b in bottom) * per_out

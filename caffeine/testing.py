@@ -1,4 +1,8 @@
-"""Test helpers: Caffe's finite-difference GradientChecker and the golden cases.
+"""Test helpers: running one layer, Caffe's finite-difference GradientChecker and the golden cases.
+
+``setup_layer``/``forward_layer``/``backward_layer`` run one layer built from a
+prototxt snippet on NumPy arrays, and ``assert_in_place_equals_out_of_place``
+checks that a layer gives the same values when its top is its bottom.
 
 The golden cases (``../shared/caffe-reference/golden``) are outputs of the real
 BVLC Caffe 1.0; ``check_golden_layer`` and ``check_golden_net`` rebuild each
@@ -85,6 +89,68 @@ def blobs_from_arrays(*arrays):
         b.data[...] = a
         out.append(b)
     return out
+
+
+def setup_layer(layer_text, *bottoms, ntop=1, phase=caffe_pb2.TRAIN, params=None, in_place=False):
+    """(layer, bottom, top): the layer of ``layer_text`` set up on Blobs holding the
+    arrays ``bottoms``, with ``ntop`` new tops (or the bottoms themselves when
+    ``in_place``), its parameter blobs set to ``params`` where given."""
+    from .blob import Blob
+    layer = make_layer(layer_text, phase)
+    bottom = blobs_from_arrays(*bottoms)
+    top = bottom if in_place else [Blob() for _ in range(ntop)]
+    layer.SetUp(bottom, top)
+    for b, v in zip(layer.blobs, params or ()):
+        b.data[...] = v
+    return layer, bottom, top
+
+
+def forward_layer(layer_text, *bottoms, **kw):
+    """:func:`setup_layer`, then one forward pass; returns (layer, bottom, top)."""
+    layer, bottom, top = setup_layer(layer_text, *bottoms, **kw)
+    layer.Forward(bottom, top)
+    return layer, bottom, top
+
+
+def backward_layer(layer, bottom, top, *top_diffs, propagate_down=None, zero_param_diffs=False):
+    """One backward pass: the tops' diffs set to ``top_diffs`` (left as they are when
+    none is given: a loss layer's weight), the parameter diffs zeroed first if asked
+    (they accumulate), every bottom propagated unless ``propagate_down`` says
+    otherwise.  Returns NumPy copies of the bottoms' diffs."""
+    for t, d in zip(top, top_diffs):
+        t.diff[...] = d
+    if zero_param_diffs:
+        for b in layer.blobs:
+            b.diff[...] = 0
+    layer.Backward(top, list(propagate_down or [True] * len(bottom)), bottom)
+    return [backend.to_host(b.xdiff).copy() for b in bottom]
+
+
+def assert_in_place_equals_out_of_place(layer_text, bottom, top_diff, phase=caffe_pb2.TRAIN, seed=None,
+                                        top_rtol=0.0, rtol=0.0, atol=0.0):
+    """Run a one-bottom, one-top layer on the array ``bottom`` twice, with a new top and
+    in place (top = bottom), forward then backward with ``top_diff``, with the same
+    parameters (and random seed, when given), and assert the same top (within
+    ``top_rtol``; exactly by default), bottom diff and parameter diffs (within
+    ``rtol``/``atol``; exactly by default).  Returns the layer run in place."""
+    from . import set_random_seed
+    runs, params = [], None
+    for in_place in (False, True):
+        if seed is not None:
+            set_random_seed(seed)
+        layer, b, t = setup_layer(layer_text, bottom, phase=phase, params=params, in_place=in_place)
+        params = [p.data.copy() for p in layer.blobs]
+        layer.Forward(b, t)
+        y = t[0].data.copy()
+        dx, = backward_layer(layer, b, t, top_diff)
+        runs.append((y, dx, [p.data.copy() for p in layer.blobs], [p.diff.copy() for p in layer.blobs]))
+    (y, dx, pv, pd), (y2, dx2, pv2, pd2) = runs
+    np.testing.assert_allclose(y2, y, rtol=top_rtol, atol=0, err_msg='top, in place')
+    np.testing.assert_allclose(dx2, dx, rtol=rtol, atol=atol, err_msg='bottom diff, in place')
+    for i, (a, a2, d, d2) in enumerate(zip(pv, pv2, pd, pd2)):
+        np.testing.assert_allclose(a2, a, rtol=rtol, atol=atol, err_msg='param %d, in place' % i)
+        np.testing.assert_allclose(d2, d, rtol=rtol, atol=atol, err_msg='param %d diff, in place' % i)
+    return layer
 
 
 def assert_close(actual, expected, rtol=1e-4, name=''):
@@ -235,9 +301,9 @@ def check_golden_layer(case, rtol=1e-4):
             net.blobs[k[9:]].diff[...] = z[k]
     for p in layer.blobs:
         p.diff[...] = 0
-    for lname, l in net.layer_dict.items():
+    for lname, other in net.layer_dict.items():
         if lname != 'layer':
-            for p in l.blobs:
+            for p in other.blobs:
                 p.diff[...] = 0
     net.backward_from_to(len(net.layers) - 1, 0)
     for k in z.files:

@@ -79,7 +79,7 @@ def test_the_graph_is_read_right():
     graph = import_graph()
     assert 'caffeine.blob' in graph['caffeine.net']
     assert 'caffeine.weights' in graph['caffeine.net']
-    assert 'caffeine.layers.common' in graph['caffeine.net']      # a function-level import counts too
+    assert 'caffeine.layers.normalization' in graph['caffeine.net']      # a function-level import counts too
     assert 'caffeine.data.db' in graph['caffeine.cli.train']
     assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c', 'a']
     assert find_cycle({'a': {'b'}, 'b': set()}) is None

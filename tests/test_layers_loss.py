@@ -10,33 +10,18 @@ import numpy as np
 import pytest
 
 import caffeine
-from caffeine import backend
 from caffeine.blob import Blob
 from caffeine.errors import LayerError
 from caffeine.layer import layer_type_list
 from caffeine.proto import caffe_pb2
-from caffeine.testing import (GradientChecker, blobs_from_arrays, check_golden_layer, golden_cases,
-                              load_golden, make_layer)
+from caffeine.testing import (GradientChecker, backward_layer, blobs_from_arrays, check_golden_layer,
+                              forward_layer, golden_cases, load_golden, make_layer)
 
 FLT_MIN = np.finfo(np.float32).tiny
 
 
 def rng(seed=0):
     return np.random.RandomState(seed)
-
-
-def run(layer_text, arrays, ntop=1, phase=caffeine.TRAIN):
-    layer = make_layer(layer_text, phase)
-    bottom = blobs_from_arrays(*arrays)
-    top = [Blob() for _ in range(ntop)]
-    layer.SetUp(bottom, top)
-    layer.Forward(bottom, top)
-    return layer, bottom, top
-
-
-def backward(layer, bottom, top, propagate_down):
-    layer.Backward(top, propagate_down, bottom)
-    return [backend.to_host(b.xdiff).copy() for b in bottom]
 
 
 def np_softmax(x, axis):
@@ -74,11 +59,11 @@ def test_softmax_loss_forward_backward_matches_numpy(mode, norm, ignore):
     label = r.randint(0, 4, (2, 1, 3, 2)).astype(np.float32)
     text = 'type: "SoftmaxWithLoss" loss_param { normalization: %s %s }' % (
         norm, '' if ignore is None else 'ignore_label: %d' % ignore)
-    layer, bottom, top = run(text, [x, label])
+    layer, bottom, top = forward_layer(text, x, label)
     want, g = np_softmax_loss(x, label, 1, ignore, norm)
     assert top[0].shape == ()
     np.testing.assert_allclose(float(top[0].data), want, rtol=1e-5)
-    diffs = backward(layer, bottom, top, [True, False])
+    diffs = backward_layer(layer, bottom, top, propagate_down=[True, False])
     np.testing.assert_allclose(diffs[0], g, rtol=1e-5, atol=1e-7)
 
 
@@ -89,7 +74,7 @@ def test_softmax_loss_legacy_normalize_flag(mode, normalize, norm):
     label = r.randint(0, 5, (3, 2)).astype(np.float32)
     label[0, 0] = 4
     text = 'type: "SoftmaxWithLoss" loss_param { normalize: %s ignore_label: 4 }' % ('true' if normalize else 'false')
-    layer, bottom, top = run(text, [x, label])
+    layer, bottom, top = forward_layer(text, x, label)
     want, _ = np_softmax_loss(x, label, 1, 4, norm)
     np.testing.assert_allclose(float(top[0].data), want, rtol=1e-5)
 
@@ -98,19 +83,19 @@ def test_softmax_loss_axis_and_probability_top(mode):
     r = rng(3)
     x = r.randn(2, 3, 4).astype(np.float32)
     label = r.randint(0, 4, (2, 3)).astype(np.float32)
-    layer, bottom, top = run('type: "SoftmaxWithLoss" softmax_param { axis: 2 }', [x, label], ntop=2)
+    layer, bottom, top = forward_layer('type: "SoftmaxWithLoss" softmax_param { axis: 2 }', x, label, ntop=2)
     want, g = np_softmax_loss(x, label, axis=2)
     np.testing.assert_allclose(float(top[0].data), want, rtol=1e-5)
     np.testing.assert_allclose(top[1].data, np_softmax(x, 2), rtol=1e-5, atol=1e-7)
     assert layer.loss_weights == [1.0, 0.0]            # the probability top is no loss
-    diffs = backward(layer, bottom, top, [True, False])
+    diffs = backward_layer(layer, bottom, top, propagate_down=[True, False])
     np.testing.assert_allclose(diffs[0], g, rtol=1e-5, atol=1e-7)
 
 
 def test_softmax_loss_clamps_log_at_flt_min(mode):
     x = np.array([[0.0, 200.0]], np.float32)            # p[0] underflows to 0
     label = np.array([0], np.float32)
-    _, _, top = run('type: "SoftmaxWithLoss"', [x, label])
+    _, _, top = forward_layer('type: "SoftmaxWithLoss"', x, label)
     np.testing.assert_allclose(float(top[0].data), -np.log(FLT_MIN), rtol=1e-6)
 
 
@@ -118,10 +103,10 @@ def test_softmax_loss_uses_loss_weight_from_top_diff(mode):
     r = rng(4)
     x = r.randn(4, 3).astype(np.float32)
     label = r.randint(0, 3, 4).astype(np.float32)
-    layer, bottom, top = run('type: "SoftmaxWithLoss" loss_weight: 2.5', [x, label])
+    layer, bottom, top = forward_layer('type: "SoftmaxWithLoss" loss_weight: 2.5', x, label)
     assert float(top[0].diff) == 2.5
     _, g = np_softmax_loss(x, label, weight=2.5)
-    np.testing.assert_allclose(backward(layer, bottom, top, [True, False])[0], g, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(backward_layer(layer, bottom, top, propagate_down=[True, False])[0], g, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize('text', [
@@ -140,24 +125,24 @@ def test_softmax_loss_gradient(mode, text):
 def test_softmax_loss_label_out_of_range_is_an_error(mode):
     x = np.zeros((2, 3), np.float32)
     with pytest.raises(LayerError, match=r"layer 'layer' \(SoftmaxWithLoss\).*label value 3 .*\[0, 3\)"):
-        run('type: "SoftmaxWithLoss"', [x, np.array([0, 3], np.float32)])
+        forward_layer('type: "SoftmaxWithLoss"', x, np.array([0, 3], np.float32))
     with pytest.raises(LayerError, match='label value -1'):
-        run('type: "SoftmaxWithLoss"', [x, np.array([-1, 0], np.float32)])
+        forward_layer('type: "SoftmaxWithLoss"', x, np.array([-1, 0], np.float32))
     # the ignore label may lie outside [0, C)
-    _, _, top = run('type: "SoftmaxWithLoss" loss_param { ignore_label: 255 }', [x, np.array([255, 1], np.float32)])
+    _, _, top = forward_layer('type: "SoftmaxWithLoss" loss_param { ignore_label: 255 }', x, np.array([255, 1], np.float32))
     np.testing.assert_allclose(float(top[0].data), np.log(3), rtol=1e-6)
 
 
 def test_softmax_loss_bad_shapes_and_label_backward(mode):
     with pytest.raises(LayerError, match='number of labels must match'):
-        run('type: "SoftmaxWithLoss"', [np.zeros((2, 3, 2), np.float32), np.zeros((2, 1), np.float32)])
+        forward_layer('type: "SoftmaxWithLoss"', np.zeros((2, 3, 2), np.float32), np.zeros((2, 1), np.float32))
     with pytest.raises(LayerError, match='same first dimension'):
-        run('type: "SoftmaxWithLoss"', [np.zeros((2, 3), np.float32), np.zeros((1, 2), np.float32)])
+        forward_layer('type: "SoftmaxWithLoss"', np.zeros((2, 3), np.float32), np.zeros((1, 2), np.float32))
     with pytest.raises(LayerError, match='axis 3 out of range'):
-        run('type: "SoftmaxWithLoss" softmax_param { axis: 3 }', [np.zeros((2, 3), np.float32), np.zeros(2, np.float32)])
+        forward_layer('type: "SoftmaxWithLoss" softmax_param { axis: 3 }', np.zeros((2, 3), np.float32), np.zeros(2, np.float32))
     with pytest.raises(LayerError, match='takes exactly 2 bottom'):
-        run('type: "SoftmaxWithLoss"', [np.zeros((2, 3), np.float32)])
-    layer, bottom, top = run('type: "SoftmaxWithLoss"', [np.zeros((2, 3), np.float32), np.zeros(2, np.float32)])
+        forward_layer('type: "SoftmaxWithLoss"', np.zeros((2, 3), np.float32))
+    layer, bottom, top = forward_layer('type: "SoftmaxWithLoss"', np.zeros((2, 3), np.float32), np.zeros(2, np.float32))
     with pytest.raises(LayerError, match='cannot backpropagate to label inputs'):
         layer.Backward(top, [True, True], bottom)
     assert layer.allow_force_backward(0) and not layer.allow_force_backward(1)
@@ -167,16 +152,16 @@ def test_softmax_loss_bad_shapes_and_label_backward(mode):
 def test_euclidean_loss(mode):
     r = rng(6)
     a, b = r.randn(4, 3, 2).astype(np.float32), r.randn(4, 3, 2).astype(np.float32)
-    layer, bottom, top = run('type: "EuclideanLoss" loss_weight: 3', [a, b])
+    layer, bottom, top = forward_layer('type: "EuclideanLoss" loss_weight: 3', a, b)
     np.testing.assert_allclose(float(top[0].data), ((a - b) ** 2).sum() / 4 / 2, rtol=1e-5)
-    da, db = backward(layer, bottom, top, [True, True])
+    da, db = backward_layer(layer, bottom, top, propagate_down=[True, True])
     np.testing.assert_allclose(da, 3 * (a - b) / 4, rtol=1e-5)
     np.testing.assert_allclose(db, -3 * (a - b) / 4, rtol=1e-5)
     assert layer.allow_force_backward(0) and layer.allow_force_backward(1)
     GradientChecker(1e-2, 1e-2, 1701).check_gradient_exhaustive(make_layer('type: "EuclideanLoss"'),
                                                                 blobs_from_arrays(a, b), [Blob()])
     with pytest.raises(LayerError, match='same dimension'):
-        run('type: "EuclideanLoss"', [a, np.zeros((4, 5), np.float32)])
+        forward_layer('type: "EuclideanLoss"', a, np.zeros((4, 5), np.float32))
 
 
 # -- SigmoidCrossEntropyLoss -------------------------------------------------------------
@@ -201,10 +186,10 @@ def test_sigmoid_cross_entropy_loss(mode, param, ignore, norm):
     x = (r.randn(3, 4) * 3).astype(np.float32)
     x[0, 0], x[0, 1] = 60.0, -60.0                   # large magnitudes stay finite
     t = (r.rand(3, 4) > 0.5).astype(np.float32) if ignore is not None else r.rand(3, 4).astype(np.float32)
-    layer, bottom, top = run('type: "SigmoidCrossEntropyLoss" ' + param, [x, t])
+    layer, bottom, top = forward_layer('type: "SigmoidCrossEntropyLoss" ' + param, x, t)
     want, g = np_sigmoid_ce(x, t, ignore, norm)
     np.testing.assert_allclose(float(top[0].data), want, rtol=1e-5)
-    np.testing.assert_allclose(backward(layer, bottom, top, [True, False])[0], g, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(backward_layer(layer, bottom, top, propagate_down=[True, False])[0], g, rtol=1e-5, atol=1e-7)
 
 
 def test_sigmoid_cross_entropy_gradient_and_errors(mode):
@@ -213,8 +198,8 @@ def test_sigmoid_cross_entropy_gradient_and_errors(mode):
     GradientChecker(1e-2, 1e-2, 1701).check_gradient_exhaustive(
         make_layer('type: "SigmoidCrossEntropyLoss"'), blobs_from_arrays(x, t), [Blob()], 0)
     with pytest.raises(LayerError, match='same count'):
-        run('type: "SigmoidCrossEntropyLoss"', [x, np.zeros((2, 4), np.float32)])
-    layer, bottom, top = run('type: "SigmoidCrossEntropyLoss"', [x, t])
+        forward_layer('type: "SigmoidCrossEntropyLoss"', x, np.zeros((2, 4), np.float32))
+    layer, bottom, top = forward_layer('type: "SigmoidCrossEntropyLoss"', x, t)
     with pytest.raises(LayerError, match='cannot backpropagate to label'):
         layer.Backward(top, [False, True], bottom)
 
@@ -225,14 +210,14 @@ def test_hinge_loss(mode, norm):
     r = rng(9)
     x = r.randn(4, 5).astype(np.float32)
     label = r.randint(0, 5, 4).astype(np.float32)
-    layer, bottom, top = run('type: "HingeLoss" hinge_loss_param { norm: %s }' % norm, [x, label])
+    layer, bottom, top = forward_layer('type: "HingeLoss" hinge_loss_param { norm: %s }' % norm, x, label)
     t = -np.ones((4, 5))
     t[np.arange(4), label.astype(int)] = 1
     m = np.maximum(0, 1 - t * x)
     want = (m.sum() if norm == 'L1' else (m * m).sum()) / 4
     np.testing.assert_allclose(float(top[0].data), want, rtol=1e-5)
     g = (-t * (m > 0) if norm == 'L1' else -2 * t * m) / 4
-    np.testing.assert_allclose(backward(layer, bottom, top, [True, False])[0], g, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(backward_layer(layer, bottom, top, propagate_down=[True, False])[0], g, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize('norm', ['L1', 'L2'])
@@ -247,7 +232,7 @@ def test_hinge_loss_gradient(mode, norm):
 
 def test_hinge_loss_bad_label(mode):
     with pytest.raises(LayerError, match=r'\(HingeLoss\).*label value 5'):
-        run('type: "HingeLoss"', [np.zeros((2, 5), np.float32), np.array([0, 5], np.float32)])
+        forward_layer('type: "HingeLoss"', np.zeros((2, 5), np.float32), np.array([0, 5], np.float32))
 
 
 # -- MultinomialLogisticLoss ---------------------------------------------------------------
@@ -256,12 +241,12 @@ def test_multinomial_logistic_loss(mode):
     p = np_softmax(r.randn(4, 5), 1).astype(np.float32)
     p[0, 2] = 0.0                                      # clamped at 1e-20
     label = np.array([2, 3, 0, 1], np.float32)
-    layer, bottom, top = run('type: "MultinomialLogisticLoss"', [p, label])
+    layer, bottom, top = forward_layer('type: "MultinomialLogisticLoss"', p, label)
     pl = np.maximum(p[np.arange(4), label.astype(int)].astype(np.float64), 1e-20)
     np.testing.assert_allclose(float(top[0].data), -np.log(pl).sum() / 4, rtol=1e-5)
     g = np.zeros((4, 5))
     g[np.arange(4), label.astype(int)] = -1 / pl / 4
-    np.testing.assert_allclose(backward(layer, bottom, top, [True, False])[0], g, rtol=1e-5)
+    np.testing.assert_allclose(backward_layer(layer, bottom, top, propagate_down=[True, False])[0], g, rtol=1e-5)
 
 
 def test_multinomial_logistic_gradient_and_errors(mode):
@@ -271,9 +256,9 @@ def test_multinomial_logistic_gradient_and_errors(mode):
     GradientChecker(1e-3, 1e-2, 1701).check_gradient_exhaustive(
         make_layer('type: "MultinomialLogisticLoss"'), blobs_from_arrays(p, label), [Blob()], 0)
     with pytest.raises(LayerError, match='one value per sample'):
-        run('type: "MultinomialLogisticLoss"', [p, np.zeros((3, 2), np.float32)])
+        forward_layer('type: "MultinomialLogisticLoss"', p, np.zeros((3, 2), np.float32))
     with pytest.raises(LayerError, match='label value 4'):
-        run('type: "MultinomialLogisticLoss"', [p, np.array([0, 4, 1], np.float32)])
+        forward_layer('type: "MultinomialLogisticLoss"', p, np.array([0, 4, 1], np.float32))
 
 
 # -- InfogainLoss -------------------------------------------------------------------------
@@ -299,11 +284,11 @@ def test_infogain_loss_with_H_bottom(mode, param, ignore, norm):
     x = r.randn(3, 4, 2).astype(np.float32)
     label = r.randint(0, 4, (3, 2)).astype(np.float32)
     H = r.rand(4, 4).astype(np.float32)
-    layer, bottom, top = run('type: "InfogainLoss" ' + param, [x, label, H], ntop=2)
+    layer, bottom, top = forward_layer('type: "InfogainLoss" ' + param, x, label, H, ntop=2)
     want, g = np_infogain(x, label, H, ignore, norm)
     np.testing.assert_allclose(float(top[0].data), want, rtol=1e-5)
     np.testing.assert_allclose(top[1].data, np_softmax(x, 1), rtol=1e-5)
-    np.testing.assert_allclose(backward(layer, bottom, top, [True, False, False])[0], g, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(backward_layer(layer, bottom, top, propagate_down=[True, False, False])[0], g, rtol=1e-5, atol=1e-7)
     with pytest.raises(LayerError, match='cannot backpropagate to infogain inputs'):
         layer.Backward(top, [True, False, True], bottom)
     assert [layer.allow_force_backward(i) for i in range(3)] == [True, False, False]
@@ -320,23 +305,23 @@ def test_infogain_loss_matrix_from_binaryproto(mode, tmp_path):
     path = tmp_path / 'H.binaryproto'
     path.write_bytes(bp.SerializeToString())
     text = 'type: "InfogainLoss" infogain_loss_param { source: "%s" }' % path
-    layer, bottom, top = run(text, [x, label])
+    layer, bottom, top = forward_layer(text, x, label)
     want, g = np_infogain(x, label, H)
     np.testing.assert_allclose(float(top[0].data), want, rtol=1e-5)
-    np.testing.assert_allclose(backward(layer, bottom, top, [True, False])[0], g, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(backward_layer(layer, bottom, top, propagate_down=[True, False])[0], g, rtol=1e-5, atol=1e-7)
     GradientChecker(1e-2, 1e-2, 1701).check_gradient_exhaustive(make_layer(text), blobs_from_arrays(x, label), [Blob()], 0)
 
 
 def test_infogain_loss_errors(mode, tmp_path):
     x, label = np.zeros((2, 3), np.float32), np.zeros(2, np.float32)
     with pytest.raises(LayerError, match='source must be specified'):
-        run('type: "InfogainLoss"', [x, label])
+        forward_layer('type: "InfogainLoss"', x, label)
     with pytest.raises(LayerError, match='cannot read infogain matrix'):
-        run('type: "InfogainLoss" infogain_loss_param { source: "%s" }' % (tmp_path / 'none'), [x, label])
+        forward_layer('type: "InfogainLoss" infogain_loss_param { source: "%s" }' % (tmp_path / 'none'), x, label)
     with pytest.raises(LayerError, match='3 x 3 = 9 values'):
-        run('type: "InfogainLoss"', [x, label, np.zeros((2, 2), np.float32)])
+        forward_layer('type: "InfogainLoss"', x, label, np.zeros((2, 2), np.float32))
     with pytest.raises(LayerError, match='normalize is deprecated'):
-        run('type: "InfogainLoss" loss_param { normalize: true }', [x, label, np.eye(3, dtype=np.float32)])
+        forward_layer('type: "InfogainLoss" loss_param { normalize: true }', x, label, np.eye(3, dtype=np.float32))
 
 
 # -- ContrastiveLoss ------------------------------------------------------------------------
@@ -347,7 +332,7 @@ def test_contrastive_loss(mode, legacy):
     sim = np.array([1, 0, 1, 0, 0, 1], np.float32)
     margin = 2.0
     text = 'type: "ContrastiveLoss" contrastive_loss_param { margin: 2 legacy_version: %s }' % str(legacy).lower()
-    layer, bottom, top = run(text, [a, b, sim])
+    layer, bottom, top = forward_layer(text, a, b, sim)
     d = (a - b).astype(np.float64)
     dsq = (d * d).sum(1)
     dist = np.sqrt(dsq)
@@ -359,7 +344,7 @@ def test_contrastive_loss(mode, legacy):
     else:
         coef = np.where(margin - dist > 0, -(margin - dist) / (dist + 1e-4), 0.0)
     coef = np.where(sim > 0, 1.0, coef)
-    da, db, _ = backward(layer, bottom, top, [True, True, False])
+    da, db, _ = backward_layer(layer, bottom, top, propagate_down=[True, True, False])
     np.testing.assert_allclose(da, coef[:, None] * d / 6, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(db, -coef[:, None] * d / 6, rtol=1e-5, atol=1e-7)
     assert [layer.allow_force_backward(i) for i in range(3)] == [True, True, False]
@@ -378,9 +363,9 @@ def test_contrastive_loss_gradient(mode, legacy):
 
 def test_contrastive_loss_shape_errors(mode):
     with pytest.raises(LayerError, match='same shape'):
-        run('type: "ContrastiveLoss"', [np.zeros((2, 3), np.float32), np.zeros((2, 4), np.float32), np.zeros(2, np.float32)])
+        forward_layer('type: "ContrastiveLoss"', np.zeros((2, 3), np.float32), np.zeros((2, 4), np.float32), np.zeros(2, np.float32))
     with pytest.raises(LayerError, match='one similarity value per pair'):
-        run('type: "ContrastiveLoss"', [np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32), np.zeros((2, 2), np.float32)])
+        forward_layer('type: "ContrastiveLoss"', np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32), np.zeros((2, 2), np.float32))
 
 
 # -- Accuracy -----------------------------------------------------------------------------------
@@ -409,7 +394,7 @@ def test_accuracy(mode, param, top_k, ignore, axis):
     lshape = (6, 4) if axis == 1 else (6, 5)
     C = x.shape[axis]
     label = r.randint(0, C, lshape).astype(np.float32)
-    layer, bottom, top = run('type: "Accuracy" ' + param, [x, label], ntop=2, phase=caffeine.TEST)
+    layer, bottom, top = forward_layer('type: "Accuracy" ' + param, x, label, ntop=2, phase=caffeine.TEST)
     acc, per = np_accuracy(x, label, top_k, ignore, axis)
     np.testing.assert_allclose(float(top[0].data), acc, rtol=1e-6)
     assert top[1].shape == (C,)
@@ -418,19 +403,19 @@ def test_accuracy(mode, param, top_k, ignore, axis):
 
 def test_accuracy_ties_count_against_the_true_class(mode):
     x = np.array([[1, 1, 0], [0, 2, 1]], np.float32)
-    _, _, top = run('type: "Accuracy"', [x, np.array([1, 1], np.float32)], phase=caffeine.TEST)
+    _, _, top = forward_layer('type: "Accuracy"', x, np.array([1, 1], np.float32), phase=caffeine.TEST)
     assert float(top[0].data) == 0.5                 # the tie in row 0 is not a hit
 
 
 def test_accuracy_errors_and_no_backward(mode):
     x = np.zeros((2, 3), np.float32)
     with pytest.raises(LayerError, match='top_k 4 must be less than or equal'):
-        run('type: "Accuracy" accuracy_param { top_k: 4 }', [x, np.zeros(2, np.float32)])
+        forward_layer('type: "Accuracy" accuracy_param { top_k: 4 }', x, np.zeros(2, np.float32))
     with pytest.raises(LayerError, match='number of labels must match'):
-        run('type: "Accuracy"', [x, np.zeros(3, np.float32)])
+        forward_layer('type: "Accuracy"', x, np.zeros(3, np.float32))
     with pytest.raises(LayerError, match=r'\(Accuracy\).*label value 7'):
-        run('type: "Accuracy"', [x, np.array([0, 7], np.float32)])
-    layer, bottom, top = run('type: "Accuracy"', [x, np.zeros(2, np.float32)])
+        forward_layer('type: "Accuracy"', x, np.array([0, 7], np.float32))
+    layer, bottom, top = forward_layer('type: "Accuracy"', x, np.zeros(2, np.float32))
     assert not layer.allow_force_backward(0) and not layer.allow_force_backward(1)
     layer.Backward(top, [False, False], bottom)
     with pytest.raises(LayerError, match='no backward'):

@@ -13,8 +13,8 @@ import caffeine
 from caffeine import backend
 from caffeine.blob import Blob
 from caffeine.errors import LayerError
-from caffeine.testing import (GradientChecker, blobs_from_arrays, check_golden_layer,
-                              golden_cases, make_layer)
+from caffeine.testing import (GradientChecker, assert_in_place_equals_out_of_place, backward_layer,
+                              blobs_from_arrays, check_golden_layer, forward_layer, golden_cases, make_layer)
 
 TRAIN, TEST = caffeine.TRAIN, caffeine.TEST
 SHAPE = (2, 3, 2, 3)
@@ -33,20 +33,14 @@ def positive(shape=SHAPE, seed=0, lo=0.2, hi=2.0):
     return np.random.RandomState(seed).uniform(lo, hi, shape).astype(np.float32)
 
 
-def run(text, x, phase=TRAIN, dy=None, in_place=False):
-    """Set up, forward and backward one layer; returns (y, dx, layer)."""
-    layer = make_layer(text, phase)
-    bottom = blobs_from_arrays(x)
-    top = bottom if in_place else [Blob()]
-    layer.SetUp(bottom, top)
-    bottom[0].data[...] = x
-    layer.Forward(bottom, top)
+def run(text, x, phase=TRAIN, dy=None):
+    """Set up, forward and (with ``dy``) backward one layer; returns (y, dx, layer)."""
+    layer, bottom, top = forward_layer(text, x, phase=phase)
     y = top[0].data.copy()
     if dy is None:
         return y, None, layer
-    top[0].diff[...] = dy
-    layer.Backward(top, [True], bottom)
-    return y, bottom[0].diff.copy(), layer
+    dx, = backward_layer(layer, bottom, top, dy)
+    return y, dx, layer
 
 
 def sigmoid(x):
@@ -106,11 +100,7 @@ def test_forward_and_backward_match_numpy(mode, name):
 @pytest.mark.parametrize('name', sorted(CASES))
 def test_in_place_equals_out_of_place(mode, name):
     text, x, _, _ = CASES[name]
-    dy = gauss(seed=1)
-    y, dx, _ = run(text, x, dy=dy)
-    y2, dx2, _ = run(text, x, dy=dy, in_place=True)
-    np.testing.assert_array_equal(y2, y)
-    np.testing.assert_allclose(dx2, dx, rtol=1e-6, atol=1e-7)
+    assert_in_place_equals_out_of_place(text, x, gauss(seed=1), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize('name', sorted(CASES))
@@ -175,19 +165,8 @@ def test_prelu_gradient(mode, shared):
 
 def test_prelu_in_place(mode):
     x, dy = gauss(away_from=[0]), gauss(seed=1)
-    out = []
-    for in_place in (False, True):
-        layer = make_layer('type: "PReLU" prelu_param { filler { type: "constant" value: 0.4 } }')
-        bottom = blobs_from_arrays(x)
-        top = bottom if in_place else [Blob()]
-        layer.SetUp(bottom, top)
-        layer.Forward(bottom, top)
-        y = top[0].data.copy()
-        top[0].diff[...] = dy
-        layer.Backward(top, [True], bottom)
-        out.append((y, bottom[0].diff.copy(), layer.blobs[0].diff.copy()))
-    for a, b in zip(*out):
-        np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert_in_place_equals_out_of_place('type: "PReLU" prelu_param { filler { type: "constant" value: 0.4 } }',
+                                        x, dy, top_rtol=1e-6, rtol=1e-6)
 
 
 def test_prelu_bad_parameters():
@@ -239,12 +218,7 @@ def test_dropout_test_phase_is_identity(mode):
 
 def test_dropout_in_place_and_gradient(mode):
     x, dy = positive(), gauss(seed=1)
-    caffeine.set_random_seed(3)
-    y, dx, _ = run('type: "Dropout"', x, dy=dy)
-    caffeine.set_random_seed(3)
-    y2, dx2, _ = run('type: "Dropout"', x, dy=dy, in_place=True)
-    np.testing.assert_array_equal(y, y2)
-    np.testing.assert_array_equal(dx, dx2)
+    assert_in_place_equals_out_of_place('type: "Dropout"', x, dy, seed=3)
     # the checker reseeds before every forward pass, so the mask repeats
     GradientChecker(1e-2, 1e-3, 1701).check_gradient_eltwise(make_layer('type: "Dropout"'),
                                                               blobs_from_arrays(x), [Blob()])

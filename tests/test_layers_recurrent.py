@@ -11,7 +11,8 @@ import pytest
 
 from caffeine.blob import Blob
 from caffeine.errors import LayerError
-from caffeine.testing import GradientChecker, blobs_from_arrays, check_golden_layer, golden_cases, make_layer
+from caffeine.testing import (GradientChecker, blobs_from_arrays, check_golden_layer, golden_cases, make_layer,
+                              setup_layer)
 
 UNIFORM = 'weight_filler { type: "uniform" min: -0.5 max: 0.5 } bias_filler { type: "uniform" min: -0.5 max: 0.5 }'
 
@@ -55,21 +56,13 @@ def rnn_ref(x, cont, W_xh, b_h, W_hh, W_ho, b_o, xs=None, W_s=None, h0=None):
     return np.stack(out), h
 
 
-def setup_layer(text, arrays, ntop=1):
-    layer = make_layer(text)
-    bottom = blobs_from_arrays(*arrays)
-    top = [Blob() for _ in range(ntop)]
-    layer.SetUp(bottom, top)
-    return layer, bottom, top
-
-
 def params(layer):
     return [b.data.astype(np.float64) for b in layer.blobs]
 
 
-def seq_data(T=3, N=2, I=3, seed=0):
+def seq_data(T=3, N=2, D=3, seed=0):
     r = np.random.RandomState(seed)
-    x = r.randn(T, N, I).astype(np.float32)
+    x = r.randn(T, N, D).astype(np.float32)
     cont = np.ones((T, N), np.float32)
     cont[0] = 0
     if T > 2:
@@ -84,7 +77,7 @@ def test_lstm_unit_forward_backward(mode):
     c_prev = r.randn(1, N, D).astype(np.float32)
     X = r.randn(1, N, 4 * D).astype(np.float32)
     cont = np.array([[1, 0, 1]], np.float32)
-    layer, bottom, top = setup_layer('type: "LSTMUnit"', [c_prev, X, cont], 2)
+    layer, bottom, top = setup_layer('type: "LSTMUnit"', c_prev, X, cont, ntop=2)
     layer.Forward(bottom, top)
     g = X[0].astype(np.float64)
     i, f, o, gg = sig(g[:, :D]), cont[0][:, None] * sig(g[:, D:2 * D]), sig(g[:, 2 * D:3 * D]), np.tanh(g[:, 3 * D:])
@@ -116,30 +109,30 @@ def test_lstm_unit_gradient(mode):
 
 def test_lstm_unit_shape_errors(mode):
     with pytest.raises(LayerError, match=r'\(LSTMUnit\).*gates.*\(1, N, 4D\)'):
-        setup_layer('type: "LSTMUnit"', [np.zeros((1, 2, 3)), np.zeros((1, 2, 11)), np.zeros((1, 2))], 2)
+        setup_layer('type: "LSTMUnit"', np.zeros((1, 2, 3)), np.zeros((1, 2, 11)), np.zeros((1, 2)), ntop=2)
     with pytest.raises(LayerError, match='c_prev.*\\(1, N, D\\)'):
-        setup_layer('type: "LSTMUnit"', [np.zeros((2, 2, 3)), np.zeros((1, 2, 12)), np.zeros((1, 2))], 2)
+        setup_layer('type: "LSTMUnit"', np.zeros((2, 2, 3)), np.zeros((1, 2, 12)), np.zeros((1, 2)), ntop=2)
     with pytest.raises(LayerError, match='cont'):
-        setup_layer('type: "LSTMUnit"', [np.zeros((1, 2, 3)), np.zeros((1, 2, 12)), np.zeros((2, 2))], 2)
+        setup_layer('type: "LSTMUnit"', np.zeros((1, 2, 3)), np.zeros((1, 2, 12)), np.zeros((2, 2)), ntop=2)
 
 
 # -- LSTM ------------------------------------------------------------------------------
 def test_lstm_parameter_layout_matches_caffe():
     x, cont = seq_data()
-    layer, _, _ = setup_layer('type: "LSTM" recurrent_param { num_output: 5 %s }' % UNIFORM, [x, cont])
+    layer, _, _ = setup_layer('type: "LSTM" recurrent_param { num_output: 5 %s }' % UNIFORM, x, cont)
     assert [b.shape for b in layer.blobs] == [(20, 3), (20,), (20, 5)]     # W_xc, b_c, W_hc
     xs = np.zeros((2, 4, 2), np.float32)
-    layer, _, _ = setup_layer('type: "LSTM" recurrent_param { num_output: 5 }', [x, cont, xs])
+    layer, _, _ = setup_layer('type: "LSTM" recurrent_param { num_output: 5 }', x, cont, xs)
     assert [b.shape for b in layer.blobs] == [(20, 3), (20,), (20, 8), (20, 5)]   # + W_xc_static
     assert all(not b.data.any() for b in layer.blobs)                      # default filler: constant 0
 
 
 @pytest.mark.parametrize('static', [False, True])
 def test_lstm_forward_backward_matches_reference(mode, static):
-    x, cont = seq_data(T=4, N=2, I=3)
+    x, cont = seq_data(T=4, N=2, D=3)
     xs = np.random.RandomState(3).randn(2, 2).astype(np.float32)
     arrays = [x, cont] + ([xs] if static else [])
-    layer, bottom, top = setup_layer('type: "LSTM" recurrent_param { num_output: 3 %s }' % UNIFORM, arrays)
+    layer, bottom, top = setup_layer('type: "LSTM" recurrent_param { num_output: 3 %s }' % UNIFORM, *arrays)
     layer.Forward(bottom, top)
     P = params(layer)
     W_s = P[2] if static else None
@@ -150,7 +143,7 @@ def test_lstm_forward_backward_matches_reference(mode, static):
 
 @pytest.mark.parametrize('static', [False, True])
 def test_lstm_gradient(mode, static):
-    x, cont = seq_data(T=3, N=2, I=2)
+    x, cont = seq_data(T=3, N=2, D=2)
     xs = np.random.RandomState(4).randn(2, 2).astype(np.float32)
     arrays = [x, cont] + ([xs] if static else [])
     layer = make_layer('type: "LSTM" recurrent_param { num_output: 2 %s }' % UNIFORM)
@@ -163,8 +156,8 @@ def test_lstm_gradient(mode, static):
 
 def test_lstm_carries_state_between_forward_passes(mode):
     """Without expose_hidden the final state of a pass starts the next one (Caffe)."""
-    x, cont = seq_data(T=2, N=2, I=3)
-    layer, bottom, top = setup_layer('type: "LSTM" recurrent_param { num_output: 3 %s }' % UNIFORM, [x, cont])
+    x, cont = seq_data(T=2, N=2, D=3)
+    layer, bottom, top = setup_layer('type: "LSTM" recurrent_param { num_output: 3 %s }' % UNIFORM, x, cont)
     layer.Forward(bottom, top)
     P = params(layer)
     _, hT, cT = lstm_ref(x, cont, P[0], P[1], P[2])
@@ -176,12 +169,12 @@ def test_lstm_carries_state_between_forward_passes(mode):
 
 
 def test_lstm_expose_hidden(mode):
-    x, cont = seq_data(T=3, N=2, I=3)
+    x, cont = seq_data(T=3, N=2, D=3)
     cont[0] = 1                                         # use the given initial state
     r = np.random.RandomState(5)
     h0, c0 = r.randn(1, 2, 3).astype(np.float32), r.randn(1, 2, 3).astype(np.float32)
     text = 'type: "LSTM" recurrent_param { num_output: 3 expose_hidden: true %s }' % UNIFORM
-    layer, bottom, top = setup_layer(text, [x, cont, h0, c0], 3)
+    layer, bottom, top = setup_layer(text, x, cont, h0, c0, ntop=3)
     assert not layer.static_input and len(layer.blobs) == 3
     layer.Forward(bottom, top)
     P = params(layer)
@@ -202,20 +195,18 @@ def test_lstm_expose_hidden(mode):
 def test_lstm_errors(mode):
     x, cont = seq_data()
     with pytest.raises(LayerError, match=r"layer 'layer' \(LSTM\).*num_output must be positive"):
-        setup_layer('type: "LSTM"', [x, cont])
+        setup_layer('type: "LSTM"', x, cont)
     with pytest.raises(LayerError, match='cont.*must have shape'):
-        setup_layer('type: "LSTM" recurrent_param { num_output: 2 }', [x, cont[:2]])
+        setup_layer('type: "LSTM" recurrent_param { num_output: 2 }', x, cont[:2])
     with pytest.raises(LayerError, match='at least 2 axes'):
-        setup_layer('type: "LSTM" recurrent_param { num_output: 2 }', [np.zeros(3), cont])
+        setup_layer('type: "LSTM" recurrent_param { num_output: 2 }', np.zeros(3), cont)
     with pytest.raises(LayerError, match='static input'):
-        setup_layer('type: "LSTM" recurrent_param { num_output: 2 }', [x, cont, np.zeros((3, 2))])
+        setup_layer('type: "LSTM" recurrent_param { num_output: 2 }', x, cont, np.zeros((3, 2)))
     with pytest.raises(LayerError, match='takes exactly 3 top'):
-        setup_layer('type: "LSTM" recurrent_param { num_output: 2 expose_hidden: true }',
-                    [x, cont, np.zeros((1, 2, 2)), np.zeros((1, 2, 2))], 1)
+        setup_layer('type: "LSTM" recurrent_param { num_output: 2 expose_hidden: true }', x, cont, np.zeros((1, 2, 2)), np.zeros((1, 2, 2)), ntop=1)
     with pytest.raises(LayerError, match='hidden state input shape'):
-        setup_layer('type: "LSTM" recurrent_param { num_output: 2 expose_hidden: true }',
-                    [x, cont, np.zeros((1, 2, 3)), np.zeros((1, 2, 2))], 3)
-    layer, bottom, top = setup_layer('type: "LSTM" recurrent_param { num_output: 2 }', [x, cont])
+        setup_layer('type: "LSTM" recurrent_param { num_output: 2 expose_hidden: true }', x, cont, np.zeros((1, 2, 3)), np.zeros((1, 2, 2)), ntop=3)
+    layer, bottom, top = setup_layer('type: "LSTM" recurrent_param { num_output: 2 }', x, cont)
     layer.Forward(bottom, top)
     with pytest.raises(LayerError, match='sequence indicators'):
         layer.Backward(top, [True, True], bottom)
@@ -225,18 +216,18 @@ def test_lstm_errors(mode):
 # -- RNN ------------------------------------------------------------------------------
 def test_rnn_parameter_layout_matches_caffe():
     x, cont = seq_data()
-    layer, _, _ = setup_layer('type: "RNN" recurrent_param { num_output: 4 }', [x, cont])
+    layer, _, _ = setup_layer('type: "RNN" recurrent_param { num_output: 4 }', x, cont)
     assert [b.shape for b in layer.blobs] == [(4, 3), (4,), (4, 4), (4, 4), (4,)]   # W_xh b_h W_hh W_ho b_o
-    layer, _, _ = setup_layer('type: "RNN" recurrent_param { num_output: 4 }', [x, cont, np.zeros((2, 5))])
+    layer, _, _ = setup_layer('type: "RNN" recurrent_param { num_output: 4 }', x, cont, np.zeros((2, 5)))
     assert [b.shape for b in layer.blobs] == [(4, 3), (4,), (4, 5), (4, 4), (4, 4), (4,)]
 
 
 @pytest.mark.parametrize('static', [False, True])
 def test_rnn_forward_matches_reference(mode, static):
-    x, cont = seq_data(T=4, N=2, I=3)
+    x, cont = seq_data(T=4, N=2, D=3)
     xs = np.random.RandomState(6).randn(2, 2).astype(np.float32)
     arrays = [x, cont] + ([xs] if static else [])
-    layer, bottom, top = setup_layer('type: "RNN" recurrent_param { num_output: 3 %s }' % UNIFORM, arrays)
+    layer, bottom, top = setup_layer('type: "RNN" recurrent_param { num_output: 3 %s }' % UNIFORM, *arrays)
     layer.Forward(bottom, top)
     P = params(layer)
     k = 3 if static else 2
@@ -246,7 +237,7 @@ def test_rnn_forward_matches_reference(mode, static):
 
 @pytest.mark.parametrize('static', [False, True])
 def test_rnn_gradient(mode, static):
-    x, cont = seq_data(T=3, N=2, I=2)
+    x, cont = seq_data(T=3, N=2, D=2)
     xs = np.random.RandomState(7).randn(2, 2).astype(np.float32)
     arrays = [x, cont] + ([xs] if static else [])
     layer = make_layer('type: "RNN" recurrent_param { num_output: 2 %s }' % UNIFORM)
@@ -258,8 +249,8 @@ def test_rnn_gradient(mode, static):
 
 
 def test_rnn_state_and_expose_hidden(mode):
-    x, cont = seq_data(T=2, N=2, I=3)
-    layer, bottom, top = setup_layer('type: "RNN" recurrent_param { num_output: 3 %s }' % UNIFORM, [x, cont])
+    x, cont = seq_data(T=2, N=2, D=3)
+    layer, bottom, top = setup_layer('type: "RNN" recurrent_param { num_output: 3 %s }' % UNIFORM, x, cont)
     layer.Forward(bottom, top)
     P = params(layer)
     _, hT = rnn_ref(x, cont, *P)
@@ -270,7 +261,7 @@ def test_rnn_state_and_expose_hidden(mode):
 
     h0 = np.random.RandomState(8).randn(1, 2, 3).astype(np.float32)
     text = 'type: "RNN" recurrent_param { num_output: 3 expose_hidden: true %s }' % UNIFORM
-    layer, bottom, top = setup_layer(text, [x, np.ones((2, 2)), h0], 2)
+    layer, bottom, top = setup_layer(text, x, np.ones((2, 2)), h0, ntop=2)
     layer.Forward(bottom, top)
     P = params(layer)
     want, hT = rnn_ref(x, np.ones((2, 2)), *P, h0=h0)
@@ -280,7 +271,7 @@ def test_rnn_state_and_expose_hidden(mode):
 
 def test_param_diffs_accumulate(mode):
     x, cont = seq_data()
-    layer, bottom, top = setup_layer('type: "RNN" recurrent_param { num_output: 2 %s }' % UNIFORM, [x, cont])
+    layer, bottom, top = setup_layer('type: "RNN" recurrent_param { num_output: 2 %s }' % UNIFORM, x, cont)
     layer.Forward(bottom, top)
     top[0].diff[...] = 1
     layer.Backward(top, [True, False], bottom)

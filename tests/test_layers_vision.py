@@ -16,9 +16,10 @@ import caffeine
 from caffeine import backend
 from caffeine.blob import Blob
 from caffeine.errors import LayerError
-from caffeine.layers import im2col as im2col_mod
-from caffeine.testing import (GradientChecker, blobs_from_arrays, check_golden_layer,
-                              golden_cases, make_layer)
+from caffeine import workspace as workspace_mod
+from caffeine.layers import conv_engine as engine_mod
+from caffeine.testing import (GradientChecker, backward_layer, blobs_from_arrays, check_golden_layer,
+                              forward_layer, golden_cases, make_layer)
 
 TRAIN, TEST = caffeine.TRAIN, caffeine.TEST
 F64 = np.float64
@@ -33,26 +34,6 @@ def distinct(shape, seed=0):
     n = int(np.prod(shape))
     v = np.random.RandomState(seed).permutation(n).astype(np.float32) / n * 4 - 2
     return v.reshape(shape)
-
-
-def setup_run(text, bottoms, phase=TRAIN, params=None, ntop=1):
-    layer = make_layer(text, phase)
-    bottom = blobs_from_arrays(*bottoms)
-    top = [Blob() for _ in range(ntop)]
-    layer.SetUp(bottom, top)
-    if params is not None:
-        for b, p in zip(layer.blobs, params):
-            b.data[...] = p
-    layer.Forward(bottom, top)
-    return layer, bottom, top
-
-
-def backward(layer, bottom, top, dys, prop=None):
-    for t, d in zip(top, dys):
-        t.diff[...] = d
-    for b in layer.blobs:
-        b.diff[...] = 0
-    layer.Backward(top, prop or [True] * len(bottom), bottom)
 
 
 # =============================================================================
@@ -111,10 +92,10 @@ def ref_deconv(x, W, b, stride, pad, dil, group):
     N, C = x.shape[:2]
     K = W.shape[2:]
     nd = len(K)
-    O = W.shape[1] * group
-    Cg, Og = C // group, O // group
+    M = W.shape[1] * group
+    Cg, Og = C // group, M // group
     full = [st * (s - 1) + d * (k - 1) + 1 for s, st, d, k in zip(x.shape[2:], stride, dil, K)]
-    y = np.zeros((N, O) + tuple(full))
+    y = np.zeros((N, M) + tuple(full))
     for ko in itertools.product(*[range(k) for k in K]):
         sl = tuple(slice(k * d, k * d + st * (s - 1) + 1, st) for k, d, st, s in zip(ko, dil, stride, x.shape[2:]))
         for g in range(group):
@@ -123,7 +104,7 @@ def ref_deconv(x, W, b, stride, pad, dil, group):
                                                                             x[:, g * Cg:(g + 1) * Cg])
     y = y[(slice(None), slice(None)) + tuple(slice(p, f - p) for p, f in zip(pad, full))]
     if b is not None:
-        y = y + b.reshape((1, O) + (1,) * nd)
+        y = y + b.reshape((1, M) + (1,) * nd)
     return y
 
 
@@ -233,7 +214,7 @@ def _conv_text(kind, param, nout, bias=True, extra=''):
 def test_convolution_forward_backward(mode, name, bias):
     param, shape, (k, s, p, d), group, nout = CONV_CASES[name]
     x = gauss(shape)
-    layer, bottom, top = setup_run(_conv_text('Convolution', param, nout, bias), [x])
+    layer, bottom, top = forward_layer(_conv_text('Convolution', param, nout, bias), x)
     W = layer.blobs[0].data.copy()
     assert W.shape == (nout, shape[1] // group) + k
     b = layer.blobs[1].data.copy() if bias else None
@@ -245,7 +226,7 @@ def test_convolution_forward_backward(mode, name, bias):
     assert top[0].shape == y.shape
     np.testing.assert_allclose(top[0].data, y, rtol=1e-4, atol=1e-4)
     dy = gauss(y.shape, seed=1)
-    backward(layer, bottom, top, [dy])
+    backward_layer(layer, bottom, top, dy, zero_param_diffs=True)
     dx, dW = ref_conv_grads(x, W, dy, s, p, d, group)
     np.testing.assert_allclose(layer.blobs[0].diff, dW, rtol=1e-4, atol=1e-4)
     if bias:
@@ -260,20 +241,20 @@ def test_convolution_forward_backward(mode, name, bias):
                                   'per_axis'])
 def test_convolution_column_layouts(mode, monkeypatch, layout, name):
     """Every column layout of the engine (narrow, wide, batch-innermost, per-image 1x1) computes the same."""
-    monkeypatch.setattr(im2col_mod, 'CHWN', layout.startswith('chwn'))
-    monkeypatch.setattr(im2col_mod, 'CHWN_MAX_ROW', 1 << 30)
-    monkeypatch.setattr(im2col_mod, 'CHWN_MIN_IMAGES', 2)
-    monkeypatch.setattr(im2col_mod, 'WIDE_MAX_WASTE', 1e9 if layout.startswith('wide') else 0.0)
-    monkeypatch.setattr(im2col_mod, 'WIDE_MAX_EXTRA', 1e9)
-    monkeypatch.setattr(im2col_mod, 'FLIP_BACKWARD', not layout.endswith('col2im'))
-    monkeypatch.setattr(im2col_mod, 'FLIP_MIN_CHANNELS', 1)
-    monkeypatch.setattr(im2col_mod, 'FLIP_MAX_RATIO', 1e9)
-    monkeypatch.setattr(im2col_mod, 'BATCHED_1X1_MIN', 0 if layout == 'batched_1x1' else 1 << 40)
+    monkeypatch.setattr(engine_mod, 'CHWN', layout.startswith('chwn'))
+    monkeypatch.setattr(engine_mod, 'CHWN_MAX_ROW', 1 << 30)
+    monkeypatch.setattr(engine_mod, 'CHWN_MIN_IMAGES', 2)
+    monkeypatch.setattr(engine_mod, 'WIDE_MAX_WASTE', 1e9 if layout.startswith('wide') else 0.0)
+    monkeypatch.setattr(engine_mod, 'WIDE_MAX_EXTRA', 1e9)
+    monkeypatch.setattr(engine_mod, 'FLIP_BACKWARD', not layout.endswith('col2im'))
+    monkeypatch.setattr(engine_mod, 'FLIP_MIN_CHANNELS', 1)
+    monkeypatch.setattr(engine_mod, 'FLIP_MAX_RATIO', 1e9)
+    monkeypatch.setattr(engine_mod, 'BATCHED_1X1_MIN', 0 if layout == 'batched_1x1' else 1 << 40)
     param, shape, (k, s, p, d), group, nout = CONV_CASES[name]
     x = gauss(shape)
     for kind in ('Convolution', 'Deconvolution'):
-        layer, bottom, top = setup_run(_conv_text(kind, param, nout * (shape[1] // group if kind == 'Deconvolution' and
-                                                                       group > 1 else 1)), [x])
+        layer, bottom, top = forward_layer(_conv_text(kind, param, nout * (shape[1] // group if kind == 'Deconvolution' and
+                                                                           group > 1 else 1)), x)
         eng = layer.engine
         want = '1x1' if name.startswith('1x1') else ('wide' if layout.startswith('wide') and s[-1] == 1 else 'narrow')
         if want == 'narrow' and layout.startswith('chwn') and eng.chunk > 1 and s[-1] == 1:
@@ -281,7 +262,7 @@ def test_convolution_column_layouts(mode, monkeypatch, layout, name):
         assert eng.layout == want
         W, b = layer.blobs[0].data.copy(), layer.blobs[1].data.copy()
         dy = gauss(top[0].shape, seed=1)
-        backward(layer, bottom, top, [dy])
+        backward_layer(layer, bottom, top, dy, zero_param_diffs=True)
         if kind == 'Convolution':
             np.testing.assert_allclose(top[0].data, ref_conv(x, W, b, s, p, d, group), rtol=1e-4, atol=1e-4)
             dx, dW = ref_conv_grads(x, W, dy, s, p, d, group)
@@ -310,7 +291,7 @@ def test_convolution_3d_gradient(mode):
 def test_convolution_axis(mode):
     """axis: 2 makes axis 1 a batch axis too: (A, B, C, H, W) convolves each (a, b) image."""
     x = gauss((2, 3, 4, 5, 5))
-    layer, bottom, top = setup_run(_conv_text('Convolution', 'kernel_size: 3 axis: 2', 3), [x])
+    layer, bottom, top = forward_layer(_conv_text('Convolution', 'kernel_size: 3 axis: 2', 3), x)
     W, b = layer.blobs[0].data, layer.blobs[1].data
     y = ref_conv(x.reshape(6, 4, 5, 5), W, b, (1, 1), (0, 0), (1, 1), 1).reshape(2, 3, 3, 3, 3)
     np.testing.assert_allclose(top[0].data, y, rtol=1e-4, atol=1e-4)
@@ -321,18 +302,18 @@ def test_convolution_axis(mode):
 def test_convolution_several_bottoms_share_weights(mode):
     a, b = gauss((2, 3, 5, 5)), gauss((2, 3, 5, 5), seed=1)
     text = _conv_text('Convolution', 'kernel_size: 3 pad: 1', 2)
-    layer, bottom, top = setup_run(text, [a, b], ntop=2)
+    layer, bottom, top = forward_layer(text, a, b, ntop=2)
     W, bias = layer.blobs[0].data.copy(), layer.blobs[1].data.copy()
     for x, t in zip((a, b), top):
         np.testing.assert_allclose(t.data, ref_conv(x, W, bias, (1, 1), (1, 1), (1, 1), 1), rtol=1e-4, atol=1e-4)
     da, db = gauss(top[0].shape, seed=2), gauss(top[1].shape, seed=3)
-    backward(layer, bottom, top, [da, db])
+    backward_layer(layer, bottom, top, da, db, zero_param_diffs=True)
     both = (layer.blobs[0].diff.copy(), layer.blobs[1].diff.copy(), bottom[0].diff.copy(), bottom[1].diff.copy())
     # the parameter gradients are the sums of the two single-bottom runs
     singles = []
     for x, d in ((a, da), (b, db)):
-        l1, b1, t1 = setup_run(text, [x], params=[W, bias])
-        backward(l1, b1, t1, [d])
+        l1, b1, t1 = forward_layer(text, x, params=[W, bias])
+        backward_layer(l1, b1, t1, d, zero_param_diffs=True)
         singles.append((l1.blobs[0].diff.copy(), l1.blobs[1].diff.copy(), b1[0].diff.copy()))
     np.testing.assert_allclose(both[0], singles[0][0] + singles[1][0], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(both[1], singles[0][1] + singles[1][1], rtol=1e-4, atol=1e-4)
@@ -345,7 +326,7 @@ def test_convolution_several_bottoms_share_weights(mode):
 
 def test_convolution_param_diffs_accumulate_and_respect_propagate_down(mode):
     x = gauss((2, 3, 5, 5))
-    layer, bottom, top = setup_run(_conv_text('Convolution', 'kernel_size: 3', 2), [x])
+    layer, bottom, top = forward_layer(_conv_text('Convolution', 'kernel_size: 3', 2), x)
     top[0].diff[...] = gauss(top[0].shape, seed=1)
     for b in layer.blobs:
         b.diff[...] = 0
@@ -371,15 +352,15 @@ def test_convolution_chunked_batches_equal_whole(mode, monkeypatch):
         if limit:
             monkeypatch.setenv('CAFFEINE_CONV_WORKSPACE_MB', limit)
         for kind in ('Convolution', 'Deconvolution'):
-            layer, bottom, top = setup_run(_conv_text(kind, 'kernel_size: 3 pad: 1 stride: 2 group: 3', 3), [x],
-                                           params=params.get(kind))
+            layer, bottom, top = forward_layer(_conv_text(kind, 'kernel_size: 3 pad: 1 stride: 2 group: 3', 3), x,
+                                               params=params.get(kind))
             if kind not in params:
                 params[kind] = [b.data.copy() for b in layer.blobs]
                 layer.Forward(bottom, top)
             assert layer.engine.chunk == (1 if limit else 5)
             assert kind == 'Deconvolution' or layer.engine.flip_ok is False  # stride 2
             dy = gauss(top[0].shape, seed=1)
-            backward(layer, bottom, top, [dy])
+            backward_layer(layer, bottom, top, dy, zero_param_diffs=True)
             res.append([top[0].data.copy(), bottom[0].diff.copy()] + [b.diff.copy() for b in layer.blobs])
     for a, b in zip(res[:2], res[2:]):
         for u, v in zip(a, b):
@@ -387,8 +368,7 @@ def test_convolution_chunked_batches_equal_whole(mode, monkeypatch):
 
 
 def test_convolution_reshape_follows_the_input(mode):
-    layer, bottom, top = setup_run(_conv_text('Convolution', 'kernel_size: 3 pad: 1 stride: 2', 2),
-                                   [gauss((2, 3, 8, 8))])
+    layer, bottom, top = forward_layer(_conv_text('Convolution', 'kernel_size: 3 pad: 1 stride: 2', 2), gauss((2, 3, 8, 8)))
     assert top[0].shape == (2, 2, 4, 4)
     x = gauss((3, 3, 5, 7), seed=4)
     bottom[0].reshape(x.shape)
@@ -400,14 +380,12 @@ def test_convolution_reshape_follows_the_input(mode):
 
 
 def test_convolution_fillers_and_existing_blobs(mode):
-    layer, _, _ = setup_run('type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 '
-                            'weight_filler { type: "constant" value: 0.5 } '
-                            'bias_filler { type: "constant" value: -2 } }',
-                            [gauss((1, 2, 5, 5))])
+    layer, _, _ = forward_layer('type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 '
+                                'weight_filler { type: "constant" value: 0.5 } '
+                                'bias_filler { type: "constant" value: -2 } }', gauss((1, 2, 5, 5)))
     assert np.all(layer.blobs[0].data == 0.5) and np.all(layer.blobs[1].data == -2)
     # default fillers: constant 0
-    layer, _, top = setup_run('type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 }',
-                              [gauss((1, 2, 5, 5))])
+    layer, _, top = forward_layer('type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 }', gauss((1, 2, 5, 5)))
     assert np.all(layer.blobs[0].data == 0) and np.all(top[0].data == 0)
     # weights set before setup are kept when their shapes fit, refused otherwise
     layer = make_layer('type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 }')
@@ -455,7 +433,7 @@ def test_convolution_blob_count_and_shape_errors():
     layer = make_layer(_conv_text('Convolution', 'kernel_size: 3', 2))
     with pytest.raises(LayerError, match='all inputs must have the same shape'):
         layer.SetUp(blobs_from_arrays(np.zeros((1, 2, 5, 5)), np.zeros((1, 2, 6, 5))), [Blob(), Blob()])
-    layer, bottom, top = setup_run(_conv_text('Convolution', 'kernel_size: 3', 2), [np.zeros((1, 2, 5, 5))])
+    layer, bottom, top = forward_layer(_conv_text('Convolution', 'kernel_size: 3', 2), np.zeros((1, 2, 5, 5)))
     bottom[0].reshape(1, 3, 5, 5)
     with pytest.raises(LayerError, match='incompatible with convolution kernel'):
         layer.Forward(bottom, top)
@@ -480,7 +458,7 @@ DECONV_CASES = {
 def test_deconvolution_forward(mode, name):
     param, shape, (k, s, p, d), group, nout = DECONV_CASES[name]
     x = gauss(shape)
-    layer, bottom, top = setup_run(_conv_text('Deconvolution', param, nout), [x])
+    layer, bottom, top = forward_layer(_conv_text('Deconvolution', param, nout), x)
     W, b = layer.blobs[0].data.copy(), layer.blobs[1].data.copy()
     assert W.shape == (shape[1], nout // group) + k   # Caffe's deconvolution weight shape
     assert b.shape == (nout,)
@@ -501,8 +479,8 @@ def test_deconvolution_gradient(mode, name):
 def test_deconvolution_inverts_convolution_shapes(mode):
     """A Deconvolution with a Convolution's parameters maps the conv's output shape back."""
     x = gauss((1, 2, 9, 7))
-    c, _, ct = setup_run(_conv_text('Convolution', 'kernel_size: 3 stride: 2 pad: 1', 3), [x])
-    d, _, dt = setup_run(_conv_text('Deconvolution', 'kernel_size: 3 stride: 2 pad: 1', 2), [ct[0].data])
+    c, _, ct = forward_layer(_conv_text('Convolution', 'kernel_size: 3 stride: 2 pad: 1', 3), x)
+    d, _, dt = forward_layer(_conv_text('Deconvolution', 'kernel_size: 3 stride: 2 pad: 1', 2), ct[0].data)
     assert dt[0].shape == (1, 2, 9, 7)
 
 
@@ -525,7 +503,7 @@ def test_deconvolution_errors():
 ])
 def test_im2col(mode, param, shape):
     x = gauss(shape)
-    layer, bottom, top = setup_run('type: "Im2col" convolution_param { %s }' % param, [x])
+    layer, bottom, top = forward_layer('type: "Im2col" convolution_param { %s }' % param, x)
     p = layer
     nd = len(shape) - 2
     out = [(s + 2 * pd - (d * (k - 1) + 1)) // st + 1
@@ -542,7 +520,7 @@ def test_im2col(mode, param, shape):
     assert nd == len(out)
     # backward: the adjoint, <im2col(x), dy> = <x, col2im(dy)>
     dy = gauss(top[0].shape, seed=1)
-    backward(layer, bottom, top, [dy])
+    backward_layer(layer, bottom, top, dy, zero_param_diffs=True)
     np.testing.assert_allclose((bottom[0].diff.astype(F64) * x).sum(), (dy.astype(F64) * want).sum(), rtol=1e-5)
 
 
@@ -583,7 +561,7 @@ def test_pooling_forward(mode, name):
     param, shape, method, k, s, p, ceil = POOL_CASES[name]
     x = distinct(shape)
     ntop = 2 if method == 'MAX' else 1
-    layer, bottom, top = setup_run('type: "Pooling" pooling_param { %s }' % param, [x], ntop=ntop)
+    layer, bottom, top = forward_layer('type: "Pooling" pooling_param { %s }' % param, x, ntop=ntop)
     y, mask = ref_pool(x, method, k, s, p, ceil)
     assert top[0].shape == y.shape
     np.testing.assert_allclose(top[0].data, y, rtol=1e-5, atol=1e-6)
@@ -604,10 +582,9 @@ def test_pooling_max_ties_go_to_the_first_element_as_caffe(mode):
     x = np.zeros((1, 1, 4, 4), np.float32)
     x[0, 0, 1, 1] = x[0, 0, 1, 2] = 5   # a tie inside the window of (0, 0) and (0, 1)
     for phase in (TRAIN, TEST):
-        layer, bottom, top = setup_run('type: "Pooling" pooling_param { pool: MAX kernel_size: 2 stride: 1 }',
-                                       [x], phase=phase, ntop=2)
+        layer, bottom, top = forward_layer('type: "Pooling" pooling_param { pool: MAX kernel_size: 2 stride: 1 }', x, phase=phase, ntop=2)
         np.testing.assert_array_equal(top[1].data[0, 0], [[5, 5, 6], [5, 5, 6], [8, 9, 10]])
-        backward(layer, bottom, top, [np.ones((1, 1, 3, 3), np.float32), np.zeros((1, 1, 3, 3), np.float32)])
+        backward_layer(layer, bottom, top, np.ones((1, 1, 3, 3), np.float32), np.zeros((1, 1, 3, 3), np.float32), zero_param_diffs=True)
         want = np.zeros((4, 4))
         for m in top[1].data.ravel():
             want.flat[int(m)] += 1
@@ -619,12 +596,11 @@ def test_pooling_max_backward_without_mask_top(mode, phase):
     """TEST-phase forward skips the argmax; backward recomputes it, even if a later
     in-place layer changed the top."""
     x = distinct((2, 3, 7, 6), seed=5)
-    layer, bottom, top = setup_run('type: "Pooling" pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 }',
-                                   [x], phase=phase)
+    layer, bottom, top = forward_layer('type: "Pooling" pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 }', x, phase=phase)
     dy = gauss(top[0].shape, seed=1)
     _, mask = ref_pool(x, 'MAX', (3, 3), (2, 2), (1, 1))
     top[0].data[...] = np.maximum(top[0].data, 0)   # e.g. an in-place ReLU after the pooling
-    backward(layer, bottom, top, [dy])
+    backward_layer(layer, bottom, top, dy, zero_param_diffs=True)
     want = np.zeros((6, 42))
     np.add.at(want, (np.arange(6)[:, None], mask.reshape(6, -1).astype(int)), dy.reshape(6, -1))
     np.testing.assert_allclose(bottom[0].diff, want.reshape(x.shape), rtol=1e-6)
@@ -633,8 +609,7 @@ def test_pooling_max_backward_without_mask_top(mode, phase):
 @pytest.mark.parametrize('method', ['MAX', 'AVE'])
 def test_pooling_global(mode, method):
     x = distinct((2, 3, 5, 4))
-    layer, bottom, top = setup_run('type: "Pooling" pooling_param { pool: %s global_pooling: true }' % method,
-                                   [x], ntop=2 if method == 'MAX' else 1)
+    layer, bottom, top = forward_layer('type: "Pooling" pooling_param { pool: %s global_pooling: true }' % method, x, ntop=2 if method == 'MAX' else 1)
     assert top[0].shape == (2, 3, 1, 1)
     if method == 'MAX':
         np.testing.assert_array_equal(top[0].data[..., 0, 0], x.max(axis=(2, 3)))
@@ -656,8 +631,7 @@ def test_pooling_global(mode, method):
 def test_pooling_stochastic_test_phase(mode):
     x = np.abs(distinct((2, 2, 5, 5))) + 0.1
     x[0, 0, :3, :3] = 0   # an all-zero window gives 0 (Caffe's FLT_MIN denominator)
-    layer, bottom, top = setup_run('type: "Pooling" pooling_param { pool: STOCHASTIC kernel_size: 3 stride: 2 }',
-                                   [x], phase=TEST)
+    layer, bottom, top = forward_layer('type: "Pooling" pooling_param { pool: STOCHASTIC kernel_size: 3 stride: 2 }', x, phase=TEST)
     x64 = x.astype(F64)
     want = np.zeros((2, 2, 2, 2))
     for i in range(2):
@@ -677,12 +651,12 @@ def test_pooling_stochastic_train_samples_by_value(mode):
     x = np.zeros((1, 1, 2, 2), np.float32)
     x[0, 0] = [[1, 2], [3, 4]]
     x = np.tile(x, (2000, 1, 1, 1))
-    layer, bottom, top = setup_run('type: "Pooling" pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 }', [x])
+    layer, bottom, top = forward_layer('type: "Pooling" pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 }', x)
     y = top[0].data.ravel()
     assert set(np.unique(y)) <= {1, 2, 3, 4}
     freq = np.array([(y == v).mean() for v in (1, 2, 3, 4)])
     np.testing.assert_allclose(freq, [0.1, 0.2, 0.3, 0.4], atol=0.04)
-    backward(layer, bottom, top, [np.ones(top[0].shape, np.float32)])
+    backward_layer(layer, bottom, top, np.ones(top[0].shape, np.float32), zero_param_diffs=True)
     d = bottom[0].diff.reshape(2000, 4)
     assert np.all(d.sum(1) == 1)
     np.testing.assert_array_equal(x.reshape(2000, 4)[d == 1], y)
@@ -695,7 +669,7 @@ def test_pooling_stochastic_train_samples_by_value(mode):
     np.testing.assert_array_equal(top[0].data, a)
     # a window over an image edge (ceil mode) samples only inside the image
     x = np.abs(distinct((500, 1, 3, 3))) + 0.1
-    layer, bottom, top = setup_run('type: "Pooling" pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 }', [x])
+    layer, bottom, top = forward_layer('type: "Pooling" pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 }', x)
     assert top[0].shape == (500, 1, 2, 2)
     np.testing.assert_array_equal(top[0].data[:, 0, 1, 1], x[:, 0, 2, 2])
     for n in range(0, 500, 97):
@@ -754,7 +728,7 @@ def ref_spp(x, height, method):
 def test_spp(mode, height, method, shape):
     x = distinct(shape)
     text = 'type: "SPP" spp_param { pyramid_height: %d pool: %s }' % (height, method)
-    layer, bottom, top = setup_run(text, [x])
+    layer, bottom, top = forward_layer(text, x)
     y = ref_spp(x, height, method)
     assert top[0].shape == y.shape
     np.testing.assert_allclose(top[0].data, y, rtol=1e-5, atol=1e-6)
@@ -793,7 +767,7 @@ LRN_CASES = {
 def test_lrn(mode, name):
     param, shape = LRN_CASES[name]
     x = gauss(shape)
-    layer, bottom, top = setup_run('type: "LRN" lrn_param { %s }' % param, [x])
+    layer, bottom, top = forward_layer('type: "LRN" lrn_param { %s }' % param, x)
     if 'WITHIN' in param:
         y = ref_lrn_within(x, layer.size, layer.alpha, layer.beta)   # k is not used
     else:
@@ -825,11 +799,11 @@ def test_lrn_errors():
 ])
 def test_crop(mode, param, bshape, slices):
     a, b = gauss((2, 4, 8, 8)), gauss(bshape, seed=1)
-    layer, bottom, top = setup_run('type: "Crop" crop_param { %s }' % param, [a, b])
+    layer, bottom, top = forward_layer('type: "Crop" crop_param { %s }' % param, a, b)
     np.testing.assert_array_equal(top[0].data, a[slices])
     dy = gauss(top[0].shape, seed=2)
     bottom[1].diff[...] = 3
-    backward(layer, bottom, top, [dy], prop=[True, False])
+    backward_layer(layer, bottom, top, dy, propagate_down=[True, False], zero_param_diffs=True)
     want = np.zeros(a.shape, np.float32)
     want[slices] = dy
     np.testing.assert_array_equal(bottom[0].diff, want)
@@ -871,7 +845,7 @@ def test_crop_errors(param, ashape, bshape, match):
     ('type: "LRN" lrn_param { local_size: 3 norm_region: WITHIN_CHANNEL }', (3, 4, 6, 6), 1),
 ])
 def test_no_allocation_after_first_iteration(mode, text, shape, ntop):
-    layer, bottom, top = setup_run(text, [np.abs(gauss(shape)) + 0.1], ntop=ntop)
+    layer, bottom, top = forward_layer(text, np.abs(gauss(shape)) + 0.1, ntop=ntop)
     for t in top:
         t.diff[...] = 1
     layer.Backward(top, [True], bottom)
@@ -883,9 +857,9 @@ def test_no_allocation_after_first_iteration(mode, text, shape, ntop):
 
 
 def test_workspace_is_shared_and_grows_once(mode):
-    a = im2col_mod.workspace('test_ws', 10)
-    b = im2col_mod.workspace('test_ws', 5)
+    a = workspace_mod.workspace('test_ws', 10)
+    b = workspace_mod.workspace('test_ws', 5)
     assert b.size == 5 and (a.base if a.base is not None else a) is (b.base if b.base is not None else b)
     n = backend.alloc_count
-    im2col_mod.workspace('test_ws', 20)
+    workspace_mod.workspace('test_ws', 20)
     assert backend.alloc_count == n + 1

@@ -25,10 +25,15 @@ each batch synchronously in ``next()`` (no threads).
 
 Threads are daemon threads; :meth:`close` (also called at interpreter exit and
 when the owner is garbage-collected) stops them without hanging.
+
+What a prefetching data layer reads from is a :class:`DataSource`: ``claim``
+and ``make`` as above, ``get_state``/``set_state`` for resuming a run exactly,
+and ``close``.
 """
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import queue
 import threading
@@ -71,9 +76,7 @@ class Slot:
     def buffer(self, i, shape, dtype=np.float32):
         """Host array ``i`` of ``shape``, reusing its storage when large enough."""
         shape = tuple(int(s) for s in shape)
-        n = 1
-        for s in shape:
-            n *= s
+        n = math.prod(shape)
         while len(self._host) <= i:
             self._host.append(None)
             self._views.append(None)
@@ -112,7 +115,44 @@ class Slot:
         return self._dev[i][:v.size].reshape(v.shape)
 
 
+class DataSource:
+    """What a prefetching data layer reads from (a database, a list of images, a
+    window file): the contract between the layer and the :class:`Prefetcher`.
+
+    - ``claim(k)`` returns batch ``k``'s job: the records to read and the batch's
+      random draws.  Called under the prefetcher's lock, once per batch, in batch
+      order, so the batches never depend on thread timing.
+    - ``make(job, slot)`` builds the batch into ``slot.buffer(i, shape)`` (top
+      ``i``).  Called in the worker threads, several at once: it must only read
+      the source's shared state, never move it.
+    - ``get_state()`` says where the next ``claim`` starts (position, order,
+      random generator state) as plain JSON values; ``set_state(state)`` goes
+      back there.  Only called while no thread is claiming.
+    - ``close()`` releases files and databases; called once the threads are done.
+
+    A source holds no reference to its layer, so that the layer can be collected
+    (and its threads stopped) while batches are in flight.
+    """
+
+    def claim(self, k):
+        raise NotImplementedError
+
+    def make(self, job, slot):
+        raise NotImplementedError
+
+    def get_state(self):
+        raise NotImplementedError
+
+    def set_state(self, state):
+        raise NotImplementedError
+
+    def close(self):
+        """Release what the source holds open (by default, nothing)."""
+
+
 class Prefetcher:
+    """``slots`` batches in flight, built by ``claim``/``make`` in daemon threads (see the module)."""
+
     def __init__(self, name, claim, make, slots=4, threads=None, close_hook=None):
         self.name = name
         self._claim = claim
@@ -245,8 +285,12 @@ class Prefetcher:
         slot.info = None
         self._free.put(slot)
 
-    def close(self, timeout=5.0):
-        """Stop the workers and wait (at most ``timeout`` s each) for them; idempotent."""
+    def close(self, timeout=5.0, keep_source=False):
+        """Stop the workers and wait (at most ``timeout`` s each) for them; idempotent.
+        Then run the close hook (close the source), unless ``keep_source`` (a new
+        Prefetcher continues on the same source) or a worker is still busy."""
+        if keep_source:
+            self._close_hook = None
         if self._closed:
             return
         self._closed = True
@@ -270,6 +314,11 @@ class Prefetcher:
     @property
     def closed(self):
         return self._closed
+
+    @property
+    def stopped(self):
+        """True when no worker thread is running (always, for a synchronous one)."""
+        return not any(th.is_alive() for th in self._threads)
 
     def __repr__(self):
         return '<Prefetcher %s: %d thread(s), %s>' % (self.name, len(self._threads),

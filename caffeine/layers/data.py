@@ -5,8 +5,8 @@ Input lives in ``layers/input.py``.  The Data, ImageData and WindowData layers
 prepare ``data_param.prefetch`` batches ahead (default 4) in daemon threads
 (see ``caffeine.data.prefetch``); call ``layer.close()`` to stop them early
 (they also stop when the layer is garbage-collected and at interpreter exit).
-Their random choices (crops, mirrors, shuffles) come from a generator seeded
-from ``caffeine.backend.rng()`` at setup and are drawn batch by batch in order,
+Their random choices (crops, mirrors, shuffles) come from a generator made by
+``caffeine.backend.child_rng()`` at setup and are drawn batch by batch in order,
 so a run under ``caffeine.set_random_seed`` is repeatable.
 
 Errors in the data are one-line ``DataError``s naming the layer, the file and
@@ -26,7 +26,7 @@ from ..proto import caffe_pb2
 from ..utils import log
 from ..data.datum import datum_to_array, parse_datum, read_image, resize, decode_image, value_to_array
 from ..data.db import open_db
-from ..data.prefetch import Prefetcher
+from ..data.prefetch import DataSource, Prefetcher
 from ..data.transformer import DataTransformer, load_mean_file
 
 TRAIN = caffe_pb2.TRAIN
@@ -34,12 +34,6 @@ TRAIN = caffe_pb2.TRAIN
 
 def _where(layer):
     return 'layer %r (%s): ' % (layer.name, layer.type)
-
-
-def _private_rng():
-    """A generator for one layer's background work, seeded from caffeine's generator."""
-    seed = int(backend.rng().integers(0, 2 ** 63 - 1))
-    return np.random.Generator(np.random.PCG64(seed))
 
 
 def _solver_split():
@@ -63,8 +57,9 @@ def _resolve_relative(path, base_file):
 class BasePrefetchingDataLayer(Layer):
     """A data layer whose batches are prepared ahead in background threads.
 
-    Subclasses set the tops' shapes in ``setup`` and call ``self._start(claim, make, close_hook)``;
-    ``claim`` and ``make`` must not hold a reference to the layer (so that it can be collected).
+    Subclasses set the tops' shapes in ``setup`` and call ``self._start(source)`` with
+    their :class:`~caffeine.data.prefetch.DataSource`, which must not hold a
+    reference to the layer (so that it can be collected).
     """
     exact_num_bottom = 0
     is_data_layer = True
@@ -73,26 +68,26 @@ class BasePrefetchingDataLayer(Layer):
     def data_error(self, msg):
         return DataError(_where(self) + msg)
 
-    def _start(self, claim, make, close_hook=None):
-        self._claim_fn, self._make_fn, self._close_hook = claim, make, close_hook
+    def _start(self, source):
+        self._source = source
         self._launch()
 
     def _launch(self):
         # The source's state after each claimed batch, so that get_state() can
         # say where the batches this layer has *served* end, however far the
         # threads have read ahead.
-        src, claim = self._source, self._claim_fn
+        src = self._source
         states = self._states = {}
-        self._initial_state = src.state()
+        self._initial_state = src.get_state()
         self._served = 0
 
         def claim_and_record(k):
-            job = claim(k)
-            states[k] = src.state()
+            job = src.claim(k)
+            states[k] = src.get_state()
             return job
         slots = int(self.layer_param.data_param.prefetch)
-        self._pf = Prefetcher('%r (%s)' % (self.name, self.type), claim_and_record, self._make_fn,
-                              slots=slots, close_hook=self._close_hook)
+        self._pf = Prefetcher('%r (%s)' % (self.name, self.type), claim_and_record, src.make,
+                              slots=slots, close_hook=src.close)
         self._finalizer = weakref.finalize(self, self._pf.close)
 
     def get_state(self):
@@ -108,13 +103,11 @@ class BasePrefetchingDataLayer(Layer):
         """Continue from a state of get_state(): batches read ahead are dropped."""
         if not state or state.get('type') != self.type or self._pf is None:
             raise self.data_error('cannot restore the data position from %r' % (state,))
-        old = self._pf
-        old._close_hook = None          # keep the database open for the new threads
         self._finalizer.detach()
-        old.close()
-        if old._threads and any(t.is_alive() for t in old._threads):
+        self._pf.close(keep_source=True)     # the new threads read on from the same source
+        if not self._pf.stopped:
             raise self.data_error('a prefetch thread did not stop; cannot restore the data position')
-        self._source.load_state(state['source'])
+        self._source.set_state(state['source'])
         self._launch()
 
     def reshape(self, bottom, top):
@@ -155,7 +148,7 @@ class BasePrefetchingDataLayer(Layer):
 
 
 # -- Data (LMDB / LevelDB) --------------------------------------------------------------------
-class _DBSource:
+class _DBSource(DataSource):
     """Sequential reader of a database for the Data layer (no reference to the layer)."""
 
     def __init__(self, db, where, batch_size, transformer, train):
@@ -181,11 +174,11 @@ class _DBSource:
             self.pos = 0
         self.offset += 1
 
-    def state(self):
+    def get_state(self):
         return {'pos': self.pos, 'offset': self.offset, 'restarts': self.restarts,
                 'rng': self.rng.bit_generator.state if self.rng is not None else None}
 
-    def load_state(self, st):
+    def set_state(self, st):
         self.cursor.seek_to_first()
         self.pos = 0
         for _ in range(int(st['pos'])):
@@ -197,6 +190,9 @@ class _DBSource:
         self.offset, self.restarts = int(st['offset']), int(st['restarts'])
         if st.get('rng') is not None:
             self.rng.bit_generator.state = st['rng']
+
+    def close(self):
+        self.db.close()
 
     def skip_records(self, n):
         for _ in range(n):
@@ -276,9 +272,8 @@ class DataLayer(BasePrefetchingDataLayer):
         if len(top) > 1:
             top[1].reshape((int(p.batch_size),))
         log.info('%soutput data size: %s', where, ','.join(str(s) for s in shape))
-        src.rng = _private_rng()
-        self._source = src
-        self._start(src.claim, src.make, close_hook=db.close)
+        src.rng = backend.child_rng()
+        self._start(src)
 
 
 # -- ImageData ---------------------------------------------------------------------------------
@@ -308,7 +303,9 @@ def _read_list_file(path, where):
     return entries
 
 
-class _ImageListSource:
+class _ImageListSource(DataSource):
+    """The lines of an ImageData list file, read in order (shuffled at each pass if asked)."""
+
     def __init__(self, where, list_path, entries, root, batch_size, new_height, new_width, is_color,
                  shuffle, transformer):
         self.where = where
@@ -327,10 +324,10 @@ class _ImageListSource:
         order = self.rng.permutation(len(self.lines))
         self.lines = [self.lines[i] for i in order]
 
-    def state(self):
+    def get_state(self):
         return {'pos': self.pos, 'order': [e[2] for e in self.lines], 'rng': self.rng.bit_generator.state}
 
-    def load_state(self, st):
+    def set_state(self, st):
         by_line = {e[2]: e for e in self.lines}
         lines = [by_line.get(no) for no in st['order']]
         if len(lines) != len(self.lines) or None in lines:
@@ -393,7 +390,7 @@ class ImageDataLayer(BasePrefetchingDataLayer):
             raise self.data_error('list file %s is empty' % p.source)
         src = _ImageListSource(where, p.source, entries, p.root_folder, int(p.batch_size),
                                int(p.new_height), int(p.new_width), bool(p.is_color), bool(p.shuffle), tf)
-        src.rng = _private_rng()
+        src.rng = backend.child_rng()
         if p.shuffle:
             src.shuffle_lines()
         log.info('%sA total of %d images.', where, len(entries))
@@ -408,8 +405,7 @@ class ImageDataLayer(BasePrefetchingDataLayer):
         tf.check_example(c, h, w, '%s:%d: ' % (p.source, src.lines[src.pos][2]))
         top[0].reshape((int(p.batch_size),) + tf.output_shape(c, h, w))
         top[1].reshape((int(p.batch_size),))
-        self._source = src
-        self._start(src.claim, src.make)
+        self._start(src)
 
 
 # -- WindowData (R-CNN) --------------------------------------------------------------------------
@@ -479,7 +475,9 @@ def _c_round(x):
     return int(np.floor(abs(x) + 0.5) * (1 if x >= 0 else -1))
 
 
-class _WindowSource:
+class _WindowSource(DataSource):
+    """WindowData's foreground and background windows, drawn at random (R-CNN's sampling)."""
+
     def __init__(self, where, path, images, fg, bg, batch_size, fg_fraction, crop, context_pad, square,
                  mirror, scale, mean, mean_values, cache):
         self.where = where
@@ -498,10 +496,10 @@ class _WindowSource:
         self.cache = {} if cache else None
         self.rng = None
 
-    def state(self):
+    def get_state(self):
         return {'rng': self.rng.bit_generator.state}
 
-    def load_state(self, st):
+    def set_state(self, st):
         self.rng.bit_generator.state = st['rng']
 
     def claim(self, k):
@@ -648,11 +646,10 @@ class WindowDataLayer(BasePrefetchingDataLayer):
         src = _WindowSource(where, p.source, images, fg, bg, int(p.batch_size), p.fg_fraction, crop,
                             int(p.context_pad), p.crop_mode == 'square',
                             bool(tp.mirror) and self.phase == TRAIN, scale, mean, mv, bool(p.cache_images))
-        src.rng = _private_rng()
+        src.rng = backend.child_rng()
         top[0].reshape((int(p.batch_size), 3, crop, crop))
         top[1].reshape((int(p.batch_size),))
-        self._source = src
-        self._start(src.claim, src.make)
+        self._start(src)
 
 
 # -- HDF5Data / HDF5Output ---------------------------------------------------------------------

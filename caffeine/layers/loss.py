@@ -18,6 +18,7 @@ from .. import backend
 from ..blob import Blob
 from ..layer import Layer, register
 from ..proto import caffe_pb2
+from ._util import canonical_axis, shape_count, sigmoid_tanh
 
 FLT_MIN = float(np.finfo(np.float32).tiny)   # Caffe's clamp in SoftmaxWithLoss
 kLOG_THRESHOLD = 1e-20                       # Caffe's clamp in MultinomialLogistic/Infogain
@@ -25,19 +26,8 @@ kLOG_THRESHOLD = 1e-20                       # Caffe's clamp in MultinomialLogis
 _LP = caffe_pb2.LossParameter
 
 
-def _count(shape, start, end=None):
-    c = 1
-    for s in shape[start:end]:
-        c *= int(s)
-    return c
 
 
-def _canonical_axis(layer, blob, axis, what='axis'):
-    n = len(blob.shape)
-    if not -n <= axis < n:
-        raise layer.error('%s %d out of range for a %d-axis bottom of shape %s'
-                          % (what, axis, n, list(blob.shape)))
-    return axis + n if axis < 0 else axis
 
 
 def read_labels(layer, label_data, num_classes, ignore_label=None):
@@ -143,11 +133,11 @@ class SoftmaxWithLossLayer(LossLayer):
 
     def reshape(self, bottom, top):
         self.check_first_dim(bottom)
-        self.axis = _canonical_axis(self, bottom[0], self.layer_param.softmax_param.axis)
+        self.axis = canonical_axis(self, bottom[0], self.layer_param.softmax_param.axis)
         shape = bottom[0].shape
-        self.outer = _count(shape, 0, self.axis)
+        self.outer = shape_count(shape, 0, self.axis)
         self.C = int(shape[self.axis])
-        self.inner = _count(shape, self.axis + 1)
+        self.inner = shape_count(shape, self.axis + 1)
         if self.outer * self.inner != bottom[1].count:
             raise self.error('number of labels must match number of predictions; e.g., if softmax axis == 1 '
                              'and prediction shape is (N, C, H, W), label count (number of labels) must be N*H*W, '
@@ -231,7 +221,7 @@ class EuclideanLossLayer(LossLayer):
 
     def reshape(self, bottom, top):
         self.check_first_dim(bottom)
-        if _count(bottom[0].shape, 1) != _count(bottom[1].shape, 1):
+        if shape_count(bottom[0].shape, 1) != shape_count(bottom[1].shape, 1):
             raise self.error('inputs must have the same dimension: bottom shapes %s and %s'
                              % (list(bottom[0].shape), list(bottom[1].shape)))
         top[0].reshape(())
@@ -278,7 +268,7 @@ class SigmoidCrossEntropyLossLayer(LossLayer):
                              'bottom shapes %s and %s' % (list(bottom[0].shape), list(bottom[1].shape)))
         top[0].reshape(())
         self.outer = bottom[0].shape[0]
-        self.inner = _count(bottom[0].shape, 1)
+        self.inner = shape_count(bottom[0].shape, 1)
 
     def _valid(self, t):
         if self.ignore_label is None:
@@ -307,11 +297,7 @@ class SigmoidCrossEntropyLossLayer(LossLayer):
         x = bottom[0].xdata
         t = bottom[1].xdata.reshape(x.shape)
         d = bottom[0].xdiff
-        # sigmoid(x) = 0.5 tanh(0.5 x) + 0.5, as Caffe's SigmoidLayer
-        xp.multiply(x, np.float32(0.5), out=d)
-        xp.tanh(d, out=d)
-        d *= np.float32(0.5)
-        d += np.float32(0.5)
+        sigmoid_tanh(xp, x, d)
         d -= t
         valid = self._valid(t)
         count = None
@@ -386,7 +372,7 @@ class MultinomialLogisticLossLayer(LossLayer):
 
     def reshape(self, bottom, top):
         self.check_first_dim(bottom)
-        if _count(bottom[1].shape, 1) != 1:
+        if shape_count(bottom[1].shape, 1) != 1:
             raise self.error('labels must have one value per sample (shape N or N x 1 x 1 x 1), got %s'
                              % list(bottom[1].shape))
         self.num = bottom[0].shape[0]
@@ -463,11 +449,11 @@ class InfogainLossLayer(LossLayer):
 
     def reshape(self, bottom, top):
         self.check_first_dim(bottom)
-        self.axis = _canonical_axis(self, bottom[0], self.layer_param.infogain_loss_param.axis)
+        self.axis = canonical_axis(self, bottom[0], self.layer_param.infogain_loss_param.axis)
         shape = bottom[0].shape
-        self.outer = _count(shape, 0, self.axis)
+        self.outer = shape_count(shape, 0, self.axis)
         self.C = int(shape[self.axis])
-        self.inner = _count(shape, self.axis + 1)
+        self.inner = shape_count(shape, self.axis + 1)
         if self.outer * self.inner != bottom[1].count:
             raise self.error('number of labels must match number of predictions: scores %s, labels %s'
                              % (list(shape), list(bottom[1].shape)))
@@ -558,7 +544,7 @@ class ContrastiveLossLayer(LossLayer):
         if bottom[1].shape[0] != n or bottom[1].count // max(n, 1) != d0:
             raise self.error('bottoms a and b must have the same shape: %s and %s'
                              % (list(bottom[0].shape), list(bottom[1].shape)))
-        if len(bottom[0].shape) > 2 and _count(bottom[0].shape, 2) != 1:
+        if len(bottom[0].shape) > 2 and shape_count(bottom[0].shape, 2) != 1:
             raise self.error('features must be N x C (x 1 x 1), got %s' % list(bottom[0].shape))
         if bottom[2].count != n:
             raise self.error('needs one similarity value per pair: %d pairs, similarity shape %s'
@@ -636,11 +622,11 @@ class AccuracyLayer(Layer):
         if bottom[1].count == 0 or self.top_k > bottom[0].count // bottom[1].count:
             raise self.error('top_k %d must be less than or equal to the number of classes (%d)'
                              % (self.top_k, bottom[0].count // max(bottom[1].count, 1)))
-        self.axis = _canonical_axis(self, bottom[0], self.layer_param.accuracy_param.axis)
+        self.axis = canonical_axis(self, bottom[0], self.layer_param.accuracy_param.axis)
         shape = bottom[0].shape
-        self.outer = _count(shape, 0, self.axis)
+        self.outer = shape_count(shape, 0, self.axis)
         self.C = int(shape[self.axis])
-        self.inner = _count(shape, self.axis + 1)
+        self.inner = shape_count(shape, self.axis + 1)
         if self.outer * self.inner != bottom[1].count:
             raise self.error('number of labels must match number of predictions: scores %s, labels %s'
                              % (list(shape), list(bottom[1].shape)))

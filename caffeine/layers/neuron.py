@@ -18,6 +18,7 @@ from .. import backend
 from ..blob import Blob
 from ..layer import Layer, register
 from ..proto import caffe_pb2
+from ._util import sigmoid_tanh
 
 _F32 = np.float32
 
@@ -27,31 +28,37 @@ class NeuronLayer(Layer):
 
     exact_num_bottom = 1
     exact_num_top = 1
+    _in_place = False
+    _saved_input = None
 
     def reshape(self, bottom, top):
         top[0].reshape(bottom[0].shape)
 
-    # -- saving the input of an in-place layer ---------------------------
-    def _save_input(self, bottom, top):
-        """Keep a copy of the bottom's data when it is about to be overwritten.
+    # -- the input of an in-place layer, kept by this class ----------------
+    def backward_reads_input(self):
+        """Whether backward needs the forward input x (False by default).  When it
+        does and the layer runs in place (bottom and top the same Blob), forward
+        keeps a copy of x before overwriting it; ``_input(bottom)`` gives x in
+        backward either way."""
+        return False
 
-        Called at the start of ``forward``; ``_input(bottom)`` then gives the
-        forward input in ``backward`` whether or not the layer ran in place.
-        """
-        if bottom[0] is top[0]:
-            buf = getattr(self, '_saved_input', None)
-            if buf is None:
-                buf = self._saved_input = Blob()
-            buf.reshape(bottom[0].shape)
-            buf.xdata[...] = bottom[0].xdata
-            self._in_place = True
-        else:
-            self._in_place = False
+    def forward(self, bottom, top):
+        """Keep x when backward will need it and the layer runs in place, then
+        compute y (``neuron_forward``, what each neuron layer defines)."""
+        self._in_place = (bottom[0] is top[0] and self.need_backward
+                          and self.backward_reads_input())
+        if self._in_place:
+            if self._saved_input is None:
+                self._saved_input = Blob()
+            self._saved_input.reshape(bottom[0].shape)
+            self._saved_input.xdata[...] = bottom[0].xdata
+        self.neuron_forward(bottom, top)
+
+    def neuron_forward(self, bottom, top):
+        raise NotImplementedError
 
     def _input(self, bottom):
-        if getattr(self, '_in_place', False):
-            return self._saved_input.xdata
-        return bottom[0].xdata
+        return self._saved_input.xdata if self._in_place else bottom[0].xdata
 
 
 @register('ReLU')
@@ -64,14 +71,13 @@ class ReLULayer(NeuronLayer):
     def setup(self, bottom, top):
         self.negative_slope = float(self.layer_param.relu_param.negative_slope)
 
-    def forward(self, bottom, top):
+    def backward_reads_input(self):
+        # with a negative slope, y no longer tells the sign of x
+        return self.negative_slope < 0
+
+    def neuron_forward(self, bottom, top):
         xp = backend.get_xp()
         ns = self.negative_slope
-        if ns < 0:
-            # y no longer tells the sign of x: keep x when running in place
-            self._save_input(bottom, top)
-        else:
-            self._in_place = False
         x, y = bottom[0].xdata, top[0].xdata
         if ns == 0:
             xp.maximum(x, 0, out=y)
@@ -139,9 +145,11 @@ class PReLULayer(NeuronLayer):
     def _view3(self, arr, shape):
         return arr.reshape(shape[0], shape[1], -1) if arr.size else arr.reshape(shape[0], shape[1], 0)
 
-    def forward(self, bottom, top):
+    def backward_reads_input(self):
+        return True
+
+    def neuron_forward(self, bottom, top):
         xp = backend.get_xp()
-        self._save_input(bottom, top)
         shape = bottom[0].shape
         x = self._view3(bottom[0].xdata, shape)
         y = self._view3(top[0].xdata, shape)
@@ -178,12 +186,11 @@ class ELULayer(NeuronLayer):
     def setup(self, bottom, top):
         self.alpha = float(self.layer_param.elu_param.alpha)
 
-    def forward(self, bottom, top):
+    def backward_reads_input(self):
+        return self.alpha < 0
+
+    def neuron_forward(self, bottom, top):
         xp = backend.get_xp()
-        if self.alpha < 0:
-            self._save_input(bottom, top)
-        else:
-            self._in_place = False
         x, y = bottom[0].xdata, top[0].xdata
         # Caffe: max(x, 0) + alpha * (exp(min(x, 0)) - 1)
         neg = xp.minimum(x, 0)
@@ -210,13 +217,10 @@ class SigmoidLayer(NeuronLayer):
     bottom: x.  top: y.
     """
 
-    def forward(self, bottom, top):
+    def neuron_forward(self, bottom, top):
         xp = backend.get_xp()
         x, y = bottom[0].xdata, top[0].xdata
-        xp.multiply(x, _F32(0.5), out=y)
-        xp.tanh(y, out=y)
-        y *= _F32(0.5)
-        y += _F32(0.5)
+        sigmoid_tanh(xp, x, y)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -232,7 +236,7 @@ class SigmoidLayer(NeuronLayer):
 class TanHLayer(NeuronLayer):
     """y = tanh(x).  bottom: x.  top: y."""
 
-    def forward(self, bottom, top):
+    def neuron_forward(self, bottom, top):
         xp = backend.get_xp()
         xp.tanh(bottom[0].xdata, out=top[0].xdata)
 
@@ -253,9 +257,11 @@ class AbsValLayer(NeuronLayer):
     (Caffe refuses to run AbsVal in place; here the input is kept so it may.)
     """
 
-    def forward(self, bottom, top):
+    def backward_reads_input(self):
+        return True
+
+    def neuron_forward(self, bottom, top):
         xp = backend.get_xp()
-        self._save_input(bottom, top)
         xp.abs(bottom[0].xdata, out=top[0].xdata)
 
     def backward(self, top, propagate_down, bottom):
@@ -274,9 +280,11 @@ class BNLLLayer(NeuronLayer):
     """
     _THRESHOLD = 50.0  # Caffe's kBNLL_THRESHOLD, for the gradient
 
-    def forward(self, bottom, top):
+    def backward_reads_input(self):
+        return True
+
+    def neuron_forward(self, bottom, top):
         xp = backend.get_xp()
-        self._save_input(bottom, top)
         x, y = bottom[0].xdata, top[0].xdata
         # x > 0: x + log(1 + exp(-x)); else log(1 + exp(x))  ==  max(x,0) + log1p(exp(-|x|))
         t = xp.abs(x)
@@ -312,18 +320,16 @@ class PowerLayer(NeuronLayer):
         self.shift = _F32(p.shift)
         self.diff_scale = _F32(self.power * self.scale)
 
-    def forward(self, bottom, top):
+    def backward_reads_input(self):
+        return self.diff_scale != 0 and self.power != 1
+
+    def neuron_forward(self, bottom, top):
         xp = backend.get_xp()
         y = top[0].xdata
         if self.diff_scale == 0:
             # the input does not matter: scale or power is 0
-            self._in_place = False
             y.fill(_F32(1) if self.power == 0 else _F32(self.shift ** self.power))
             return
-        if self.power != 1:
-            self._save_input(bottom, top)
-        else:
-            self._in_place = False
         x = bottom[0].xdata
         if self.scale != 1:
             xp.multiply(x, self.scale, out=y)
@@ -395,7 +401,7 @@ class ExpLayer(NeuronLayer):
         else:
             self.outer_scale = _F32(np.power(_F32(base), shift))
 
-    def forward(self, bottom, top):
+    def neuron_forward(self, bottom, top):
         xp = backend.get_xp()
         x, y = bottom[0].xdata, top[0].xdata
         if self.inner_scale == 1:
@@ -434,9 +440,11 @@ class LogLayer(NeuronLayer):
         self.input_shift = _F32(p.shift)
         self.backward_num_scale = _F32(self.input_scale / log_base)
 
-    def forward(self, bottom, top):
+    def backward_reads_input(self):
+        return True
+
+    def neuron_forward(self, bottom, top):
         xp = backend.get_xp()
-        self._save_input(bottom, top)
         x, y = bottom[0].xdata, top[0].xdata
         if self.input_scale == 1 and self.input_shift == 0:
             xp.log(x, out=y)
@@ -476,7 +484,7 @@ class ThresholdLayer(NeuronLayer):
     def setup(self, bottom, top):
         self.threshold = _F32(self.layer_param.threshold_param.threshold)
 
-    def forward(self, bottom, top):
+    def neuron_forward(self, bottom, top):
         xp = backend.get_xp()
         xp.greater(bottom[0].xdata, self.threshold, out=top[0].xdata)
 
@@ -506,18 +514,14 @@ class DropoutLayer(NeuronLayer):
         top[0].reshape(bottom[0].shape)
         self._mask.reshape(bottom[0].shape)
 
-    def forward(self, bottom, top):
+    def neuron_forward(self, bottom, top):
         xp = backend.get_xp()
         x, y = bottom[0].xdata, top[0].xdata
         if self.phase != caffe_pb2.TRAIN:
             if y is not x:
                 y[...] = x
             return
-        m = self._mask.xdata
-        if backend.is_numpy(xp):
-            backend.rng().random(dtype=np.float32, out=m.reshape(-1))
-        else:
-            m[...] = xp.random.random_sample(m.shape, dtype=np.float32)
+        m = backend.uniform(self._mask.xdata)
         # keep where u >= p (probability 1 - p), scaled by 1 / (1 - p)
         xp.greater_equal(m, self.ratio, out=m)
         m *= self.scale
@@ -549,15 +553,11 @@ class SwishLayer(NeuronLayer):
         top[0].reshape(bottom[0].shape)
         self._sig.reshape(bottom[0].shape)
 
-    def forward(self, bottom, top):
+    def neuron_forward(self, bottom, top):
         xp = backend.get_xp()
         x, y, s = bottom[0].xdata, top[0].xdata, self._sig.xdata
-        # sigmoid(beta x) as Caffe's Sigmoid layer: 0.5 * tanh(0.5 * beta x) + 0.5
         xp.multiply(x, self.beta, out=s)
-        s *= _F32(0.5)
-        xp.tanh(s, out=s)
-        s *= _F32(0.5)
-        s += _F32(0.5)
+        sigmoid_tanh(xp, s, s)            # sigmoid(beta x), as Caffe's Sigmoid layer
         xp.multiply(x, s, out=y)
 
     def backward(self, top, propagate_down, bottom):
@@ -586,9 +586,11 @@ class ClipLayer(NeuronLayer):
         if self.min > self.max:
             raise self.error('min %g is greater than max %g' % (self.min, self.max))
 
-    def forward(self, bottom, top):
+    def backward_reads_input(self):
+        return True
+
+    def neuron_forward(self, bottom, top):
         xp = backend.get_xp()
-        self._save_input(bottom, top)
         xp.clip(bottom[0].xdata, self.min, self.max, out=top[0].xdata)
 
     def backward(self, top, propagate_down, bottom):

@@ -28,13 +28,7 @@ import numpy as np
 
 from .. import backend
 from ..layer import Layer, register
-
-
-def _count(shape, start, end=None):
-    c = 1
-    for s in shape[start:end]:
-        c *= int(s)
-    return c
+from ._util import shape_count
 
 
 def _sigmoid(xp, x, out):
@@ -93,8 +87,8 @@ class _RecurrentBase(Layer):
             if len(bottom[2].shape) < 1 or bottom[2].shape[0] != N:
                 raise self.error('static input bottom[2] must have shape (#streams=%d, ...); got %s'
                                  % (N, list(bottom[2].shape)))
-        self.I = _count(bottom[0].shape, 2)
-        self.S = _count(bottom[2].shape, 1) if self.static_input else 0
+        self.I = shape_count(bottom[0].shape, 2)
+        self.S = shape_count(bottom[2].shape, 1) if self.static_input else 0
         if not self.blobs:
             self.blobs = self.make_params(rp)
         else:
@@ -133,11 +127,11 @@ class _RecurrentBase(Layer):
 
     def reshape(self, bottom, top):
         T, N = self._check_seq_bottoms(bottom)
-        if _count(bottom[0].shape, 2) != self.I:
+        if shape_count(bottom[0].shape, 2) != self.I:
             raise self.error('input dimension changed: x has %d values per step and stream, the weights expect %d'
-                             % (_count(bottom[0].shape, 2), self.I))
+                             % (shape_count(bottom[0].shape, 2), self.I))
         if self.static_input:
-            if bottom[2].shape[0] != N or _count(bottom[2].shape, 1) != self.S:
+            if bottom[2].shape[0] != N or shape_count(bottom[2].shape, 1) != self.S:
                 raise self.error('static input must have shape (%d, ...) with %d values per stream; got %s'
                                  % (N, self.S, list(bottom[2].shape)))
         if self.expose_hidden:

@@ -5,7 +5,7 @@ Written once for NumPy and CuPy with ``xp = backend.get_xp()``.
 - Convolution / Deconvolution: im2col of a whole chunk of images with one strided
   copy, then ONE GEMM per group (a batched matmul over the groups) over the chunk;
   1x1 convolutions with stride 1 and no pad use the input as its own column matrix
-  (see :mod:`caffeine.layers.im2col`).  Column and padding buffers live in a shared
+  (see :mod:`caffeine.layers.conv_engine`).  Column and padding buffers live in a shared
   workspace that grows once and is reused, as Caffe's shared column buffer.
 - Pooling: loops over kernel offsets only (each step a whole-array op on a strided
   view); windows that cover the whole plane (global pooling) are plain reductions.
@@ -19,8 +19,10 @@ from .. import backend
 from ..blob import Blob
 from ..layer import Layer, register
 from ..proto import caffe_pb2
-from . import im2col as _ic
-from .im2col import ConvEngine, workspace
+from ..workspace import workspace
+from . import conv_engine as _ic
+from .conv_engine import ConvEngine
+from ._util import canonical_axis, shape_count
 
 _F32 = np.float32
 _FLT_MAX = float(np.finfo(np.float32).max)
@@ -29,19 +31,8 @@ _PP = caffe_pb2.PoolingParameter
 _LRN = caffe_pb2.LRNParameter
 
 
-def _prod(shape):
-    c = 1
-    for s in shape:
-        c *= int(s)
-    return c
 
 
-def _canonical_axis(layer, blob, axis, what='axis'):
-    n = blob.num_axes
-    if not -n <= axis < n:
-        raise layer.error('%s %d out of range for a %d-D bottom of shape %s'
-                          % (what, axis, n, list(blob.shape)))
-    return axis + n if axis < 0 else axis
 
 
 def _sz(t):
@@ -148,7 +139,7 @@ class ConvolutionLayer(Layer):
     def setup(self, bottom, top):
         p = self.layer_param.convolution_param
         b0 = bottom[0]
-        self.axis = _canonical_axis(self, b0, p.axis)
+        self.axis = canonical_axis(self, b0, p.axis)
         self.num_axes = b0.num_axes
         nsp = self.num_axes - self.axis - 1
         self.kernel, self.stride, self.pad, self.dilation = _conv_geometry(self, p, nsp)
@@ -217,7 +208,7 @@ class ConvolutionLayer(Layer):
                                  % (list(b0.shape), i, list(b.shape)))
         shape = tuple(b0.shape)
         if shape != self._key:
-            self.num = _prod(shape[:self.axis])
+            self.num = shape_count(shape[:self.axis])
             self.bottom_sp = shape[self.axis + 1:]
             self.top_sp = self._output_spatial(self.bottom_sp)
             self.top_shape = shape[:self.axis] + (self.num_output,) + self.top_sp
@@ -280,7 +271,6 @@ class DeconvolutionLayer(ConvolutionLayer):
     top spatial size: stride (in - 1) + dilation (kernel - 1) + 1 - 2 pad.
     param blobs: weight (C, num_output / group, *kernel), bias (num_output,).
     """
-    type_name = 'Deconvolution'
     reverse = True
 
 
@@ -299,7 +289,7 @@ class Im2colLayer(Layer):
 
     def setup(self, bottom, top):
         p = self.layer_param.convolution_param
-        self.axis = _canonical_axis(self, bottom[0], p.axis)
+        self.axis = canonical_axis(self, bottom[0], p.axis)
         self.num_axes = bottom[0].num_axes
         nsp = self.num_axes - self.axis - 1
         self.kernel, self.stride, self.pad, self.dilation = _conv_geometry(self, p, nsp)
@@ -310,7 +300,7 @@ class Im2colLayer(Layer):
         if b.num_axes != self.num_axes:
             raise self.error('bottom num_axes may not change (was %d, now %d)' % (self.num_axes, b.num_axes))
         self.channels = b.shape[self.axis]
-        self.num = _prod(b.shape[:self.axis])
+        self.num = shape_count(b.shape[:self.axis])
         self.sp = tuple(b.shape[self.axis + 1:])
         out = []
         for i, (n, k, s, pd, d) in enumerate(zip(self.sp, self.kernel, self.stride, self.pad, self.dilation)):
@@ -320,7 +310,7 @@ class Im2colLayer(Layer):
                                  % (_sz(self.kernel), n + 2 * pd, n, pd, i))
             out.append((n + 2 * pd - ext) // s + 1)
         self.out = tuple(out)
-        self.K = _prod(self.kernel)
+        self.K = shape_count(self.kernel)
         top[0].reshape(tuple(b.shape[:self.axis]) + (self.channels * self.K,) + self.out)
 
     def _col_view(self, a):
@@ -331,8 +321,8 @@ class Im2colLayer(Layer):
     def _pad_buf(self):
         if not any(self.pad):
             return None
-        return workspace('conv_pad', self.num * self.channels * _prod(
-            s + 2 * p for s, p in zip(self.sp, self.pad)))
+        return workspace('conv_pad', self.num * self.channels * shape_count(
+            [s + 2 * p for s, p in zip(self.sp, self.pad)]))
 
     def forward(self, bottom, top):
         xp = backend.get_xp()
@@ -598,14 +588,7 @@ class PoolingLayer(Layer):
         total.fill(0)
         for off in self.offsets:
             xp.add(total, self._view(src, off), out=total)
-        u_host = self._c.buf('u_host', shape) if not backend.is_gpu() else None
-        if u_host is None:
-            u = backend.rng().random(shape, dtype=_F32)
-            thres = self._c.buf('thres', shape)
-            backend.copy_into(thres, u)
-        else:
-            backend.rng().random(shape, dtype=_F32, out=u_host)
-            thres = u_host
+        thres = backend.uniform(self._c.buf('thres', shape))
         xp.multiply(thres, total, out=thres)
         cum = total
         cum.fill(0)
@@ -910,7 +893,7 @@ class CropLayer(Layer):
         if bottom[0].num_axes != bottom[1].num_axes:
             raise self.error('bottom[0] and bottom[1] must have the same number of axes (%d vs %d)'
                              % (bottom[0].num_axes, bottom[1].num_axes))
-        self.axis = _canonical_axis(self, bottom[0], p.axis)
+        self.axis = canonical_axis(self, bottom[0], p.axis)
         n = bottom[0].num_axes
         if len(p.offset) > 1 and self.axis + len(p.offset) != n:
             raise self.error('number of offset values specified must be equal to the number of dimensions '

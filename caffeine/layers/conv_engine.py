@@ -1,4 +1,4 @@
-"""im2col / col2im for N spatial axes, a shared workspace, and the convolution engine.
+"""The convolution engine: im2col / col2im for N spatial axes and the GEMMs around them.
 
 The column layout is Caffe's, for a whole batch chunk at once: rows ``(c, k0, k1, ...)``
 (channel, then kernel offsets, the order of Caffe's weight ``(num_output, C/group, *kernel)``),
@@ -13,83 +13,22 @@ contiguous, so a convolution is one GEMM per group over the chunk of images:
   (forward, backward to data, backward to weights) for Convolution and
   Deconvolution, with 1x1 / stride 1 / no pad convolutions skipping im2col.
 
-Buffers (padded input, columns, transposed outputs) come from a per-thread
-workspace shared by every layer, as Caffe's shared column buffer; it grows to
-the largest size asked and never shrinks, so nothing is allocated after the
-first iteration.  Batches whose column buffer would exceed
-``CAFFEINE_CONV_WORKSPACE_MB`` (256 by default) are processed in chunks of images.
+Buffers (padded input, columns, transposed outputs) come from the shared
+workspace (:mod:`caffeine.workspace`); batches whose column buffer would exceed
+its bound are processed in chunks of images.
 """
 from __future__ import annotations
 
-import os
-import threading
-
 import numpy as np
 
-from .. import backend
+from ..workspace import limit_floats, workspace
+from ._util import shape_count
 
 _F32 = np.float32
-_ws = threading.local()
-
-
-def _ws_limit_floats():
-    try:
-        mb = float(os.environ.get('CAFFEINE_CONV_WORKSPACE_MB', '256'))
-    except ValueError:
-        mb = 256.0
-    return max(int(mb * (1 << 20) // 4), 1)
-
-
-def workspace(name, size, dtype=_F32):
-    """A flat buffer of at least ``size`` elements, shared by every layer of this thread.
-
-    Keyed by name, dtype and backend mode/device; grows (one allocation) only when
-    a larger size is asked.  The contents are not kept between calls of different layers.
-    """
-    d = getattr(_ws, 'bufs', None)
-    if d is None:
-        d = _ws.bufs = {}
-    key = (name, np.dtype(dtype).str, backend.mode(), backend.device_id())
-    buf = d.get(key)
-    size = int(size)
-    if buf is None or buf.size < size:
-        buf = _aligned(backend.empty((max(size, 1) + _ALIGN,), dtype), max(size, 1))
-        d[key] = buf
-    return buf[:size]
-
-
-_ALIGN = 64  # bytes: BLAS and SIMD loops run faster on cache-line aligned operands
-
-
-def _aligned(raw, size):
-    """A ``size``-element view of ``raw`` that starts on an _ALIGN-byte boundary."""
-    try:
-        ptr = raw.__array_interface__['data'][0]
-    except AttributeError:  # CuPy: its allocations are already aligned
-        return raw[:size]
-    off = (-ptr % _ALIGN) // raw.itemsize
-    return raw[off:off + size]
-
-
-def clear_workspace():
-    """Free the shared buffers (the next use allocates them again)."""
-    _ws.bufs = {}
-
-
-def _prod(s):
-    p = 1
-    for v in s:
-        p *= int(v)
-    return p
 
 
 def as_strided(xp, a, shape, strides):
     return xp.lib.stride_tricks.as_strided(a, shape=tuple(shape), strides=tuple(strides))
-
-
-def conv_out_size(in_size, kernel, pad, stride, dilation):
-    ext = dilation * (kernel - 1) + 1
-    return (in_size + 2 * pad - ext) // stride + 1
 
 
 def pad_into(xp, x, buf, pads, value=0.0):
@@ -135,7 +74,7 @@ def im2col(xp, x, col, kernel, pad, stride, dilation, out, pad_buf=None):
     nd = len(kernel)
     if any(pad):
         sp = tuple(s + 2 * p for s, p in zip(x.shape[2:], pad))
-        xpad = pad_buf[:_prod(x.shape[:2] + sp)].reshape(x.shape[:2] + sp)
+        xpad = pad_buf[:shape_count(x.shape[:2] + sp)].reshape(x.shape[:2] + sp)
         pad_into(xp, x, xpad, pad)
     else:
         xpad = x
@@ -156,7 +95,7 @@ def col2im(xp, col, dx, kernel, pad, stride, dilation, out, pad_buf=None):
     nd = len(kernel)
     if any(pad):
         sp = tuple(s + 2 * p for s, p in zip(dx.shape[2:], pad))
-        dpad = pad_buf[:_prod(dx.shape[:2] + sp)].reshape(dx.shape[:2] + sp)
+        dpad = pad_buf[:shape_count(dx.shape[:2] + sp)].reshape(dx.shape[:2] + sp)
     else:
         dpad = dx
     dpad.fill(0)
@@ -223,14 +162,14 @@ class ConvEngine:
         self.in_sp, self.out_sp = tuple(in_sp), tuple(out_sp)
         self.N = int(num)
         self.nd = len(self.kernel)
-        self.K = _prod(self.kernel)
-        self.IN = _prod(self.in_sp)
-        self.OUT = _prod(self.out_sp)
+        self.K = shape_count(self.kernel)
+        self.IN = shape_count(self.in_sp)
+        self.OUT = shape_count(self.out_sp)
         self.CK = self.in_ch * self.K
         self.Mg = self.out_ch // self.G
         self.CKg = self.CK // self.G
         self.pad_sp = tuple(s + 2 * p for s, p in zip(self.in_sp, self.pad))
-        self.P = _prod(self.pad_sp)
+        self.P = shape_count(self.pad_sp)
         is_1x1 = all(k == 1 for k in self.kernel) and all(s == 1 for s in self.stride) \
             and all(p == 0 for p in self.pad)
         self.batched_1x1 = is_1x1 and self.OUT >= BATCHED_1X1_MIN
@@ -258,10 +197,10 @@ class ConvEngine:
         else:
             self.col_sp = self.out_sp
             self.slack = 0
-        self.OUTc = _prod(self.col_sp)
+        self.OUTc = shape_count(self.col_sp)
         self.chunk = self._chunk_for(self.OUTc)
         # strides (in elements) of the padded input's spatial axes
-        self._pstr = tuple(_prod(self.pad_sp[i + 1:]) for i in range(self.nd))
+        self._pstr = tuple(shape_count(self.pad_sp[i + 1:]) for i in range(self.nd))
         self.ext = tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel))
         self._flip = None
         self.flip_ok = (allow_flip and FLIP_BACKWARD and self.layout != '1x1' and all(s == 1 for s in self.stride)
@@ -279,7 +218,7 @@ class ConvEngine:
         more than the workspace limit."""
         per_image = max(self.CK * cols_per_image, 1)
         nb = max(CHUNK_TARGET_MB * (1 << 20) // 4 // per_image, -(-CHUNK_MIN_COLS // max(cols_per_image, 1)))
-        nb = min(nb, _ws_limit_floats() // per_image)
+        nb = min(nb, limit_floats() // per_image)
         return max(1, min(self.N, nb))
 
     def _flip_engine(self):

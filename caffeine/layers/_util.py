@@ -1,0 +1,51 @@
+"""Helpers shared by the layer families: axes, counts, shapes and the sigmoid.
+
+Each is written once here so that every layer follows the same rule (Caffe's).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+F32 = np.float32
+
+
+def canonical_axis(layer, blob, axis, what='axis'):
+    """``axis`` in ``[0, num_axes)``, negative values counting from the end.
+
+    Caffe's ``Blob::CanonicalAxisIndex``: ``-num_axes <= axis < num_axes``, else a
+    one-line error naming ``layer``, the parameter (``what``) and the blob's shape.
+    """
+    n = blob.num_axes
+    if not -n <= axis < n:
+        raise layer.error('%s %d out of range for a %d-D bottom of shape %s'
+                          % (what, axis, n, list(blob.shape)))
+    return axis + n if axis < 0 else axis
+
+
+def shape_count(shape, start=0, end=None):
+    """The number of values in ``shape[start:end]`` (1 for no axes), as Caffe's ``count(start, end)``."""
+    return math.prod(int(s) for s in shape[start:end])
+
+
+def shape_str(shape):
+    """``(2, 3, 4)``: a shape as error messages write it."""
+    return '(%s)' % ', '.join(str(s) for s in shape)
+
+
+def sigmoid_tanh(xp, x, out):
+    """out = 1 / (1 + exp(-x)), computed as Caffe's SigmoidLayer does:
+    0.5 * tanh(0.5 x) + 0.5, in float32 (``out`` may be ``x``)."""
+    xp.multiply(x, F32(0.5), out=out)
+    xp.tanh(out, out=out)
+    out *= F32(0.5)
+    out += F32(0.5)
+    return out
+
+
+def scatter_add_rows(xp, dst, idx, src):
+    """dst[idx[i]] += src[i] for every i, repeated indices summed."""
+    if idx.size == 0:
+        return
+    xp.add.at(dst, idx, src)
