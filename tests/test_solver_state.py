@@ -114,6 +114,16 @@ class _Layer:
         self.pos = st['pos']
 
 
+class _Stateless:
+    """A layer with Layer's defaults: no state to save."""
+
+    def get_state(self):
+        return None
+
+    def set_state(self, st):
+        raise AssertionError('a stateless layer is handed no state')
+
+
 class _Net:
     def __init__(self, **layers):
         self.layer_names = list(layers)
@@ -123,14 +133,14 @@ class _Net:
 def test_sidecar_round_trip_restores_rng_and_layer_states(tmp_path):
     backend.set_random_seed(5)
     state_file = str(tmp_path / 's_iter_3.solverstate')
-    nets = [('train', _Net(data=_Layer(12), ip=object())), ('test0', _Net(data=_Layer(40)))]
+    nets = [('train', _Net(data=_Layer(12), ip=_Stateless())), ('test0', _Net(data=_Layer(40)))]
     assert sio.layer_states(nets) == {'train/data': {'pos': 12}, 'test0/data': {'pos': 40}}
     sio.write_sidecar(state_file, 3, sio.layer_states(nets))
     want = backend.rng().random(4)
     saved = json.loads(open(state_file + sio.SIDECAR_SUFFIX).read())
     assert (saved['caffeine_sidecar'], saved['iter'], saved['mode']) == (1, 3, backend.mode())
     backend.set_random_seed(99)
-    fresh = [('train', _Net(data=_Layer(0), ip=object())), ('test0', _Net(data=_Layer(0)))]
+    fresh = [('train', _Net(data=_Layer(0), ip=_Stateless())), ('test0', _Net(data=_Layer(0)))]
     sio.apply_sidecar(state_file, 3, fresh)
     assert [n.layers[0].pos for _, n in fresh] == [12, 40]
     np.testing.assert_array_equal(backend.rng().random(4), want)
