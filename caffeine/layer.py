@@ -219,11 +219,6 @@ class Layer:
     def loss(self, top_index):
         return self.loss_weights[top_index] if top_index < len(self.loss_weights) else 0.0
 
-    def set_loss(self, top_index, value):
-        while len(self.loss_weights) <= top_index:
-            self.loss_weights.append(0.0)
-        self.loss_weights[top_index] = float(value)
-
     def Forward(self, bottom, top):
         """Reshape, then forward (as Caffe's Layer::Forward); returns this layer's weighted loss."""
         self.reshape(bottom, top)

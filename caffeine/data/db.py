@@ -204,15 +204,6 @@ class DB:
                 n += 1
         return n
 
-    def is_empty(self):
-        if self.backend == 'lmdb':
-            return len(self) == 0
-        c = self.cursor()
-        try:
-            return not c.valid()
-        finally:
-            c.close()
-
     def items(self, limit=None):
         """Every (key, value) in key order (a fresh cursor)."""
         c = self.cursor()
