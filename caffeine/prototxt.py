@@ -13,6 +13,7 @@ from google.protobuf.message import DecodeError
 
 from .errors import PrototxtError, CaffeineError
 from .proto import caffe_pb2
+from .upgrade import upgrade_net_param, upgrade_solver_param
 
 
 _PATH_SUFFIXES = ('.prototxt', '.pt', '.txt', '.solver', '.pbtxt')
@@ -153,33 +154,28 @@ def read_message(source, message):
     return parse_text(str(source), message, '<string>')
 
 
+def _read_param(source, message_type, upgrade):
+    """A copy of ``source`` (a message of ``message_type``, a path or text), upgraded by ``upgrade(param, name)``."""
+    param = message_type()
+    if isinstance(source, message_type):
+        param.CopyFrom(source)
+        name = '<%s>' % message_type.DESCRIPTOR.name
+    else:
+        read_message(source, param)
+        name = os.fspath(source) if _looks_like_path(source) else '<string>'
+    if upgrade is not None:
+        upgrade(param, name)
+    return param
+
+
 def read_net_param(source, upgrade=True):
     """A caffe_pb2.NetParameter from a path, text or message, upgraded."""
-    if isinstance(source, caffe_pb2.NetParameter):
-        param = caffe_pb2.NetParameter()
-        param.CopyFrom(source)
-        name = '<NetParameter>'
-    else:
-        param = read_message(source, caffe_pb2.NetParameter())
-        name = os.fspath(source) if _looks_like_path(source) else '<string>'
-    if upgrade:
-        from .upgrade import upgrade_net_param
-        upgrade_net_param(param, name)
-    return param
+    return _read_param(source, caffe_pb2.NetParameter, upgrade_net_param if upgrade else None)
 
 
 def read_solver_param(source, upgrade=True):
-    if isinstance(source, caffe_pb2.SolverParameter):
-        param = caffe_pb2.SolverParameter()
-        param.CopyFrom(source)
-        name = '<SolverParameter>'
-    else:
-        param = read_message(source, caffe_pb2.SolverParameter())
-        name = os.fspath(source) if _looks_like_path(source) else '<string>'
-    if upgrade:
-        from .upgrade import upgrade_solver_param
-        upgrade_solver_param(param, name)
-    return param
+    """A caffe_pb2.SolverParameter from a path, text or message, upgraded."""
+    return _read_param(source, caffe_pb2.SolverParameter, upgrade_solver_param if upgrade else None)
 
 
 def read_binary(path, message):
