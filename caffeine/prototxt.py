@@ -46,16 +46,20 @@ def _decode(data, source):
     return text
 
 
-def read_text(path):
-    """The text of a prototxt file (UTF-8, a leading byte-order mark dropped)."""
+def _read_bytes(path, what):
+    """The bytes of a file; a missing file or a directory is a one-line error naming ``what`` was expected."""
     try:
         with open(path, 'rb') as f:
-            data = f.read()
+            return f.read()
     except FileNotFoundError:
         raise CaffeineError('%s: no such file' % os.fspath(path))
     except IsADirectoryError:
-        raise CaffeineError('%s: is a directory, not a prototxt file' % os.fspath(path))
-    return _decode(data, os.fspath(path))
+        raise CaffeineError('%s: is a directory, not %s' % (os.fspath(path), what))
+
+
+def read_text(path):
+    """The text of a prototxt file (UTF-8, a leading byte-order mark dropped)."""
+    return _decode(_read_bytes(path, 'a prototxt file'), os.fspath(path))
 
 
 def _scan_braces(text):
@@ -179,13 +183,7 @@ def read_solver_param(source, upgrade=True):
 
 
 def read_binary(path, message):
-    try:
-        with open(path, 'rb') as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise CaffeineError('%s: no such file' % os.fspath(path))
-    except IsADirectoryError:
-        raise CaffeineError('%s: is a directory, not a binary %s file' % (os.fspath(path), message.DESCRIPTOR.name))
+    data = _read_bytes(path, 'a binary %s file' % message.DESCRIPTOR.name)
     try:
         message.ParseFromString(data)
     except DecodeError as e:
