@@ -29,6 +29,8 @@ import difflib
 
 from .blob import Blob
 from .errors import LayerError
+from .fillers import fill
+from .proto import caffe_pb2
 
 _REGISTRY = {}
 
@@ -120,7 +122,6 @@ class Layer:
     force_zero_lr = False
 
     def __init__(self, layer_param=None, phase=None):
-        from .proto import caffe_pb2
         if layer_param is None:
             layer_param = caffe_pb2.LayerParameter()
         self.layer_param = layer_param
@@ -241,7 +242,6 @@ class Layer:
         """A parameter Blob of ``shape``, filled with ``filler_param`` if given."""
         b = Blob(shape)
         if filler_param is not None:
-            from .fillers import fill
             fill(b, filler_param)
         return b
 

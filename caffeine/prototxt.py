@@ -14,6 +14,7 @@ from google.protobuf.message import DecodeError
 from .errors import PrototxtError, CaffeineError
 from .proto import caffe_pb2
 from .upgrade import upgrade_net_param, upgrade_solver_param
+from .utils import atomic_write
 
 
 _PATH_SUFFIXES = ('.prototxt', '.pt', '.txt', '.solver', '.pbtxt')
@@ -199,6 +200,5 @@ def to_text(message):
 
 
 def write_text(path, message):
-    from .utils import atomic_write
     with atomic_write(path, 'w') as f:
         f.write(text_format.MessageToString(message))

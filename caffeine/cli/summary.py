@@ -1,5 +1,6 @@
 """caffeine summary MODEL / caffeine plot LOG -o curves.png"""
 import click
+from ..summary import format_summary, plot_log
 
 
 @click.command('summary')
@@ -10,7 +11,6 @@ import click
 def summary_cmd(model, phase, level, stage):
     """Table of layers: top shapes, parameter counts, multiply-adds, totals and memory."""
     import caffeine
-    from caffeine.summary import format_summary
     net = caffeine.Net(model, caffeine.TRAIN if phase == 'TRAIN' else caffeine.TEST, level=level, stages=list(stage),
                        memory_plan=(phase == 'TEST'))
     click.echo(format_summary(net))
@@ -21,7 +21,6 @@ def summary_cmd(model, phase, level, stage):
 @click.option('-o', '--output', default='curves.png', show_default=True, help='Image to write (png, svg, pdf).')
 def plot_cmd(log, output):
     """Draw training loss, test loss and test accuracy from a caffeine or Caffe log."""
-    from caffeine.summary import plot_log
     parsed = plot_log(log, output)
     click.echo('wrote %s (%d train points, %d test series)' % (output, len(parsed['train']), len(parsed['test'])))
 

@@ -29,6 +29,7 @@ import os
 import threading
 
 from ..errors import DataError
+from ..utils import atomic_path
 
 BACKENDS = ('lmdb', 'leveldb')
 LMDB_INITIAL_MAP_SIZE = 64 << 20
@@ -356,7 +357,6 @@ class DBWriter:
     """
 
     def __init__(self, path, backend='lmdb', commit_every=1000, overwrite=False):
-        from ..utils import atomic_path
         self.path = os.fspath(path)
         self.backend = backend_name(backend)
         self.commit_every = int(commit_every)

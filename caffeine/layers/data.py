@@ -28,6 +28,8 @@ from ..data.datum import datum_to_array, parse_datum, read_image, resize, decode
 from ..data.db import open_db
 from ..data.prefetch import DataSource, Prefetcher
 from ..data.transformer import DataTransformer, load_mean_file
+from .. import runtime
+from ..fillers import fill
 
 TRAIN = caffe_pb2.TRAIN
 
@@ -39,7 +41,6 @@ def _where(layer):
 def _solver_split():
     """(solver_count, solver_rank) for multi-GPU record skipping (1, 0 when unknown)."""
     try:
-        from .. import runtime
         return int(runtime.solver_count()), int(runtime.solver_rank())
     except Exception:
         return 1, 0
@@ -1020,7 +1021,6 @@ class DummyDataLayer(Layer):
         for t, s in zip(top, shapes):
             t.reshape(s)
         # constant tops are filled once, here (Caffe's refill_ trick)
-        from ..fillers import fill
         for i, t in enumerate(top):
             fid = i if len(self._fillers) > 1 else 0
             if not self._refill[fid]:
@@ -1030,7 +1030,6 @@ class DummyDataLayer(Layer):
         pass
 
     def forward(self, bottom, top):
-        from ..fillers import fill
         for i, t in enumerate(top):
             fid = i if len(self._fillers) > 1 else 0
             if self._refill[fid]:

@@ -19,6 +19,7 @@ from ..blob import Blob
 from ..layer import Layer, register
 from ..proto import caffe_pb2
 from ._util import canonical_axis, shape_count, sigmoid_tanh
+from ..weights import blob_proto_to_array
 
 FLT_MIN = float(np.finfo(np.float32).tiny)   # Caffe's clamp in SoftmaxWithLoss
 kLOG_THRESHOLD = 1e-20                       # Caffe's clamp in MultinomialLogistic/Infogain
@@ -451,7 +452,6 @@ class InfogainLossLayer(_SoftmaxOverClassesLoss):
                 raise self.error('cannot read infogain matrix %r: %s' % (src, e.strerror or e))
             except Exception as e:  # protobuf DecodeError
                 raise self.error('infogain matrix %r is not a BlobProto: %s' % (src, e))
-            from ..weights import blob_proto_to_array
             try:
                 arr = blob_proto_to_array(proto)
             except Exception as e:
