@@ -130,10 +130,8 @@ class NormalizeLayer(Layer):
         dy = top[0].xdiff.reshape(self._shape)
         if self.param_propagate_down[0]:
             g = (dy * self.xhat).sum(axis=(0, 2))
-            if self.channel_shared:
-                self.blobs[0].xdiff += g.sum().reshape(self.blobs[0].xdiff.shape)
-            else:
-                self.blobs[0].xdiff += g
+            ds = self.blobs[0].xdiff
+            ds += g.sum() if self.channel_shared else g
         if propagate_down[0]:
             dx = bottom[0].xdiff.reshape(self._shape)
             xhat = self.xhat
