@@ -397,13 +397,13 @@ class DetectionOutputLayer(Layer):
 
     def _iou(self, box, area, boxes, areas):
         """IoU of one box with each of ``boxes`` (host float32), as weiliu89/OpenCV compute it."""
-        iw = np.minimum(boxes[:, 2], box[2]) - np.maximum(boxes[:, 0], box[0])
-        ih = np.minimum(boxes[:, 3], box[3]) - np.maximum(boxes[:, 1], box[1])
-        if self.normalized:
-            inter = np.where((iw > 0) & (ih > 0), iw * ih, _F32(0))
-        else:
-            inter = np.where((iw >= 0) & (ih >= 0), (iw + _F32(1)) * (ih + _F32(1)), _F32(0))
-        with np.errstate(divide='ignore', invalid='ignore'):
+        with np.errstate(over='ignore', invalid='ignore', divide='ignore'):   # infinite boxes
+            iw = np.minimum(boxes[:, 2], box[2]) - np.maximum(boxes[:, 0], box[0])
+            ih = np.minimum(boxes[:, 3], box[3]) - np.maximum(boxes[:, 1], box[1])
+            if self.normalized:
+                inter = np.where((iw > 0) & (ih > 0), iw * ih, _F32(0))
+            else:
+                inter = np.where((iw >= 0) & (ih >= 0), (iw + _F32(1)) * (ih + _F32(1)), _F32(0))
             iou = inter / (area + areas - inter)
         return np.where(inter > 0, iou, _F32(0))
 
@@ -440,8 +440,9 @@ class DetectionOutputLayer(Layer):
         N, P, L, C = bottom[0].shape[0], self.num_priors, self.num_loc_classes, self.num_classes
         loc = bottom[0].xdata.reshape(N, P, L, 4)
         prior = bottom[2].xdata.reshape(-1)
-        boxes = self._decode(loc, prior[:P * 4].reshape(P, 4),
-                             None if self.encoded else prior[P * 4:2 * P * 4].reshape(P, 4))
+        with np.errstate(over='ignore'):   # exp of a huge offset is an infinite box, as in Caffe
+            boxes = self._decode(loc, prior[:P * 4].reshape(P, 4),
+                                 None if self.encoded else prior[P * 4:2 * P * 4].reshape(P, 4))
         if self.clip:
             if self.normalized:
                 hi = xp.asarray([1, 1, 1, 1], dtype=_F32)
@@ -450,7 +451,8 @@ class DetectionOutputLayer(Layer):
                 hi = xp.asarray([IW - 1, IH - 1, IW - 1, IH - 1], dtype=_F32)
             boxes = xp.minimum(xp.maximum(boxes, _F32(0)), hi)
         boxes = np.ascontiguousarray(backend.to_host(boxes), dtype=_F32)
-        areas = self._areas(boxes)
+        with np.errstate(over='ignore', invalid='ignore'):
+            areas = self._areas(boxes)
         conf = np.asarray(backend.to_host(bottom[1].xdata), dtype=_F32).reshape(N, P, C)
         rows = []
         for n in range(N):
