@@ -1,4 +1,4 @@
-"""Layer types that Caffe's forks define and caffeine does not, and the error that names them.
+"""Layer types caffeine does not support, the fork each comes from, and the error naming them.
 
 A net with such layers fails with one line that names every unsupported layer, its
 type and, where known, the fork the type comes from:
