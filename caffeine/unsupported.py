@@ -26,7 +26,7 @@ FORK_LAYERS = {
     'DataAugmentation': _FLOWNET2, 'FlowAugmentation': _FLOWNET2,
     'GenerateAugmentationParameters': _FLOWNET2, 'L1Loss': _FLOWNET2, 'Accum': _FLOWNET2,
     # SSD
-    'MultiBoxLoss': _SSD, 'AnnotatedData': _SSD, 'DetectionEvaluate': _SSD, 'VideoData': _SSD,
+    'AnnotatedData': _SSD, 'DetectionEvaluate': _SSD, 'VideoData': _SSD,
     'SmoothL1Loss': "Faster R-CNN's and SSD's Caffe",
     # detection and segmentation
     'ROIPooling': _FRCNN, 'Proposal': "OpenCV's dnn",

@@ -446,3 +446,166 @@ def test_gpu_matches_cpu_on_detection_layers():
             np.testing.assert_allclose(gpu[0].data, cpu[0].data, atol=1e-6)
         finally:
             backend.set_mode_cpu()
+
+
+# -- MultiBoxLoss ----------------------------------------------------------------------
+def _iou(a, b):
+    iw, ih = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _multibox_reference(loc, conf, priors, var, gt, p):
+    """weiliu89's MultiBoxLoss, prior by prior in plain Python: (loss, dloc, dconf)."""
+    N, P, C = conf.shape
+    boxes = {i: [(int(r[1]), r[3:7]) for r in gt if int(r[0]) == i] for i in range(N)}
+    dloc, dconf = np.zeros_like(loc, np.float64), np.zeros_like(conf, np.float64)
+    loc_loss = conf_loss = 0.0
+    matches = 0
+    chosen = []
+    for i in range(N):
+        g = boxes[i]
+        match, best = [-1] * P, [0.0] * P
+        ov = {(j, k): _iou(priors[j], b) for j in range(P) for k, (_, b) in enumerate(g)}
+        ov = {jk: o for jk, o in ov.items() if o > 1e-6}
+        for (j, k), o in ov.items():
+            best[j] = max(best[j], o)
+        pool = list(range(len(g)))
+        while pool:
+            cand = [(o, -j, -k) for (j, k), o in ov.items() if match[j] == -1 and k in pool]
+            if not cand:
+                break
+            o, j, k = max(cand)
+            match[-j], best[-j] = -k, o
+            pool.remove(-k)
+        if p['match_type'] == 'PER_PREDICTION':
+            for j in range(P):
+                if match[j] == -1:
+                    cand = [(o, -k) for (jj, k), o in ov.items() if jj == j and o >= 0.5]
+                    if cand:
+                        o, k = max(cand)
+                        match[j], best[j] = -k, o
+        labels = [g[m][0] if m > -1 else 0 for m in match]
+        ce = []
+        for j in range(P):
+            x = conf[i, j].astype(np.float64)
+            e = np.exp(x - x.max())
+            ce.append(-np.log(e[labels[j]] / e.sum()))
+        sel = [j for j in range(P) if match[j] > -1]
+        if g and p['mining']:
+            negs = [j for j in range(P) if match[j] == -1 and best[j] < 0.5]
+            negs = sorted(sorted(negs, key=lambda j: -ce[j])[:min(3 * len(sel), len(negs))])
+            sel += negs
+        elif not p['mining']:
+            sel = list(range(P))
+        chosen.append(sel)
+        for j in range(P):
+            if match[j] > -1:
+                matches += 1
+                pr, b, v = priors[j], g[match[j]][1], var[j]
+                pw, ph = pr[2] - pr[0], pr[3] - pr[1]
+                enc = [((b[0] + b[2]) - (pr[0] + pr[2])) / 2 / pw / v[0], ((b[1] + b[3]) - (pr[1] + pr[3])) / 2 / ph / v[1],
+                       np.log((b[2] - b[0]) / pw) / v[2], np.log((b[3] - b[1]) / ph) / v[3]]
+                for c in range(4):
+                    d = loc[i, j, c] - enc[c]
+                    loc_loss += 0.5 * d * d if abs(d) < 1 else abs(d) - 0.5
+                    dloc[i, j, c] = d if abs(d) < 1 else np.sign(d)
+        for j in sel:
+            conf_loss += ce[j]
+            x = conf[i, j].astype(np.float64)
+            e = np.exp(x - x.max())
+            dconf[i, j] = e / e.sum()
+            dconf[i, j, labels[j]] -= 1
+    norm = max(1, matches)
+    return (loc_loss + conf_loss) / norm, dloc / norm, dconf / norm
+
+
+def _multibox_inputs(seed=0):
+    rng = np.random.default_rng(seed)
+    # priors of a 3x3 map on a 30x30 image: min 10, max 20, aspect ratio 2 (4 per cell)
+    pb = _priorbox('min_size: 10 max_size: 20 aspect_ratio: 2 flip: false variance: 0.1 variance: 0.1 '
+                   'variance: 0.2 variance: 0.2', (3, 3), (30, 30)).data[0]
+    P = pb.shape[1] // 4
+    gt = np.array([[0, 1, 0, 0.1, 0.1, 0.45, 0.4, 0], [0, 2, 1, 0.5, 0.5, 0.9, 0.95, 0],
+                   [2, 1, 0, 0.3, 0.2, 0.7, 0.8, 0], [-1, 0, 0, 0, 0, 0, 0, 0]], np.float32)  # image 1: none
+    loc = rng.normal(0, 0.5, (3, P, 4)).astype(np.float32)
+    conf = rng.normal(0, 1, (3, P, 3)).astype(np.float32)
+    return loc, conf, pb, gt
+
+
+@pytest.mark.parametrize('match_type', ['PER_PREDICTION', 'BIPARTITE'])
+@pytest.mark.parametrize('mining', [True, False])
+def test_multibox_loss_matches_a_prior_by_prior_reference(match_type, mining):
+    loc, conf, pb, gt = _multibox_inputs()
+    N, P, C = conf.shape
+    text = ('type: "MultiBoxLoss" multibox_loss_param { num_classes: 3 code_type: CENTER_SIZE '
+            'match_type: %s mining_type: %s }' % (match_type, 'MAX_NEGATIVE' if mining else 'NONE'))
+    layer, bottom, top = _run(text, loc.reshape(N, -1), conf.reshape(N, -1), pb[None], gt[None, None],
+                              phase=caffe_pb2.TRAIN)
+    loss, dloc, dconf = _multibox_reference(loc, conf, pb[0].reshape(P, 4), pb[1].reshape(P, 4), gt,
+                                            {'match_type': match_type, 'mining': mining})
+    np.testing.assert_allclose(float(top[0].data), loss, rtol=1e-5)
+    layer.Backward(top, [True, True, False, False], bottom)
+    np.testing.assert_allclose(bottom[0].diff.reshape(N, P, 4), dloc, atol=1e-6)
+    np.testing.assert_allclose(bottom[1].diff.reshape(N, P, C), dconf, atol=1e-6)
+    assert np.count_nonzero(np.abs(dloc).sum(axis=2)) >= 3        # every box matched
+    assert not dloc[1].any() and (not mining or not dconf[1].any())   # image 1 has no box
+
+
+def test_multibox_loss_gradient():
+    loc, conf, pb, gt = _multibox_inputs(1)
+    N = loc.shape[0]
+    for b in (0, 1):
+        layer = make_layer('type: "MultiBoxLoss" multibox_loss_param { num_classes: 3 code_type: CENTER_SIZE '
+                           'neg_pos_ratio: 1 }')
+        bottom = blobs_from_arrays(loc.reshape(N, -1), conf.reshape(N, -1), pb[None], gt[None, None])
+        GradientChecker(1e-3, 1e-2).check_gradient(layer, bottom, [Blob()], check_bottom=b)
+
+
+def test_multibox_loss_normalization_loc_weight_and_l2():
+    loc, conf, pb, gt = _multibox_inputs()
+    N = loc.shape[0]
+    args = (loc.reshape(N, -1), conf.reshape(N, -1), pb[None], gt[None, None])
+    base = 'type: "MultiBoxLoss" multibox_loss_param { num_classes: 3 %s } %s'
+    valid = float(_run(base % ('', ''), *args)[2][0].data)
+    none = float(_run(base % ('', 'loss_param { normalization: NONE }'), *args)[2][0].data)
+    batch = float(_run(base % ('', 'loss_param { normalization: BATCH_SIZE }'), *args)[2][0].data)
+    layer = _run(base % ('', ''), *args)[0]
+    matches = round(none / valid)
+    assert matches >= 3 and np.isclose(batch * N, none, rtol=1e-6)
+    conf_only = float(_run(base % ('loc_weight: 0', ''), *args)[2][0].data)
+    double = float(_run(base % ('loc_weight: 2', ''), *args)[2][0].data)
+    np.testing.assert_allclose(double - valid, valid - conf_only, rtol=1e-5)
+    assert layer.smooth_l1 and not _run(base % ('loc_loss_type: L2', ''), *args)[0].smooth_l1
+    # propagate_down false for loc leaves the loc term out of the loss, as weiliu89's layer does
+    no_loc = _run(base % ('', 'propagate_down: false propagate_down: true propagate_down: false '
+                              'propagate_down: false'), *args)[2][0]
+    np.testing.assert_allclose(float(no_loc.data), conf_only, rtol=1e-6)
+
+
+@pytest.mark.parametrize('params, msg', [
+    ('share_location: false', 'share_location: false is not supported'),
+    ('mining_type: HARD_EXAMPLE', 'HARD_EXAMPLE is not supported'),
+    ('conf_loss_type: LOGISTIC', 'LOGISTIC is not supported'),
+    ('do_neg_mining: false', 'do_neg_mining: false contradicts mining_type: MAX_NEGATIVE'),
+    ('background_label_id: 3', 'background_label_id 3 is not below num_classes 3'),
+])
+def test_multibox_loss_bad_parameters(params, msg):
+    loc, conf, pb, gt = _multibox_inputs()
+    with pytest.raises(CaffeineError, match=msg):
+        _run('type: "MultiBoxLoss" multibox_loss_param { num_classes: 3 %s }' % params,
+             loc.reshape(3, -1), conf.reshape(3, -1), pb[None], gt[None, None])
+
+
+def test_multibox_loss_bad_ground_truth():
+    loc, conf, pb, gt = _multibox_inputs()
+    gt[0, 1] = 0
+    with pytest.raises(CaffeineError, match='ground truth has the background label 0'):
+        _run('type: "MultiBoxLoss" multibox_loss_param { num_classes: 3 }',
+             loc.reshape(3, -1), conf.reshape(3, -1), pb[None], gt[None, None])
+    gt[0, 1], gt[0, 0] = 1, 5
+    with pytest.raises(CaffeineError, match='ground truth names image 5 of a batch of 3'):
+        _run('type: "MultiBoxLoss" multibox_loss_param { num_classes: 3 }',
+             loc.reshape(3, -1), conf.reshape(3, -1), pb[None], gt[None, None])

@@ -41,6 +41,14 @@ FORK_MESSAGES = {  # weiliu89/caffe (SSD), with its field numbers
                                  'visualize_threshold': 11, 'save_file': 12,
                                  'clip': 1000, 'normalized_bbox': 1001},  # OpenCV's two
     'NonMaximumSuppressionParameter': {'nms_threshold': 1, 'top_k': 2, 'eta': 3},
+    'MultiBoxLossParameter': {'loc_loss_type': 1, 'conf_loss_type': 2, 'loc_weight': 3, 'num_classes': 4,
+                              'share_location': 5, 'match_type': 6, 'overlap_threshold': 7,
+                              'use_prior_for_matching': 8, 'background_label_id': 9,
+                              'use_difficult_gt': 10, 'do_neg_mining': 11, 'neg_pos_ratio': 12,
+                              'neg_overlap': 13, 'code_type': 14, 'encode_variance_in_target': 16,
+                              'map_object_to_agnostic': 17, 'ignore_cross_boundary_bbox': 18,
+                              'bp_inside': 19, 'mining_type': 20, 'nms_param': 21, 'sample_size': 22,
+                              'use_prior_for_nms': 23},
     'SaveOutputParameter': {'output_directory': 1, 'output_name_prefix': 2, 'output_format': 3,
                             'label_map_file': 4, 'name_size_file': 5, 'num_test_image': 6,
                             'resize_param': 7},
@@ -48,13 +56,18 @@ FORK_MESSAGES = {  # weiliu89/caffe (SSD), with its field numbers
                         'pad_value': 6, 'interp_mode': 7, 'height_scale': 8, 'width_scale': 9},
 }
 FORK_ENUMS = {'PriorBoxParameter.CodeType': {'CORNER': 1, 'CENTER_SIZE': 2, 'CORNER_SIZE': 3},
+              'MultiBoxLossParameter.LocLossType': {'L2': 0, 'SMOOTH_L1': 1},
+              'MultiBoxLossParameter.ConfLossType': {'SOFTMAX': 0, 'LOGISTIC': 1},
+              'MultiBoxLossParameter.MatchType': {'BIPARTITE': 0, 'PER_PREDICTION': 1},
+              'MultiBoxLossParameter.MiningType': {'NONE': 0, 'MAX_NEGATIVE': 1, 'HARD_EXAMPLE': 2},
               'ResizeParameter.Resize_mode': {'WARP': 1, 'FIT_SMALL_SIZE': 2, 'FIT_LARGE_SIZE_AND_PAD': 3},
               'ResizeParameter.Pad_mode': {'CONSTANT': 1, 'MIRRORED': 2, 'REPEAT_NEAREST': 3},
               'ResizeParameter.Interp_mode': {'LINEAR': 1, 'AREA': 2, 'NEAREST': 3, 'CUBIC': 4,
                                               'LANCZOS4': 5}}
 FORK_FIELDS = {  # fork fields added to BVLC messages
     'LayerParameter': {'permute_param': 202, 'prior_box_param': 203,
-                       'detection_output_param': 204, 'norm_param': 206},
+                       'detection_output_param': 204, 'norm_param': 206,
+                       'multibox_loss_param': 2201},   # weiliu89's 201 is OpenCV's proposal_param
     'PoolingParameter': {'ceil_mode': 1001},  # OpenCV's, at its own number (13 is round_mode)
 }
 

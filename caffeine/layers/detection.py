@@ -490,3 +490,296 @@ class DetectionOutputLayer(Layer):
     def backward(self, top, propagate_down, bottom):
         if any(propagate_down):
             raise self.error('has no backward (it is a test-time layer)')
+
+
+_MB = caffe_pb2.MultiBoxLossParameter
+_LP = caffe_pb2.LossParameter
+_LOG_FLT_MIN = 87.33654   # -log(FLT_MIN): Caffe's softmax loss clamps the probability there
+
+
+def _jaccard(a, b):
+    """IoU of boxes a (..., P, 1, 4) and b (..., 1, G, 4) in [0, 1] coordinates, as weiliu89's."""
+    iw = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
+    ih = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
+    inter = np.where((iw > 0) & (ih > 0), iw * ih, _F32(0))
+
+    def area(x):
+        w, h = x[..., 2] - x[..., 0], x[..., 3] - x[..., 1]
+        return np.where((w < 0) | (h < 0), _F32(0), w * h)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        iou = inter / (area(a) + area(b) - inter)
+    return np.where(inter > 0, iou, _F32(0)).astype(_F32)
+
+
+@register('MultiBoxLoss')
+class MultiBoxLossLayer(Layer):
+    """SSD's training loss: match the priors to the ground-truth boxes, then
+    loss = (loc_weight * L_loc + L_conf) / normalizer.
+
+    Matching (on the prior boxes): each ground truth takes its best free prior, best
+    pairs first (BIPARTITE); with PER_PREDICTION, every other prior whose best IoU
+    is at least overlap_threshold also matches that box.  L_loc: smooth L1 (or half
+    the squared L2) between the matched priors' location predictions and their
+    boxes encoded against the prior (code_type, variances).  L_conf: softmax loss of
+    the matched priors with their boxes' labels and of background priors with the
+    background label: all of them (mining_type NONE), or for MAX_NEGATIVE the
+    neg_pos_ratio x matches highest-loss priors whose best IoU is below neg_overlap.
+    normalizer: the number of matches (VALID), or FULL / BATCH_SIZE / NONE (loss_param).
+    bottom: loc (N, priors * 4); conf (N, priors * num_classes); priors (1, 2, priors * 4);
+    ground truth (1, 1, G, 8) rows (image, label, instance, xmin, ymin, xmax, ymax,
+    difficult), image -1 for padding.  top: the loss, a scalar.
+    multibox_loss_param: num_classes (required), loc_loss_type (SMOOTH_L1), loc_weight (1),
+    match_type (PER_PREDICTION), overlap_threshold (0.5), background_label_id (0),
+    use_difficult_gt (true), mining_type (MAX_NEGATIVE), neg_pos_ratio (3),
+    neg_overlap (0.5), code_type (CORNER), encode_variance_in_target (false),
+    ignore_cross_boundary_bbox (false).  Not supported (an error): share_location false,
+    use_prior_for_matching false, LOGISTIC, HARD_EXAMPLE mining, NMS among negatives,
+    map_object_to_agnostic, bp_inside.  Gradients flow to loc and conf only.
+    """
+    exact_num_bottom = 4
+    exact_num_top = 1
+    allow_force_backward_bottoms = frozenset([0, 1])
+
+    def default_loss_weight(self, top_index):
+        return 1.0 if top_index == 0 else 0.0
+
+    def setup(self, bottom, top):
+        p = self.layer_param.multibox_loss_param
+        if not p.HasField('num_classes') or p.num_classes < 1:
+            raise self.error('multibox_loss_param needs num_classes (at least 1)')
+        self.num_classes = int(p.num_classes)
+        self.background = int(p.background_label_id)
+        if self.background >= self.num_classes:
+            raise self.error('background_label_id %d is not below num_classes %d'
+                             % (self.background, self.num_classes))
+        unsupported = [(not p.share_location, 'share_location: false'),
+                       (not p.use_prior_for_matching, 'use_prior_for_matching: false'),
+                       (p.conf_loss_type != _MB.SOFTMAX, 'conf_loss_type: LOGISTIC'),
+                       (p.mining_type == _MB.HARD_EXAMPLE, 'mining_type: HARD_EXAMPLE'),
+                       (p.HasField('nms_param') and p.nms_param.nms_threshold > 0,
+                        'nms_param (NMS among the mined negatives)'),
+                       (p.map_object_to_agnostic, 'map_object_to_agnostic'),
+                       (p.bp_inside, 'bp_inside')]
+        for bad, what in unsupported:
+            if bad:
+                raise self.error('%s is not supported' % what)
+        if p.HasField('do_neg_mining') and p.do_neg_mining != (p.mining_type != _MB.NONE):
+            raise self.error('do_neg_mining: %s contradicts mining_type: %s'
+                             % (str(p.do_neg_mining).lower(), _MB.MiningType.Name(p.mining_type)))
+        self.mining = p.mining_type == _MB.MAX_NEGATIVE
+        self.smooth_l1 = p.loc_loss_type == _MB.SMOOTH_L1
+        self.loc_weight = float(p.loc_weight)
+        self.bipartite_only = p.match_type == _MB.BIPARTITE
+        self.overlap_threshold = _F32(p.overlap_threshold)
+        self.use_difficult = bool(p.use_difficult_gt)
+        self.neg_pos_ratio = _F32(p.neg_pos_ratio)
+        self.neg_overlap = _F32(p.neg_overlap)
+        self.code_type = int(p.code_type)
+        self.encoded = bool(p.encode_variance_in_target)
+        self.ignore_cross = bool(p.ignore_cross_boundary_bbox)
+        lp = self.layer_param.loss_param
+        if lp.HasField('normalization') or not lp.HasField('normalize'):
+            self.normalization = int(lp.normalization)
+        else:
+            self.normalization = _LP.VALID if lp.normalize else _LP.BATCH_SIZE
+        # weiliu89 adds the loc and conf terms to the loss only where propagate_down says so
+        pd = list(self.layer_param.propagate_down)
+        self.add_loc, self.add_conf = (bool(pd[0]), bool(pd[1])) if pd else (True, True)
+
+    def reshape(self, bottom, top):
+        loc, conf, prior, gt = bottom
+        if loc.shape[0] != conf.shape[0]:
+            raise self.error('loc %s and conf %s have different batch sizes'
+                             % (list(loc.shape), list(conf.shape)))
+        if len(prior.shape) < 3 or prior.shape[2] % 4 or prior.count < 2 * prior.shape[2]:
+            raise self.error('priors %s must be (1, 2, priors * 4)' % list(prior.shape))
+        self.num_priors = prior.shape[2] // 4
+        if loc.count_range(1) != self.num_priors * 4:
+            raise self.error('loc %s does not hold %d priors x 4' % (list(loc.shape), self.num_priors))
+        if conf.count_range(1) != self.num_priors * self.num_classes:
+            raise self.error('conf %s does not hold %d priors x %d classes'
+                             % (list(conf.shape), self.num_priors, self.num_classes))
+        if gt.count % 8:
+            raise self.error('ground truth %s is not rows of 8 values' % list(gt.shape))
+        top[0].reshape(())
+
+    # -- matching (host) -----------------------------------------------------------
+    def _ground_truth(self, gt, N):
+        rows = gt.reshape(-1, 8)
+        rows = rows[rows[:, 0] != -1]
+        items, labels = rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64)
+        if (items < 0).any() or (items >= N).any():
+            raise self.error('ground truth names image %d of a batch of %d'
+                             % (int(items[(items < 0) | (items >= N)][0]), N))
+        if (labels == self.background).any():
+            raise self.error('ground truth has the background label %d' % self.background)
+        if (labels < 0).any() or (labels >= self.num_classes).any():
+            raise self.error('ground truth label %d is outside [0, %d)'
+                             % (int(labels[(labels < 0) | (labels >= self.num_classes)][0]), self.num_classes))
+        if not self.use_difficult:
+            keep = rows[:, 7] == 0
+            rows, items, labels = rows[keep], items[keep], labels[keep]
+        # padded per image, in the rows' order: boxes (N, G, 4), labels (N, G), valid (N, G)
+        order = np.argsort(items, kind='stable')
+        items, labels, boxes = items[order], labels[order], rows[order, 3:7].astype(_F32)
+        counts = np.bincount(items, minlength=N)
+        G = int(counts.max()) if counts.size else 0
+        slot = np.arange(len(items)) - np.repeat(np.cumsum(counts) - counts, counts)
+        gboxes = np.zeros((N, G, 4), _F32)
+        glabels = np.zeros((N, G), np.int64)
+        valid = np.zeros((N, G), bool)
+        gboxes[items, slot] = boxes
+        glabels[items, slot] = labels
+        valid[items, slot] = True
+        return gboxes, glabels, valid, counts > 0
+
+    def _match(self, priors, gboxes, valid):
+        """match (N, P): the matched ground truth's slot, -1 none, -2 a cross-boundary prior;
+        overlap (N, P): the matched box's IoU, else the best IoU with any box."""
+        N, G = valid.shape
+        P = priors.shape[0]
+        ov = _jaccard(priors[None, :, None, :], gboxes[:, None, :, :])     # (N, P, G)
+        present = (ov > 1e-6) & valid[:, None, :]
+        match = np.full((N, P), -1, np.int64)
+        if self.ignore_cross:
+            cross = ((priors < 0) | (priors > 1)).any(axis=1)
+            present &= ~cross[None, :, None]
+            match[:, cross] = -2
+        overlap = np.where(present, ov, _F32(0)).max(axis=2) if G else np.zeros((N, P), _F32)
+        M = np.where(present, ov, _F32(-1))
+        rows = np.arange(N)
+        for _ in range(G):     # bipartite: the best remaining (prior, box) pair of each image
+            flat = M.reshape(N, P * G)
+            k = flat.argmax(axis=1)
+            best = flat[rows, k]
+            ok = best > -1
+            if not ok.any():
+                break
+            i, p, g = rows[ok], k[ok] // G, k[ok] % G
+            match[i, p] = g
+            overlap[i, p] = best[ok]
+            M[i, p, :] = -1
+            M[i, :, g] = -1
+        if not self.bipartite_only and G:   # PER_PREDICTION: the other priors' best box above the threshold
+            cand = np.where(present & (ov >= self.overlap_threshold), ov, _F32(-1))
+            g = cand.argmax(axis=2)
+            best = np.take_along_axis(cand, g[..., None], axis=2)[..., 0]
+            extra = (match == -1) & (best > -1)
+            match[extra] = g[extra]
+            overlap[extra] = best[extra]
+        return match, overlap
+
+    def _encode(self, priors, var, boxes):
+        """Ground-truth boxes (M, 4) encoded against their priors (M, 4)."""
+        if self.encoded:
+            var = np.ones_like(var)
+        if self.code_type == _CODE.CORNER:
+            return (boxes - priors) / var
+        pw, ph = priors[:, 2] - priors[:, 0], priors[:, 3] - priors[:, 1]
+        if (pw <= 0).any() or (ph <= 0).any():
+            raise self.error('a matched prior box has no positive width and height')
+        size = np.stack([pw, ph, pw, ph], axis=1)
+        if self.code_type == _CODE.CORNER_SIZE:
+            return (boxes - priors) / size / var
+        if self.code_type != _CODE.CENTER_SIZE:
+            raise self.error('unknown code_type %d' % self.code_type)
+        bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        if (bw <= 0).any() or (bh <= 0).any():
+            raise self.error('a ground-truth box has no positive width and height')
+        pc = (priors[:, 0:2] + priors[:, 2:4]) / _F32(2)
+        bc = (boxes[:, 0:2] + boxes[:, 2:4]) / _F32(2)
+        out = np.empty_like(boxes)
+        out[:, 0:2] = (bc - pc) / size[:, 0:2] / var[:, 0:2]
+        out[:, 2] = np.log(bw / pw) / var[:, 2]
+        out[:, 3] = np.log(bh / ph) / var[:, 3]
+        return out
+
+    def _normalizer(self, N, P, num_matches):
+        mode = self.normalization
+        if mode == _LP.FULL:
+            n = N * P
+        elif mode == _LP.VALID:
+            n = num_matches
+        elif mode == _LP.BATCH_SIZE:
+            n = N
+        elif mode == _LP.NONE:
+            n = 1
+        else:
+            raise self.error('unknown normalization mode %d' % mode)
+        return float(max(1, n))
+
+    def forward(self, bottom, top):
+        xp = backend.get_xp()
+        N, P, C = bottom[0].shape[0], self.num_priors, self.num_classes
+        prior = backend.to_host(bottom[2].xdata).reshape(-1)
+        priors, var = prior[:P * 4].reshape(P, 4), prior[P * 4:2 * P * 4].reshape(P, 4)
+        gboxes, glabels, valid, has_gt = self._ground_truth(
+            np.asarray(backend.to_host(bottom[3].xdata), dtype=_F32), N)
+        match, overlap = self._match(priors, gboxes, valid)
+        pos = match > -1
+        ii, jj = np.nonzero(pos)
+        labels = np.full((N, P), self.background, np.int64)
+        labels[ii, jj] = glabels[ii, match[ii, jj]]
+        # per-prior softmax loss (device), for mining and for the confidence loss
+        x = bottom[1].xdata.reshape(N, P, C)
+        m = x.max(axis=2, keepdims=True)
+        lse = xp.log(xp.exp(x - m).sum(axis=2)) + m[..., 0]
+        lab_dev = backend.to_device(labels.astype(np.int32))
+        picked = xp.take_along_axis(x, lab_dev[..., None], axis=2)[..., 0]
+        prior_loss = xp.minimum(lse - picked, _F32(_LOG_FLT_MIN))
+        if self.mining:
+            loss_h = np.asarray(backend.to_host(prior_loss), dtype=_F32)
+            eligible = has_gt[:, None] & (match == -1) & (overlap < self.neg_overlap)
+            num_pos = pos.sum(axis=1)
+            num_sel = np.minimum((num_pos.astype(_F32) * self.neg_pos_ratio).astype(np.int64),
+                                 eligible.sum(axis=1))
+            order = np.argsort(-np.where(eligible, loss_h, -np.inf), axis=1, kind='stable')
+            rank = np.empty_like(order)
+            np.put_along_axis(rank, order, np.arange(P)[None, :].repeat(N, axis=0), axis=1)
+            selected = pos | (eligible & (rank < num_sel[:, None]))
+        else:
+            selected = np.ones((N, P), bool)
+        num_matches = int(pos.sum())
+        self._norm = self._normalizer(N, P, num_matches)
+        self._labels, self._selected, self._pos = lab_dev, backend.to_device(selected), (ii, jj)
+        # location loss over the matched priors
+        loc = bottom[0].xdata.reshape(N, P, 4)
+        if num_matches:
+            enc = self._encode(priors[jj], var[jj], gboxes[ii, match[ii, jj]])
+            d = loc[backend.to_device(ii), backend.to_device(jj)] - backend.to_device(enc.astype(_F32))
+            a = xp.abs(d)
+            loc_loss = float(xp.where(a < 1, _F32(0.5) * d * d, a - _F32(0.5)).sum()) if self.smooth_l1 \
+                else 0.5 * float((d * d).sum())
+            self._d = d
+        else:
+            loc_loss, self._d = 0.0, None
+        conf_loss = float(xp.where(self._selected, prior_loss, _F32(0)).sum())
+        loss = 0.0
+        if self.add_loc:
+            loss += self.loc_weight * loc_loss / self._norm
+        if self.add_conf:
+            loss += conf_loss / self._norm
+        top[0].xdata[...] = loss
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[2] or propagate_down[3]:
+            raise self.error('cannot backpropagate to the priors or the ground truth (bottoms 2 and 3)')
+        xp = backend.get_xp()
+        N, P, C = bottom[0].shape[0], self.num_priors, self.num_classes
+        scale = _F32(float(backend.to_host(top[0].xdiff).ravel()[0]) / self._norm)
+        if propagate_down[0]:
+            dloc = bottom[0].xdiff.reshape(N, P, 4)
+            dloc.fill(0)
+            if self._d is not None:
+                g = xp.where(xp.abs(self._d) < 1, self._d, xp.sign(self._d)) if self.smooth_l1 else self._d
+                ii, jj = self._pos
+                dloc[backend.to_device(ii), backend.to_device(jj)] = g * _F32(self.loc_weight) * scale
+        if propagate_down[1]:
+            x = bottom[1].xdata.reshape(N, P, C)
+            dconf = bottom[1].xdiff.reshape(N, P, C)
+            xp.subtract(x, x.max(axis=2, keepdims=True), out=dconf)
+            xp.exp(dconf, out=dconf)
+            dconf /= dconf.sum(axis=2, keepdims=True)
+            flat = dconf.reshape(N * P, C)
+            flat[xp.arange(N * P), self._labels.ravel()] -= _F32(1)    # softmax - one-hot
+            dconf *= self._selected[..., None] * scale
