@@ -1,4 +1,5 @@
-"""SSD's layers (weiliu89/caffe, branch ssd): Permute, Normalize, PriorBox, DetectionOutput.
+"""SSD's layers (weiliu89/caffe, branch ssd): Permute, Normalize, PriorBox, DetectionOutput,
+and its training loss MultiBoxLoss.
 
 Their parameter messages and field numbers are weiliu89's (see protos/caffe.proto);
 DetectionOutput also reads OpenCV's ``clip`` and ``normalized_bbox``.
@@ -13,6 +14,30 @@ from ..proto import caffe_pb2
 
 _F32 = np.float32
 _CODE = caffe_pb2.PriorBoxParameter
+
+
+def _box_areas(boxes, normalized=True):
+    """Areas of boxes (..., 4) on the host, 0 for inverted ones; pixel boxes count their
+    end pixels (w + 1)(h + 1), as weiliu89's and OpenCV's BBoxSize."""
+    with np.errstate(over='ignore', invalid='ignore'):   # infinite boxes
+        w = boxes[..., 2] - boxes[..., 0]
+        h = boxes[..., 3] - boxes[..., 1]
+        a = w * h if normalized else (w + _F32(1)) * (h + _F32(1))
+        return np.where((w < 0) | (h < 0), _F32(0), a).astype(_F32)
+
+
+def _box_iou(a, area_a, b, area_b, normalized=True):
+    """IoU of boxes a and b (..., 4, broadcast against each other), given their areas,
+    as weiliu89's and OpenCV's JaccardOverlap."""
+    with np.errstate(over='ignore', invalid='ignore', divide='ignore'):   # infinite boxes
+        iw = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
+        ih = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
+        if normalized:
+            inter = np.where((iw > 0) & (ih > 0), iw * ih, _F32(0))
+        else:
+            inter = np.where((iw >= 0) & (ih >= 0), (iw + _F32(1)) * (ih + _F32(1)), _F32(0))
+        iou = inter / (area_a + area_b - inter)
+    return np.where(inter > 0, iou, _F32(0)).astype(_F32)
 
 
 @register('Permute')
@@ -267,11 +292,11 @@ class PriorBoxLayer(Layer):
     def forward(self, bottom, top):
         H, W = bottom[0].shape[2:]
         IH, IW = self.img if self.img is not None else bottom[1].shape[2:]
-        key = (H, W, IH, IW)
-        if key != self._key:   # the priors depend on the shapes only
-            self._host = self._priors(H, W, IH, IW)
+        key = (H, W, IH, IW, backend.is_gpu())
+        if key != self._key:   # the priors depend on the shapes only: made once, kept on the device
+            self._priors_x = backend.to_device(self._priors(H, W, IH, IW))
             self._key = key
-        top[0].xdata[...] = backend.to_device(self._host.reshape(top[0].shape))
+        top[0].xdata[...] = self._priors_x.reshape(top[0].shape)
 
     def backward(self, top, propagate_down, bottom):
         for i, b in enumerate(bottom):   # the priors do not depend on the values
@@ -386,27 +411,6 @@ class DetectionOutputLayer(Layer):
         half = xp.exp(d[..., 2:4]) * size[..., 0:2] / _F32(2)
         return xp.concatenate([c - half, c + half], axis=-1)
 
-    def _areas(self, boxes):
-        w = boxes[..., 2] - boxes[..., 0]
-        h = boxes[..., 3] - boxes[..., 1]
-        if not self.normalized:
-            a = (w + _F32(1)) * (h + _F32(1))
-        else:
-            a = w * h
-        return np.where((w < 0) | (h < 0), _F32(0), a).astype(_F32)
-
-    def _iou(self, box, area, boxes, areas):
-        """IoU of one box with each of ``boxes`` (host float32), as weiliu89/OpenCV compute it."""
-        with np.errstate(over='ignore', invalid='ignore', divide='ignore'):   # infinite boxes
-            iw = np.minimum(boxes[:, 2], box[2]) - np.maximum(boxes[:, 0], box[0])
-            ih = np.minimum(boxes[:, 3], box[3]) - np.maximum(boxes[:, 1], box[1])
-            if self.normalized:
-                inter = np.where((iw > 0) & (ih > 0), iw * ih, _F32(0))
-            else:
-                inter = np.where((iw >= 0) & (ih >= 0), (iw + _F32(1)) * (ih + _F32(1)), _F32(0))
-            iou = inter / (area + areas - inter)
-        return np.where(inter > 0, iou, _F32(0))
-
     def _nms(self, boxes, areas, scores):
         """Indices kept for one class, best first (weiliu89's ApplyNMSFast)."""
         if self.threshold is None:
@@ -423,12 +427,13 @@ class DetectionOutputLayer(Layer):
                 i = cand[0]
                 keep.append(int(i))
                 rest = cand[1:]
-                iou = self._iou(boxes[i], areas[i], boxes[rest], areas[rest])
+                iou = _box_iou(boxes[i], areas[i], boxes[rest], areas[rest], self.normalized)
                 cand = rest[iou <= thr]
             return keep
         kept = np.empty(0, dtype=np.int64)   # adaptive threshold: one step per candidate
         for i in cand:
-            if kept.size == 0 or (self._iou(boxes[i], areas[i], boxes[kept], areas[kept]) <= thr).all():
+            if kept.size == 0 or (_box_iou(boxes[i], areas[i], boxes[kept], areas[kept],
+                                           self.normalized) <= thr).all():
                 keep.append(int(i))
                 kept = np.asarray(keep)
                 if thr > 0.5:
@@ -451,8 +456,7 @@ class DetectionOutputLayer(Layer):
                 hi = xp.asarray([IW - 1, IH - 1, IW - 1, IH - 1], dtype=_F32)
             boxes = xp.minimum(xp.maximum(boxes, _F32(0)), hi)
         boxes = np.ascontiguousarray(backend.to_host(boxes), dtype=_F32)
-        with np.errstate(over='ignore', invalid='ignore'):
-            areas = self._areas(boxes)
+        areas = _box_areas(boxes, self.normalized)
         conf = np.asarray(backend.to_host(bottom[1].xdata), dtype=_F32).reshape(N, P, C)
         rows = []
         for n in range(N):
@@ -495,20 +499,6 @@ class DetectionOutputLayer(Layer):
 _MB = caffe_pb2.MultiBoxLossParameter
 _LP = caffe_pb2.LossParameter
 _LOG_FLT_MIN = 87.33654   # -log(FLT_MIN): Caffe's softmax loss clamps the probability there
-
-
-def _jaccard(a, b):
-    """IoU of boxes a (..., P, 1, 4) and b (..., 1, G, 4) in [0, 1] coordinates, as weiliu89's."""
-    iw = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
-    ih = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
-    inter = np.where((iw > 0) & (ih > 0), iw * ih, _F32(0))
-
-    def area(x):
-        w, h = x[..., 2] - x[..., 0], x[..., 3] - x[..., 1]
-        return np.where((w < 0) | (h < 0), _F32(0), w * h)
-    with np.errstate(divide='ignore', invalid='ignore'):
-        iou = inter / (area(a) + area(b) - inter)
-    return np.where(inter > 0, iou, _F32(0)).astype(_F32)
 
 
 @register('MultiBoxLoss')
@@ -638,7 +628,8 @@ class MultiBoxLossLayer(Layer):
         overlap (N, P): the matched box's IoU, else the best IoU with any box."""
         N, G = valid.shape
         P = priors.shape[0]
-        ov = _jaccard(priors[None, :, None, :], gboxes[:, None, :, :])     # (N, P, G)
+        ov = _box_iou(priors[None, :, None, :], _box_areas(priors)[None, :, None],
+                      gboxes[:, None, :, :], _box_areas(gboxes)[:, None, :])     # (N, P, G)
         present = (ov > 1e-6) & valid[:, None, :]
         match = np.full((N, P), -1, np.int64)
         if self.ignore_cross:
