@@ -20,7 +20,7 @@ import numpy as np
 
 from .blob import Blob, SyncedMemory
 from .errors import CaffeineError, GraphError, LayerError
-from .layer import create_layer
+from .layer import check_layer_types, create_layer
 from .proto import caffe_pb2
 from .prototxt import read_net_param
 from .weights import (copy_trained_layers_from, load_hdf5, net_to_proto, save_caffemodel,
@@ -255,6 +255,7 @@ class Net:
     def _init_layers(self):
         """Create, wire and set up each layer in order; append its params."""
         available = {}     # blob name -> id, for the tops no later layer has consumed yet
+        check_layer_types(self.param.layer)   # every unsupported type named at once
         for layer_id, lp in enumerate(self.param.layer):
             if not lp.HasField('phase'):
                 lp.phase = self.phase

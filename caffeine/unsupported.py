@@ -62,14 +62,18 @@ def _suggestions(type_name, known):
 def unsupported_message(layers, known):
     """One line for the layers whose types are not registered.
 
-    ``layers``: (layer name, type) pairs, in net order; ``known``: the registered type names.
+    ``layers``: (layer name, type) pairs, in net order (a name may be empty);
+    ``known``: the registered type names.
     """
     groups = {}   # type -> layer names, in order of first appearance
     for name, type_name in layers:
         groups.setdefault(type_name, []).append(name)
     items = []
     for type_name, names in groups.items():
-        who = ('layer %r' % names[0]) if len(names) == 1 else 'layers ' + ', '.join(repr(n) for n in names)
+        if len(names) > 1:
+            who = 'layers ' + ', '.join(repr(n) for n in names)
+        else:
+            who = ('layer %r' % names[0]) if names[0] else 'a layer'
         fork = fork_of(type_name)
         if fork:
             items.append('%s (type %r, from %s)' % (who, type_name, fork))
