@@ -8,17 +8,13 @@ import pytest
 from caffeine import backend
 from caffeine.errors import CaffeineError
 from caffeine.proto import caffe_pb2
-from caffeine.testing import GradientChecker, blobs_from_arrays, make_layer
+from caffeine.testing import (GradientChecker, assert_in_place_equals_out_of_place, blobs_from_arrays,
+                              forward_layer, make_layer)
 from caffeine.blob import Blob
 
 
 def _run(layer_text, *arrays, phase=caffe_pb2.TEST):
-    layer = make_layer(layer_text, phase)
-    bottom = blobs_from_arrays(*arrays)
-    top = [Blob()]
-    layer.SetUp(bottom, top)
-    layer.Forward(bottom, top)
-    return layer, bottom, top
+    return forward_layer(layer_text, *arrays, phase=phase)
 
 
 # -- Permute -------------------------------------------------------------------------
@@ -94,6 +90,15 @@ def test_normalize_gradient(across_spatial, channel_shared):
     layer.blobs[0].data[...] = rng.uniform(0.5, 2.0, layer.blobs[0].shape)
     checker = GradientChecker(1e-3, 2e-3)
     checker.check_gradient_single(layer, bottom, top, -1, -1, -1)
+
+
+@pytest.mark.parametrize('across_spatial', ['true', 'false'])
+def test_normalize_in_place(across_spatial):
+    x = np.random.default_rng(8).normal(size=(2, 3, 2, 2)).astype(np.float32)
+    dy = np.random.default_rng(9).normal(size=x.shape).astype(np.float32)
+    assert_in_place_equals_out_of_place('type: "Normalize" norm_param { across_spatial: %s channel_shared: false '
+                                        'scale_filler { type: "constant" value: 3 } }' % across_spatial,
+                                        x, dy, rtol=1e-6, atol=1e-6)
 
 
 def test_normalize_eps_and_zero_input():
