@@ -614,3 +614,24 @@ def test_multibox_loss_bad_ground_truth():
     with pytest.raises(CaffeineError, match='ground truth names image 5 of a batch of 3'):
         _run('type: "MultiBoxLoss" multibox_loss_param { num_classes: 3 }',
              loc.reshape(3, -1), conf.reshape(3, -1), pb[None], gt[None, None])
+
+
+def test_gpu_matches_cpu_on_multibox_loss():
+    if not backend.gpu_available():
+        pytest.skip('no GPU (CuPy with a CUDA device)')
+    loc, conf, pb, gt = _multibox_inputs()
+    N = loc.shape[0]
+    args = (loc.reshape(N, -1), conf.reshape(N, -1), pb[None], gt[None, None])
+    text = 'type: "MultiBoxLoss" multibox_loss_param { num_classes: 3 code_type: CENTER_SIZE }'
+    runs = []
+    for gpu in (False, True):
+        backend.set_mode_gpu() if gpu else backend.set_mode_cpu()
+        try:
+            layer, bottom, top = _run(text, *args, phase=caffe_pb2.TRAIN)
+            layer.Backward(top, [True, True, False, False], bottom)
+            runs.append((float(top[0].data), bottom[0].diff.copy(), bottom[1].diff.copy()))
+        finally:
+            backend.set_mode_cpu()
+    np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=1e-5)
+    np.testing.assert_allclose(runs[1][1], runs[0][1], atol=1e-6)
+    np.testing.assert_allclose(runs[1][2], runs[0][2], atol=1e-6)
