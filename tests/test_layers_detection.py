@@ -625,7 +625,7 @@ def test_gpu_matches_cpu_on_multibox_loss():
     text = 'type: "MultiBoxLoss" multibox_loss_param { num_classes: 3 code_type: CENTER_SIZE }'
     runs = []
     for gpu in (False, True):
-        backend.set_mode_gpu() if gpu else backend.set_mode_cpu()
+        (backend.set_mode_gpu if gpu else backend.set_mode_cpu)()
         try:
             layer, bottom, top = _run(text, *args, phase=caffe_pb2.TRAIN)
             layer.Backward(top, [True, True, False, False], bottom)
