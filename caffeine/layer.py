@@ -25,12 +25,11 @@ state) and ``close()`` (release threads and files).
 """
 from __future__ import annotations
 
-import difflib
-
 from .blob import Blob
 from .errors import LayerError
 from .fillers import fill
 from .proto import caffe_pb2
+from .unsupported import unsupported_message
 
 _REGISTRY = {}
 
@@ -77,14 +76,17 @@ def get_layer_class(type_name, layer_name=''):
     _load_all()
     cls = _REGISTRY.get(type_name)
     if cls is None:
-        near = difflib.get_close_matches(type_name, list(_REGISTRY), n=3, cutoff=0.5)
-        if not near:
-            low = {k.lower(): k for k in _REGISTRY}
-            near = [low[type_name.lower()]] if type_name.lower() in low else []
-        hint = ('; did you mean %s?' % ' or '.join(repr(n) for n in near)) if near else ''
-        where = ('layer %r: ' % layer_name) if layer_name else ''
-        raise LayerError('%sunknown layer type %r%s' % (where, type_name, hint))
+        raise LayerError(unsupported_message([(layer_name, type_name)], _REGISTRY))
     return cls
+
+
+def check_layer_types(layer_params):
+    """Raise one LayerError naming every layer whose type is not registered (and the fork
+    each type comes from, where known), before any layer is built."""
+    _load_all()
+    bad = [(lp.name, lp.type) for lp in layer_params if lp.type not in _REGISTRY]
+    if bad:
+        raise LayerError(unsupported_message(bad, _REGISTRY))
 
 
 def create_layer(layer_param, phase=None):

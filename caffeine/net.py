@@ -19,7 +19,7 @@ import os
 from . import debug_info, memory_plan
 from .blob import Blob
 from .errors import CaffeineError, GraphError, LayerError
-from .layer import create_layer
+from .layer import check_layer_types, create_layer
 from .proto import caffe_pb2
 from .prototxt import read_net_param
 from .pycaffe import PycaffeNet
@@ -242,6 +242,7 @@ class Net(PycaffeNet):
     def _init_layers(self):
         """Create, wire and set up each layer in order; append its params."""
         available = {}     # blob name -> id, for the tops no later layer has consumed yet
+        check_layer_types(self.param.layer)   # every unsupported type named at once
         for layer_id, lp in enumerate(self.param.layer):
             if not lp.HasField('phase'):
                 lp.phase = self.phase

@@ -11,7 +11,7 @@ import re
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
-from .errors import PrototxtError, CaffeineError
+from .errors import CaffeineError, LayerError, PrototxtError
 from .proto import caffe_pb2
 from .upgrade import upgrade_net_param, upgrade_solver_param
 from .utils import atomic_write
@@ -92,7 +92,7 @@ def _only_trivia(text, pos):
 
 
 def _offset(lines, line, col):
-    return sum(len(l) + 1 for l in lines[:line - 1]) + (col or 1) - 1
+    return sum(len(text_line) + 1 for text_line in lines[:line - 1]) + (col or 1) - 1
 
 
 def _parse_error(e, text, source):
@@ -130,6 +130,23 @@ def _parse_error(e, text, source):
     return PrototxtError('%s:%d:%d: %s' % (source, line, col, msg))
 
 
+def _unsupported_layers(text, source):
+    """For a net that does not parse: one error naming every layer whose type caffeine does
+    not support, or None.  A fork's layer brings its own ``*_param`` fields, which would
+    otherwise be reported as the first unknown field rather than as the layer it belongs to."""
+    lenient = caffe_pb2.NetParameter()
+    try:
+        text_format.Parse(text, lenient, allow_unknown_field=True)
+    except text_format.ParseError:
+        return None
+    from .layer import check_layer_types
+    try:
+        check_layer_types([lp for lp in lenient.layer if lp.type])   # a skipped `type` is the parse error
+    except LayerError as e:
+        return LayerError('%s: %s' % (source, e))
+    return None
+
+
 def parse_text(text, message, source='<string>'):
     """Merge prototxt ``text`` into ``message``; errors as ``source:line:col: msg``.
 
@@ -142,6 +159,10 @@ def parse_text(text, message, source='<string>'):
     try:
         text_format.Parse(text, parsed, allow_unknown_field=False)
     except text_format.ParseError as e:
+        if isinstance(parsed, caffe_pb2.NetParameter):
+            unsupported = _unsupported_layers(text, source)
+            if unsupported is not None:
+                raise unsupported from None
         raise _parse_error(e, text, source) from None
     if not parsed.IsInitialized():
         raise PrototxtError('%s: missing required field(s): %s'
