@@ -5,7 +5,8 @@
     solver.solve()
 
 or ``caffeine train --solver S --tensorboard runs/lenet``; then
-``tensorboard --logdir runs``.  Needs tensorboardX (``pip install 'caffeine[tensorboard]'``).
+``tensorboard --logdir runs``.  Written with TensorBoard's own event-file writer
+(``pip install 'caffeine[tensorboard]'``).
 
 Scalars, with the iteration as step:
 
@@ -14,14 +15,15 @@ Scalars, with the iteration as step:
 * ``train/<output>`` for every output of the train net, at each display;
 * ``test/<output>`` for every output of test net #0 (``test<k>/<output>`` for net #k), at each test;
 * ``solver/lr`` and ``solver/iters_per_s``, at each display;
-* with ``histograms=True``, at each display: ``weight_norm/<layer>/<i>`` and
+* with ``histograms=True``, at each display iteration: ``weight_norm/<layer>/<i>`` and
   ``gradient_norm/<layer>/<i>`` (the L2 norms of parameter blob ``i`` of the layer and of its
-  gradient) and a histogram of each parameter blob, ``weights/<layer>/<i>``.
+  gradient, as they are when the gradients are ready and the update has not run: pycaffe's
+  ``on_gradients_ready``) and a histogram of each parameter blob, ``weights/<layer>/<i>``.
 
-The file is flushed at each display and each test, so a running TensorBoard shows the curves
-as they grow.  A run resumed from a snapshot writes into the same folder and continues the
-same curves: the writer opens with TensorBoard's purge step set to the iteration training
-starts from, so the points an interrupted run wrote past that iteration are dropped and the
+Each display and each test is on disk before training goes on, so a running TensorBoard shows
+the curves as they grow.  A run resumed from a snapshot writes into the same folder and continues the
+same curves: its file starts with TensorBoard's restart marker (a SessionLog START event) at
+the iteration training starts from, so the points an interrupted run wrote past that iteration are dropped and the
 resumed run's take their place (a fresh run from iteration 0 in an old folder replaces it).
 """
 from __future__ import annotations
@@ -35,9 +37,24 @@ import numpy as np
 
 from .errors import CaffeineError
 
+try:   # the optional extra 'tensorboard'
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+except ImportError:
+    event_pb2 = summary_pb2 = EventFileWriter = None
+
 __all__ = ['TensorBoardListener']
 
 _EVENT_FILE_TIME = re.compile(r'events\.out\.tfevents\.(\d{10})')
+
+
+def _histogram(values, bins=30):
+    """TensorBoard's HistogramProto of ``values``: bucket i counts (limit[i-1], limit[i]]."""
+    counts, edges = np.histogram(values, bins=bins)
+    return summary_pb2.HistogramProto(min=float(values.min()), max=float(values.max()), num=float(values.size),
+                                      sum=float(values.sum()), sum_squares=float(values @ values),
+                                      bucket_limit=[float(e) for e in edges[1:]],
+                                      bucket=[float(c) for c in counts])
 
 
 def _tag(name):
@@ -66,14 +83,12 @@ class TensorBoardListener:
     """
 
     def __init__(self, logdir, histograms=False):
-        try:
-            from tensorboardX import SummaryWriter
-        except ImportError:
-            raise CaffeineError("TensorBoard logging needs tensorboardX: pip install 'caffeine[tensorboard]'")
-        self._writer_class = SummaryWriter
+        if EventFileWriter is None:
+            raise CaffeineError("TensorBoard logging needs the tensorboard package: pip install 'caffeine[tensorboard]'")
         self.logdir = os.fspath(logdir)
         self.histograms = bool(histograms)
         self.writer = None
+        self._hooked = []          # solvers whose gradients this listener reads
 
     # -- the writer --------------------------------------------------------------
     def _open(self, start_iter):
@@ -84,15 +99,25 @@ class TensorBoardListener:
         except OSError as e:
             raise CaffeineError('--tensorboard %s: cannot create the folder (%s)' % (self.logdir, e.strerror or e))
         _wait_for_a_later_second(self.logdir)
-        # purge_step: TensorBoard drops the points of earlier files at or after start_iter
-        self.writer = self._writer_class(self.logdir, purge_step=int(start_iter), flush_secs=30)
+        self.writer = EventFileWriter(self.logdir, flush_secs=30)
+        # TensorBoard drops the points of earlier files at or after a START marker's step
+        self._write(int(start_iter), session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START))
+        self.writer.flush()
         return self.writer
+
+    def _write(self, step, scalars=(), histograms=(), **event_fields):
+        """One event at ``step``: scalars [(tag, value)], histograms [(tag, values)]."""
+        values = [summary_pb2.Summary.Value(tag=tag, simple_value=float(v)) for tag, v in scalars]
+        values += [summary_pb2.Summary.Value(tag=tag, histo=_histogram(v)) for tag, v in histograms]
+        if values:
+            event_fields['summary'] = summary_pb2.Summary(value=values)
+        self.writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), **event_fields))
 
     def close(self):
         if self.writer is not None:
-            self.writer.flush()
-            self.writer.close()
+            self.writer.close()       # flushes
             self.writer = None
+        self._hooked = []          # solvers whose gradients this listener reads
 
     def __enter__(self):
         return self
@@ -103,26 +128,24 @@ class TensorBoardListener:
     # -- the solver's listener hooks ---------------------------------------------
     def on_start(self, solver):
         self._open(solver.iter)
+        if self.histograms and not any(h is solver for h in self._hooked):
+            solver.add_callback(None, lambda: self._write_parameters(solver))
+            self._hooked.append(solver)
 
     def on_display(self, solver, info):
         w = self._open(info['iter'])
-        step = int(info['iter'])
-        w.add_scalar('train_loss/raw', float(info['loss']), step)
-        w.add_scalar('train_loss/smoothed', float(info['smoothed_loss']), step)
-        for name, value in info.get('outputs', {}).items():
-            w.add_scalar('train/' + _tag(name), float(value), step)
-        w.add_scalar('solver/lr', float(info['lr']), step)
+        scalars = [('train_loss/raw', info['loss']), ('train_loss/smoothed', info['smoothed_loss'])]
+        scalars += [('train/' + _tag(name), value) for name, value in info.get('outputs', {}).items()]
+        scalars.append(('solver/lr', info['lr']))
         if info.get('iters_per_s') is not None:
-            w.add_scalar('solver/iters_per_s', float(info['iters_per_s']), step)
-        if self.histograms:
-            self._write_parameters(solver.net, step)
+            scalars.append(('solver/iters_per_s', info['iters_per_s']))
+        self._write(info['iter'], scalars)
         w.flush()
 
     def on_test(self, solver, test_net_id, scores):
         w = self._open(solver.iter)
         group = 'test' if test_net_id == 0 else 'test%d' % test_net_id
-        for name, value in scores.items():
-            w.add_scalar('%s/%s' % (group, _tag(name)), float(value), int(solver.iter))
+        self._write(solver.iter, [('%s/%s' % (group, _tag(name)), value) for name, value in scores.items()])
         w.flush()
 
     def on_snapshot(self, solver, model_path, state_path):
@@ -132,13 +155,18 @@ class TensorBoardListener:
     def on_finish(self, solver):
         self.close()
 
-    def _write_parameters(self, net, step):
-        w = self.writer
-        for lname, blobs in net.params.items():
+    def _write_parameters(self, solver):
+        """At a display iteration, between backward and the update: parameter and gradient norms,
+        parameter histograms."""
+        display = solver.param.display
+        if self.writer is None or not display or solver.iter % display:
+            return
+        scalars, histograms = [], []
+        for lname, blobs in solver.net.params.items():
             for i, blob in enumerate(blobs):
                 data = np.asarray(blob.data, dtype=np.float64).ravel()
                 grad = np.asarray(blob.diff, dtype=np.float64).ravel()
                 tag = '%s/%d' % (_tag(lname), i)
-                w.add_scalar('weight_norm/' + tag, float(np.sqrt(data @ data)), step)
-                w.add_scalar('gradient_norm/' + tag, float(np.sqrt(grad @ grad)), step)
-                w.add_histogram('weights/' + tag, data, step)
+                scalars += [('weight_norm/' + tag, np.sqrt(data @ data)), ('gradient_norm/' + tag, np.sqrt(grad @ grad))]
+                histograms.append(('weights/' + tag, data))
+        self._write(solver.iter, scalars, histograms)
