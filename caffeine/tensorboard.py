@@ -37,18 +37,12 @@ import numpy as np
 
 from .errors import CaffeineError
 
-try:   # the optional extra 'tensorboard'
-    from tensorboard.compat.proto import event_pb2, summary_pb2
-    from tensorboard.summary.writer.event_file_writer import EventFileWriter
-except ImportError:
-    event_pb2 = summary_pb2 = EventFileWriter = None
-
 __all__ = ['TensorBoardListener']
 
 _EVENT_FILE_TIME = re.compile(r'events\.out\.tfevents\.(\d{10})')
 
 
-def _histogram(values, bins=30):
+def _histogram(summary_pb2, values, bins=30):
     """TensorBoard's HistogramProto of ``values``: bucket i counts (limit[i-1], limit[i]]."""
     counts, edges = np.histogram(values, bins=bins)
     return summary_pb2.HistogramProto(min=float(values.min()), max=float(values.max()), num=float(values.size),
@@ -83,8 +77,13 @@ class TensorBoardListener:
     """
 
     def __init__(self, logdir, histograms=False):
-        if EventFileWriter is None:
+        try:   # the optional extra 'tensorboard' (imported here: it takes a while)
+            from tensorboard.compat.proto import event_pb2, summary_pb2
+            from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        except ImportError:
             raise CaffeineError("TensorBoard logging needs the tensorboard package: pip install 'caffeine[tensorboard]'")
+        self._pb = event_pb2, summary_pb2
+        self._writer_class = EventFileWriter
         self.logdir = os.fspath(logdir)
         self.histograms = bool(histograms)
         self.writer = None
@@ -99,16 +98,18 @@ class TensorBoardListener:
         except OSError as e:
             raise CaffeineError('--tensorboard %s: cannot create the folder (%s)' % (self.logdir, e.strerror or e))
         _wait_for_a_later_second(self.logdir)
-        self.writer = EventFileWriter(self.logdir, flush_secs=30)
+        self.writer = self._writer_class(self.logdir, flush_secs=30)
         # TensorBoard drops the points of earlier files at or after a START marker's step
+        event_pb2 = self._pb[0]
         self._write(int(start_iter), session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START))
         self.writer.flush()
         return self.writer
 
     def _write(self, step, scalars=(), histograms=(), **event_fields):
         """One event at ``step``: scalars [(tag, value)], histograms [(tag, values)]."""
+        event_pb2, summary_pb2 = self._pb
         values = [summary_pb2.Summary.Value(tag=tag, simple_value=float(v)) for tag, v in scalars]
-        values += [summary_pb2.Summary.Value(tag=tag, histo=_histogram(v)) for tag, v in histograms]
+        values += [summary_pb2.Summary.Value(tag=tag, histo=_histogram(summary_pb2, v)) for tag, v in histograms]
         if values:
             event_fields['summary'] = summary_pb2.Summary(value=values)
         self.writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), **event_fields))
@@ -117,7 +118,6 @@ class TensorBoardListener:
         if self.writer is not None:
             self.writer.close()       # flushes
             self.writer = None
-        self._hooked = []          # solvers whose gradients this listener reads
 
     def __enter__(self):
         return self
