@@ -20,11 +20,12 @@ Scalars, with the iteration as step:
   gradient, as they are when the gradients are ready and the update has not run: pycaffe's
   ``on_gradients_ready``) and a histogram of each parameter blob, ``weights/<layer>/<i>``.
 
-Each display and each test is on disk before training goes on, so a running TensorBoard shows
-the curves as they grow.  A run resumed from a snapshot writes into the same folder and continues the
-same curves: its file starts with TensorBoard's restart marker (a SessionLog START event) at
-the iteration training starts from, so the points an interrupted run wrote past that iteration are dropped and the
-resumed run's take their place (a fresh run from iteration 0 in an old folder replaces it).
+Each display and each test is on disk before training goes on, so a running TensorBoard
+shows the curves as they grow.  A run resumed from a snapshot writes into the same folder and
+continues the same curves: its file starts with TensorBoard's restart marker (a SessionLog
+START event) at the iteration training starts from, so the points an interrupted run wrote
+from that iteration on are dropped and the resumed run's take their place (a fresh run from
+iteration 0 in an old folder replaces it).
 """
 from __future__ import annotations
 
@@ -81,7 +82,8 @@ class TensorBoardListener:
             from tensorboard.compat.proto import event_pb2, summary_pb2
             from tensorboard.summary.writer.event_file_writer import EventFileWriter
         except ImportError:
-            raise CaffeineError("TensorBoard logging needs the tensorboard package: pip install 'caffeine[tensorboard]'")
+            raise CaffeineError("TensorBoard logging needs the tensorboard package: "
+                                "pip install 'caffeine[tensorboard]'")
         self._pb = event_pb2, summary_pb2
         self._writer_class = EventFileWriter
         self.logdir = os.fspath(logdir)
@@ -96,7 +98,7 @@ class TensorBoardListener:
         try:
             os.makedirs(self.logdir, exist_ok=True)
         except OSError as e:
-            raise CaffeineError('--tensorboard %s: cannot create the folder (%s)' % (self.logdir, e.strerror or e))
+            raise CaffeineError('cannot create the TensorBoard folder %s (%s)' % (self.logdir, e.strerror or e))
         _wait_for_a_later_second(self.logdir)
         self.writer = self._writer_class(self.logdir, flush_secs=30)
         # TensorBoard drops the points of earlier files at or after a START marker's step
@@ -167,6 +169,8 @@ class TensorBoardListener:
                 data = np.asarray(blob.data, dtype=np.float64).ravel()
                 grad = np.asarray(blob.diff, dtype=np.float64).ravel()
                 tag = '%s/%d' % (_tag(lname), i)
-                scalars += [('weight_norm/' + tag, np.sqrt(data @ data)), ('gradient_norm/' + tag, np.sqrt(grad @ grad))]
-                histograms.append(('weights/' + tag, data))
+                scalars += [('weight_norm/' + tag, np.sqrt(data @ data)),
+                            ('gradient_norm/' + tag, np.sqrt(grad @ grad))]
+                if data.size:
+                    histograms.append(('weights/' + tag, data))
         self._write(solver.iter, scalars, histograms)

@@ -68,9 +68,8 @@ def test_a_resumed_run_continues_the_curves_and_replaces_the_points_past_its_sta
 
 
 def test_without_the_tensorboard_package_one_line_error(monkeypatch):
-    import caffeine.tensorboard
     from caffeine.errors import CaffeineError
-    monkeypatch.setattr(caffeine.tensorboard, 'EventFileWriter', None)    # as when the import failed
+    monkeypatch.setitem(sys.modules, 'tensorboard.summary.writer.event_file_writer', None)   # import fails
     with pytest.raises(CaffeineError, match=r"^TensorBoard logging needs the tensorboard package: "
                                             r"pip install 'caffeine\[tensorboard\]'$"):
         TensorBoardListener('unused')
@@ -196,4 +195,5 @@ def test_train_cli_tensorboard_errors(tmp_path):
                         '--tensorboard-histograms'], cwd=tmp_path, capture_output=True, text=True,
                        env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert r.returncode == 1
-    assert r.stderr.strip().splitlines()[-1] == 'caffeine: error: train: --tensorboard-histograms needs --tensorboard DIR'
+    assert r.stderr.strip().splitlines()[-1] == ('caffeine: error: train: --tensorboard-histograms needs '
+                                                 '--tensorboard DIR')
