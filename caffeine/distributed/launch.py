@@ -21,7 +21,7 @@ import signal
 import sys
 import traceback
 
-from .. import parallel
+from .. import runtime
 from ..errors import CaffeineError
 from .comm import MPICommunicator, mpi_world_size
 
@@ -70,9 +70,9 @@ def size_threads(local_ranks):
 
 def rank_setup(size, rank, local_ranks):
     """Process-wide settings of one rank of ``size``."""
-    parallel.set_solver_count(size)
-    parallel.set_solver_rank(rank)
-    parallel.set_multiprocess(True)
+    runtime.set_solver_count(size)
+    runtime.set_solver_rank(rank)
+    runtime.set_multiprocess(True)
     if rank > 0:
         logging.getLogger('caffeine').setLevel(logging.WARNING)   # only the root solver logs at INFO
     return size_threads(local_ranks)
