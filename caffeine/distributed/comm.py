@@ -24,7 +24,7 @@ import numpy as np
 from .. import backend
 from ..errors import CaffeineError
 
-__all__ = ['Communicator', 'MPICommunicator', 'NCCLCommunicator', 'mpi_world_size', 'mpi_module',
+__all__ = ['Communicator', 'SingleProcess', 'MPICommunicator', 'NCCLCommunicator', 'mpi_world_size', 'mpi_module',
            'nccl_unique_id', 'MPI_SIZE_VARIABLES']
 
 # set by mpiexec/mpirun (MPICH's Hydra: PMI_SIZE; Open MPI; PMIx) and by Slurm's srun for a step
@@ -92,6 +92,24 @@ class Communicator:
         return '<%s rank %d of %d>' % (type(self).__name__, self.rank, self.size)
 
 
+class SingleProcess(Communicator):
+    """One rank alone: every collective leaves the buffers as they are."""
+
+    name = 'single process'
+
+    def allreduce(self, buf):
+        return None
+
+    def bcast(self, buf, root=0):
+        return None
+
+    def allreduce_max(self, value):
+        return int(value)
+
+    def allgather_bytes(self, payload):
+        return [bytes(payload)]
+
+
 class MPICommunicator(Communicator):
     """MPI (mpi4py) on host buffers: CPU ranks, on one machine or several."""
 
@@ -130,7 +148,10 @@ class MPICommunicator(Communicator):
         return self.comm.bcast(obj, root=root)
 
     def abort(self, code=1):
-        self.comm.Abort(code)
+        try:
+            self.comm.Abort(code)   # MPICH's may return before the launcher ends the job
+        finally:
+            os._exit(code)
 
 
 def nccl_unique_id():

@@ -17,9 +17,10 @@ import numpy as np
 
 from .. import backend
 from ..errors import CaffeineError
-from .comm import Communicator
+from .. import runtime
+from .comm import Communicator, NCCLCommunicator, SingleProcess, nccl_unique_id
 
-__all__ = ['FlatParams', 'DataParallel', 'AgreedActions']
+__all__ = ['FlatParams', 'DataParallel', 'AgreedActions', 'NCCL', 'has_nccl']
 
 
 class FlatParams:
@@ -92,7 +93,7 @@ class DataParallel:
         # each layer's span of the flat gradient buffer (its blobs are consecutive learnable params)
         self.layer_spans = {}
         lid = 0
-        for i, layer in enumerate(net.layers):
+        for i, layer in enumerate(net.layers if self.layer_wise else ()):
             if layer.blobs:
                 first = self.params.spans[lid][0]
                 lid += len(layer.blobs)
@@ -183,3 +184,43 @@ class AgreedActions:
     def __call__(self):
         a, self.agreed = self.agreed, 'none'
         return a
+
+
+def has_nccl():
+    """Whether NCCL is usable here (CuPy with NCCL and a CUDA device)."""
+    try:
+        backend.nccl()
+    except CaffeineError:
+        return False
+    return True
+
+
+class NCCL(DataParallel):
+    """pycaffe's ``caffe.NCCL(solver, uid)`` for the process-wide solver count and rank.
+
+    In GPU mode the ranks reduce with NCCL, joined by ``uid`` (``NCCL.new_uid()`` of
+    the parent, as BVLC's python/train.py).  In CPU mode they reduce with MPI
+    (the processes of one ``mpiexec``) and ``uid`` is not needed; one solver alone
+    needs neither.
+    """
+
+    def __init__(self, solver, uid=None):
+        count, rank = runtime.solver_count(), runtime.solver_rank()
+        runtime.set_multiprocess(True)
+        if backend.is_gpu():
+            if not uid:
+                raise CaffeineError('NCCL(solver, uid): GPU ranks need the id of NCCL.new_uid() from one process')
+            comm = NCCLCommunicator(uid, count, rank)
+        else:
+            from .launch import mpi_launch
+            comm = mpi_launch() or SingleProcess()
+            if comm.size != count or comm.rank != rank:
+                raise CaffeineError('NCCL on the CPU reduces over MPI: solver count/rank %d/%d, but MPI has '
+                                    'rank %d of %d (start the processes with mpiexec -n %d)'
+                                    % (count, rank, comm.rank, comm.size, count))
+        super().__init__(solver, comm)
+
+    @staticmethod
+    def new_uid():
+        """NCCL's session id (bytes), b'' where there is no NCCL (CPU ranks reduce over MPI)."""
+        return nccl_unique_id() if has_nccl() else b''
