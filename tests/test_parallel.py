@@ -103,7 +103,7 @@ def train(d, ranks=1, args=(), timeout=120):
 def weights(path):
     n = caffe_pb2.NetParameter()
     n.ParseFromString(Path(path).read_bytes())
-    return {(l.name, i): np.array(b.data, dtype=np.float32) for l in n.layer for i, b in enumerate(l.blobs)}
+    return {(layer.name, i): np.array(b.data, dtype=np.float32) for layer in n.layer for i, b in enumerate(layer.blobs)}
 
 
 def ok(res):
