@@ -79,6 +79,10 @@ class Communicator:
     def bcast(self, buf, root=0):
         raise NotImplementedError
 
+    def progress(self, requests):
+        """Let started reductions advance while the caller computes (MPI progresses only inside its calls)."""
+        return None
+
     def allreduce_max(self, value):
         raise NotImplementedError
 
@@ -134,6 +138,9 @@ class MPICommunicator(Communicator):
 
     def iallreduce(self, buf):
         return self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+
+    def progress(self, requests):
+        self.MPI.Request.Testall(requests)
 
     def bcast(self, buf, root=0):
         self.comm.Bcast(buf, root=root)

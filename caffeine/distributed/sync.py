@@ -133,6 +133,8 @@ class DataParallel:
                 for p in self.solver.net.layers[layer_index].blobs:
                     p.xdiff
                 self._pending.append(self.comm.iallreduce(self.params.diff[span[0]:span[1]]))
+            if self._pending:
+                self.comm.progress(self._pending)
         if layer_index == 0:
             self._passes += 1
 
@@ -149,7 +151,7 @@ class DataParallel:
             self.params.sync_gradients()
             if self.params.size:
                 self.comm.allreduce(diff)
-        if self.params.size:
+        if self.params.size and self.comm.size > 1:
             diff *= self.scale
         self.comm_seconds += time.perf_counter() - t0
 
