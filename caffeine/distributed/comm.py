@@ -115,7 +115,8 @@ class SingleProcess(Communicator):
 
 
 class MPICommunicator(Communicator):
-    """MPI (mpi4py) on host buffers: CPU ranks, on one machine or several."""
+    """MPI (mpi4py): CPU ranks, on one machine or several.  Device buffers (GPU ranks
+    that cannot use NCCL, e.g. several ranks on one GPU) go through host copies."""
 
     name = 'MPI'
 
@@ -134,15 +135,28 @@ class MPICommunicator(Communicator):
             node.Free()
 
     def allreduce(self, buf):
+        if backend.is_device_array(buf):     # GPU ranks without NCCL: through host memory
+            host = backend.to_host(buf)
+            self.comm.Allreduce(self.MPI.IN_PLACE, host, op=self.MPI.SUM)
+            backend.copy_into(buf, host)
+            return
         self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
 
     def iallreduce(self, buf):
+        if backend.is_device_array(buf):
+            self.allreduce(buf)
+            return _Done()
         return self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
 
     def progress(self, requests):
-        self.MPI.Request.Testall(requests)
+        self.MPI.Request.Testall([r for r in requests if not isinstance(r, _Done)])
 
     def bcast(self, buf, root=0):
+        if backend.is_device_array(buf):
+            host = backend.to_host(buf)
+            self.comm.Bcast(host, root=root)
+            backend.copy_into(buf, host)
+            return
         self.comm.Bcast(buf, root=root)
 
     def allreduce_max(self, value):
