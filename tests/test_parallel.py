@@ -244,12 +244,12 @@ def test_a_failing_rank_ends_the_job(how, tmp_path):
     cmd = [mpiexec_path(), '-n', '2', sys.executable, '-m', 'caffeine', 'train', '--solver', 'solver.prototxt']
     # bounded: the job must end by itself, long before this limit
     res = subprocess.run(cmd, cwd=str(tmp_path), env=e, capture_output=True, text=True, timeout=60)
-    assert res.returncode != 0
-    assert 'Optimization Done.' not in res.stderr
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out[-2000:]
+    assert 'Optimization Done.' not in out
     if how == 'raise':
-        assert 'caffeine: error: rank 1 of 2: ' in res.stderr and 'bad record in rank 1' in res.stderr
+        assert 'caffeine: error: rank 1 of 2: ' in res.stderr and 'bad record in rank 1' in res.stderr, out[-2000:]
     else:
-        out = res.stdout + res.stderr
         assert 'signal 9' in out or 'KILLED' in out.upper(), out[-2000:]
 
 
