@@ -211,7 +211,7 @@ def test_only_rank_0_writes_and_logs(tmp_path):
 FAIL_LAYER = '''import os, signal, caffeine
 
 class Fail(caffeine.Layer):
-    """Rank 1 fails at its 5th forward: KILL sends itself SIGKILL, else it raises."""
+    """Rank 1 at its 5th forward: sends itself SIGKILL, SIGINT or SIGHUP (param_str), or raises."""
     def setup(self, bottom, top):
         self.n = 0
     def reshape(self, bottom, top):
@@ -222,15 +222,17 @@ class Fail(caffeine.Layer):
         if caffeine.solver_rank() == 1 and self.n == 5:
             if self.param_str == 'kill':
                 os.kill(os.getpid(), signal.SIGKILL)
+            if self.param_str in ('SIGINT', 'SIGHUP'):
+                os.kill(os.getpid(), getattr(signal, self.param_str))
+                return
             raise ValueError('bad record in rank 1')
     def backward(self, top, propagate_down, bottom):
         bottom[0].diff[...] = top[0].diff
 '''
 
 
-@pytest.mark.parametrize('how', ['raise', 'kill'])
-def test_a_failing_rank_ends_the_job(how, tmp_path):
-    need_mpi()
+def job_with_fail_layer(tmp_path, how, max_iter=1000):
+    """The tiny case with the Fail layer above 'ip'; returns the finished mpiexec -n 2 run."""
     (tmp_path / 'faillayer.py').write_text(FAIL_LAYER)
     write_case(tmp_path, 4, extra_layers=(
         'layer { name: "f" type: "Python" bottom: "ip" top: "ipf" python_param { module: "faillayer" '
@@ -238,12 +240,18 @@ def test_a_failing_rank_ends_the_job(how, tmp_path):
     net = (tmp_path / 'net.prototxt').read_text().replace('bottom: "ip" bottom: "label"', 'bottom: "ipf" bottom: "label"')
     (tmp_path / 'net.prototxt').write_text(net)
     solver = (tmp_path / 'solver.prototxt').read_text()
-    (tmp_path / 'solver.prototxt').write_text(solver.replace('max_iter: 30', 'max_iter: 1000'))
+    (tmp_path / 'solver.prototxt').write_text(solver.replace('max_iter: 30', 'max_iter: %d' % max_iter))
     e = env()
     e['PYTHONPATH'] = str(ROOT) + os.pathsep + str(tmp_path)
     cmd = [mpiexec_path(), '-n', '2', sys.executable, '-m', 'caffeine', 'train', '--solver', 'solver.prototxt']
     # bounded: the job must end by itself, long before this limit
-    res = subprocess.run(cmd, cwd=str(tmp_path), env=e, capture_output=True, text=True, timeout=60)
+    return subprocess.run(cmd, cwd=str(tmp_path), env=e, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize('how', ['raise', 'kill'])
+def test_a_failing_rank_ends_the_job(how, tmp_path):
+    need_mpi()
+    res = job_with_fail_layer(tmp_path, how)
     out = res.stdout + res.stderr
     assert res.returncode != 0, out[-2000:]
     assert 'Optimization Done.' not in out
@@ -251,6 +259,22 @@ def test_a_failing_rank_ends_the_job(how, tmp_path):
         assert 'caffeine: error: rank 1 of 2: ' in res.stderr and 'bad record in rank 1' in res.stderr, out[-2000:]
     else:
         assert 'signal 9' in out or 'KILLED' in out.upper(), out[-2000:]
+
+
+def test_a_signal_to_one_rank_acts_on_the_whole_job(tmp_path):
+    """SIGHUP (snapshot) and SIGINT (stop) reach rank 1 alone; every rank acts on them."""
+    need_mpi()
+    hup, stop = tmp_path / 'hup', tmp_path / 'int'
+    hup.mkdir()
+    stop.mkdir()
+    res = ok(job_with_fail_layer(hup, 'SIGHUP', max_iter=8))
+    assert sorted(os.listdir(hup / 'out')) == ['s_iter_%d.%s' % (i, ext) for i in (5, 8)
+                                               for ext in ('caffemodel', 'solverstate', 'solverstate.caffeine.json')]
+    assert 'Optimization Done.' in res.stderr
+    res = ok(job_with_fail_layer(stop, 'SIGINT'))          # max_iter 1000: stops at iteration 5
+    assert 'Optimization stopped early.' in res.stderr
+    assert sorted(os.listdir(stop / 'out')) == ['s_iter_5.%s' % ext for ext in
+                                                ('caffemodel', 'solverstate', 'solverstate.caffeine.json')]
 
 
 # -- in one process: shards, flat buffers, the reduction with a mocked communicator ---------
