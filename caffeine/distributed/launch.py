@@ -19,6 +19,7 @@ import multiprocessing.connection
 import os
 import signal
 import sys
+import time
 import traceback
 
 from .. import runtime
@@ -27,6 +28,7 @@ from .comm import MPICommunicator, mpi_world_size
 
 log = logging.getLogger('caffeine')
 
+ABORT_DELAY = 0.5    # seconds between a failing rank's error line and the abort of the job
 _USER_THREAD_VARIABLES = ('CAFFEINE_BLAS_THREADS', 'OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS')
 
 
@@ -85,6 +87,8 @@ def fail(comm, error, debug=False):
     msg = str(error).splitlines()[0] if str(error) else type(error).__name__
     sys.stderr.write('caffeine: error: rank %d of %d: %s\n' % (comm.rank, comm.size, msg))
     sys.stderr.flush()
+    # the launcher forwards a rank's output through a pipe; an abort handled first would drop the line
+    time.sleep(ABORT_DELAY)
     comm.abort(1)
 
 
