@@ -51,9 +51,9 @@ def worker(name, batch, iters, layer_wise):
     """One rank: train ``iters`` iterations, print rank 0's medians as JSON."""
     import caffeine
     from caffeine import parallel
-    from caffeine.distributed.comm import SingleProcess
-    from caffeine.distributed.launch import mpi_launch, rank_setup
-    from caffeine.distributed.sync import DataParallel
+    from caffeine.parallel.comm import SingleProcess
+    from caffeine.parallel.launch import mpi_launch, rank_setup
+    from caffeine.parallel.sync import DataParallel
     comm = mpi_launch() or SingleProcess()
     rank_setup(comm.size, comm.rank, comm.local_rank_and_size()[1] if comm.size > 1 else 1)
     key = 'resnet50_train' if name == 'resnet50' else name

@@ -3,7 +3,7 @@
 ``solver_count``/``solver_rank``/``set_multiprocess`` are this process's place in
 data-parallel training (set by the launcher, or by a script as BVLC's
 python/train.py does); pycaffe's ``NCCL`` and ``has_nccl`` live with the
-data-parallel code (``caffeine.distributed.sync``).
+data-parallel code (``caffeine.parallel``).
 """
 from __future__ import annotations
 

@@ -18,9 +18,9 @@ import pytest
 
 import caffeine
 from caffeine import backend, runtime
-from caffeine.distributed import comm as dcomm
-from caffeine.distributed import launch
-from caffeine.distributed.sync import AgreedActions, DataParallel, FlatParams
+from caffeine.parallel import comm as dcomm
+from caffeine.parallel import launch
+from caffeine.parallel.sync import AgreedActions, DataParallel, FlatParams
 from caffeine.errors import CaffeineError
 from caffeine.proto import caffe_pb2
 

@@ -66,7 +66,7 @@ def case(out, name, batch, extra=''):
 
 def nccl_alone():
     from caffeine import backend
-    from caffeine.distributed.comm import NCCLCommunicator, nccl_unique_id
+    from caffeine.parallel.comm import NCCLCommunicator, nccl_unique_id
     caffeine.set_mode_gpu()
     c = NCCLCommunicator(nccl_unique_id(), 1, 0)
     buf = backend.to_device(np.arange(5, dtype=np.float32))

@@ -18,9 +18,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .. import backend
 from ..data.db import DBWriter
-from ..distributed.comm import NCCLCommunicator, nccl_unique_id
-from ..distributed.launch import fail, mpi_launch, rank_setup, spawn
-from ..distributed.sync import AgreedActions, DataParallel
+from ..parallel.comm import NCCLCommunicator, nccl_unique_id
+from ..parallel.launch import fail, mpi_launch, rank_setup, spawn
+from ..parallel.sync import AgreedActions, DataParallel
 from ..errors import CaffeineError
 from ..net import TEST, TRAIN, Net
 from ..proto import caffe_pb2

@@ -7,7 +7,7 @@ broadcasts rank 0's weights, and sums the gradients over the ranks and scales
 them by 1/N before the update, either all at once (``on_gradients_ready``) or
 layer by layer as backward produces them (as a ``net.after_backward``
 callback, Caffe's ``layer_wise_reduce``).  It runs on any communicator of
-``caffeine.distributed.comm``: NCCL on GPUs, MPI on CPUs.
+``caffeine.parallel.comm``: NCCL on GPUs, MPI on CPUs.
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ class FlatParams:
 class DataParallel:
     """pycaffe's ``caffe.NCCL(solver, uid)``: one solver's share of data-parallel training.
 
-    ``comm`` is a Communicator (``caffeine.distributed.comm``).  Use it as BVLC's
+    ``comm`` is a Communicator (``caffeine.parallel.comm``).  Use it as BVLC's
     ``python/train.py`` does::
 
         nccl = caffe.NCCL(solver, uid)   # after set_solver_count/rank and the mode
