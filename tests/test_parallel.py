@@ -641,3 +641,38 @@ def test_two_ranks_across_a_network(tmp_path):
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 2e-5
     grad_bytes = sum(v.size for v in a.values()) * 4
     assert received > 30 * grad_bytes      # 30 reductions of the whole gradient came over the veth pair
+
+
+TRAIN_PY = '''import caffeine as caffe
+from mpi4py import MPI
+
+# BVLC python/train.py's solve(), on CPU ranks of one mpiexec (no uid needed: MPI reduces)
+rank, count = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
+caffe.set_solver_count(count)
+caffe.set_solver_rank(rank)
+caffe.set_multiprocess(True)
+solver = caffe.SGDSolver('solver.prototxt')
+nccl = caffe.NCCL(solver, caffe.NCCL.new_uid())
+nccl.bcast()
+solver.add_callback(nccl)
+if solver.param.layer_wise_reduce:
+    solver.net.after_backward(nccl)
+solver.step(solver.param.max_iter)
+if rank == 0:
+    solver.net.save('out/pycaffe.caffemodel')
+'''
+
+
+def test_pycaffe_train_py_flow_on_two_mpi_ranks(tmp_path):
+    need_mpi()
+    one, two = tmp_path / 'one', tmp_path / 'two'
+    one.mkdir()
+    two.mkdir()
+    write_case(one, 8, 'momentum: 0.9')
+    write_case(two, 4, 'momentum: 0.9')
+    (two / 'train_flow.py').write_text(TRAIN_PY)
+    ok(train(one))
+    ok(subprocess.run([mpiexec_path(), '-n', '2', sys.executable, 'train_flow.py'], cwd=str(two), env=env(),
+                      capture_output=True, text=True, timeout=120))
+    a, b = weights(one / 'out/s_iter_30.caffemodel'), weights(two / 'out/pycaffe.caffemodel')
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 2e-5
