@@ -12,6 +12,7 @@ callback, Caffe's ``layer_wise_reduce``).  It runs on any communicator of
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from .. import backend
 from ..errors import CaffeineError
 from .. import runtime
 from .comm import Communicator, NCCLCommunicator, SingleProcess, nccl_unique_id
+from .launch import mpi_launch
 
 __all__ = ['FlatParams', 'DataParallel', 'AgreedActions', 'NCCL', 'has_nccl']
 
@@ -140,7 +142,6 @@ class DataParallel:
 
     def on_gradients_ready(self):
         """Finish the reduction: every rank now holds the mean of the ranks' gradients."""
-        import time
         t0 = time.perf_counter()
         diff = self.params.diff
         if self.layer_wise and self._passes:
@@ -214,7 +215,6 @@ class NCCL(DataParallel):
                 raise CaffeineError('NCCL(solver, uid): GPU ranks need the id of NCCL.new_uid() from one process')
             comm = NCCLCommunicator(uid, count, rank)
         else:
-            from .launch import mpi_launch
             comm = mpi_launch() or SingleProcess()
             if comm.size != count or comm.rank != rank:
                 raise CaffeineError('NCCL on the CPU reduces over MPI: solver count/rank %d/%d, but MPI has '
