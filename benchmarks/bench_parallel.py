@@ -50,7 +50,7 @@ models.NETS['resnet50_train'] = dict(kind='train', prototxt='models/resnet50/tra
 def worker(name, batch, iters, layer_wise):
     """One rank: train ``iters`` iterations, print rank 0's medians as JSON."""
     import caffeine
-    from caffeine import parallel
+    from caffeine import runtime
     from caffeine.parallel.comm import SingleProcess
     from caffeine.parallel.launch import mpi_launch, rank_setup
     from caffeine.parallel.sync import DataParallel
@@ -61,7 +61,7 @@ def worker(name, batch, iters, layer_wise):
     sp = models.solver_param(param)
     sp.layer_wise_reduce = layer_wise
     solver = caffeine.SGDSolver(sp)
-    models.set_inputs(solver.net, models.make_inputs(key, param, seed=parallel.solver_rank()))
+    models.set_inputs(solver.net, models.make_inputs(key, param, seed=runtime.solver_rank()))
     dp = DataParallel(solver, comm)
     dp.bcast()
     solver.add_callback(dp)
