@@ -46,7 +46,8 @@ def mpi_launch():
 
 def threads_per_rank(local_ranks, cpus=None):
     """Cores for one rank's BLAS when ``local_ranks`` ranks share this machine."""
-    cpus = cpus or os.cpu_count() or 1
+    if cpus is None:   # the cores this process may run on (a container's or a batch system's share)
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
     return max(1, cpus // max(1, local_ranks))
 
 
