@@ -192,17 +192,19 @@ def test_two_rank_resume_equals_uninterrupted_run(tmp_path):
 
 def test_only_rank_0_writes_and_logs(tmp_path):
     need_mpi()
+    pytest.importorskip('tensorboard', reason='the tensorboard extra is not installed')
     write_case(tmp_path, 4, 'snapshot: 15\ntest_iter: 2\ntest_interval: 15')
     lines = (tmp_path / 'net.prototxt').read_text().split('\n')
     data = lines[1]
     lines[1:2] = [data.replace('top: "label" ', 'top: "label" include { phase: TRAIN } '),
                   data.replace('"d"', '"dt"').replace('top: "label" ', 'top: "label" include { phase: TEST } ')]
     (tmp_path / 'net.prototxt').write_text('\n'.join(lines))
-    res = ok(train(tmp_path, ranks=2))
+    res = ok(train(tmp_path, ranks=2, args=['--tensorboard', 'tb']))
+    assert len(os.listdir(tmp_path / 'tb')) == 1 and 'tfevents' in os.listdir(tmp_path / 'tb')[0]
     assert sorted(os.listdir(tmp_path / 'out')) == sorted(
         's_iter_%d.%s' % (i, ext) for i in (15, 30)
         for ext in ('caffemodel', 'solverstate', 'solverstate.caffeine.json'))
-    assert sorted(os.listdir(tmp_path)) == ['d.h5', 'list.txt', 'net.prototxt', 'out', 'solver.prototxt']
+    assert sorted(os.listdir(tmp_path)) == ['d.h5', 'list.txt', 'net.prototxt', 'out', 'solver.prototxt', 'tb']
     assert res.stderr.count('Optimization Done.') == 1
     assert res.stderr.count('Testing net (#0)') == 3     # iterations 0, 15, 30, on rank 0 alone
     assert 'Data-parallel training on 2 ranks (MPI)' in res.stderr
