@@ -7,7 +7,9 @@
   found no ``caffe``: a real pycaffe on the path is never shadowed;
 - one at the front for ``caffe.X``, which answers only while ``sys.modules['caffe']``
   IS caffeine (the alias won), so that ``caffe.proto`` is not found a second time
-  as a new module inside caffeine's folder.
+  as a new module inside caffeine's folder; it also answers ``caffe`` when all the
+  path finder has is a folder named caffe without ``__init__.py`` (a namespace
+  package, never a pycaffe).
 
 Each alias is the very module object of caffeine's (``caffe.proto.caffe_pb2 is
 caffeine.proto.caffe_pb2``): protobuf descriptors are registered once, and a
@@ -68,18 +70,29 @@ class _AliasLoader(importlib.abc.Loader):
         pass    # already executed, under its own name
 
 
+def _namespace_only(name):
+    """Whether the path finder would make ``name`` a namespace package (folders without __init__.py)."""
+    spec = importlib.machinery.PathFinder.find_spec(name)
+    return spec is not None and spec.loader is None and spec.submodule_search_locations is not None
+
+
 class _AliasFinder(importlib.abc.MetaPathFinder):
     def __init__(self, top):
         self.top = top      # True: the name 'caffe' (last finder); False: 'caffe.X' (first finder)
         setattr(self, _MARK, True)
 
     def find_spec(self, fullname, path=None, target=None):
-        if (fullname == ALIAS) != self.top:
+        if fullname == ALIAS and not self.top:
+            # a folder named caffe with no __init__.py (a checkout, an unbuilt tree) would become a
+            # namespace package ahead of the last finder: it is no pycaffe, so the alias answers
+            if not _namespace_only(fullname):
+                return None
+        elif (fullname == ALIAS) != self.top:
             return None
         name = _target_name(fullname)
         if name is None:
             return None
-        if not self.top:
+        if fullname != ALIAS:
             top = sys.modules.get(TARGET)
             if top is None or sys.modules.get(ALIAS) is not top:
                 return None     # 'caffe' is a real pycaffe (or not imported): not ours

@@ -101,6 +101,19 @@ def test_a_real_caffe_on_the_path_is_never_shadowed(tmp_path, where):
     assert out.splitlines() == [str(real / 'caffe' / '__init__.py'), 'no caffe.draw']
 
 
+def test_a_folder_named_caffe_without_init_is_no_pycaffe(tmp_path):
+    (tmp_path / 'tree' / 'caffe' / 'imagenet').mkdir(parents=True)     # e.g. an unbuilt tree, __init__.py gone
+    out = _python("""
+        import sys
+        import caffeine.alias
+        caffeine.alias.enable()
+        sys.path.insert(0, %r)
+        import caffe, caffeine
+        print(caffe is caffeine)
+    """ % str(tmp_path / 'tree'), tmp_path)
+    assert out.split() == ['True']
+
+
 def test_alias_install_writes_a_pth_that_imports_nothing_until_import_caffe(tmp_path):
     site_dir = tmp_path / 'site'
     r = _cli(['alias', 'install', '--target', str(site_dir)], tmp_path)
