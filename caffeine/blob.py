@@ -104,7 +104,7 @@ class Blob:
 
     # -- shape ---------------------------------------------------------
     def reshape(self, *shape):
-        """Set the shape; keeps the buffers when their capacity suffices."""
+        """Set the shape; keeps the buffers when their capacity suffices.  Returns None, as pycaffe's."""
         if len(shape) == 1 and not isinstance(shape[0], (int, numpy.integer)):
             shape = tuple(shape[0])
         shape = tuple(int(s) for s in shape)
@@ -122,7 +122,6 @@ class Blob:
             self._data = SyncedMemory(count, self.dtype)
             self._diff = SyncedMemory(count, self.dtype)
         self._views = {}
-        return self
 
     @property
     def shape(self):

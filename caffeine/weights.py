@@ -161,10 +161,74 @@ def net_to_proto(net, write_diff=False):
     return param
 
 
+# protobuf wire format: a tag is (field number << 3 | wire type); 2 is length-delimited
+def _varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _field(number, pieces):
+    """One length-delimited field (a submessage, or a packed repeated scalar) as a list of pieces:
+    its tag and length, then ``pieces`` (bytes or buffers) themselves, never copied."""
+    size = sum(memoryview(p).nbytes for p in pieces)
+    return [_varint(number << 3 | 2) + _varint(size)] + pieces
+
+
+_LAYER_FIELD = caffe_pb2.NetParameter.DESCRIPTOR.fields_by_name['layer'].number
+_BLOBS_FIELD = caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name['blobs'].number
+_SHAPE_FIELD = caffe_pb2.BlobProto.DESCRIPTOR.fields_by_name['shape'].number
+_DATA_FIELD = caffe_pb2.BlobProto.DESCRIPTOR.fields_by_name['data'].number
+_DIFF_FIELD = caffe_pb2.BlobProto.DESCRIPTOR.fields_by_name['diff'].number
+
+
+def _blob_pieces(blob, write_diff):
+    """A serialized BlobProto: data (and diff) as packed little-endian float32, then the shape."""
+    shape = caffe_pb2.BlobShape()
+    shape.dim.extend(blob.shape)
+    pieces = []
+    for number, arr in [(_DATA_FIELD, blob.host_data())] + ([(_DIFF_FIELD, blob.host_diff())] if write_diff else []):
+        if arr.size:    # protobuf writes no empty packed field
+            values = np.ascontiguousarray(arr, dtype='<f4').reshape(-1)
+            pieces += _field(number, [memoryview(values).cast('B')])
+    pieces += _field(_SHAPE_FIELD, [shape.SerializeToString()])
+    return pieces
+
+
+def _layer_pieces(lp, blobs, write_diff):
+    """A serialized LayerParameter with ``blobs``, its fields in field-number order as protobuf writes them."""
+    head, tail = caffe_pb2.LayerParameter(), caffe_pb2.LayerParameter()
+    head.CopyFrom(lp)
+    tail.CopyFrom(lp)
+    for fd, _ in lp.ListFields():
+        (head if fd.number >= _BLOBS_FIELD else tail).ClearField(fd.name)
+    pieces = [head.SerializeToString()]
+    for b in blobs:
+        pieces += _field(_BLOBS_FIELD, _blob_pieces(b, write_diff))
+    return pieces + [tail.SerializeToString()]
+
+
+def caffemodel_pieces(net, write_diff=False):
+    """The bytes of ``net_to_proto(net, write_diff).SerializeToString()``, as a list of pieces to
+    write in turn: the parameters go out as the packed float32 buffers they already are, without
+    protobuf's repeated-float fields (a Python float per value) or a copy of the whole file."""
+    pieces = [caffe_pb2.NetParameter(name=net.name).SerializeToString()]
+    for lp, layer in zip(net.param.layer, net.layers):
+        pieces += _field(_LAYER_FIELD, _layer_pieces(lp, layer.blobs, write_diff))
+    return pieces
+
+
 def save_caffemodel(net, filename, write_diff=False):
-    data = net_to_proto(net, write_diff).SerializeToString()
+    pieces = caffemodel_pieces(net, write_diff)
     with atomic_write(filename, 'wb') as f:
-        f.write(data)
+        for p in pieces:
+            f.write(p)
 
 
 def save_hdf5(net, filename, write_diff=False):

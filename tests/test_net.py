@@ -24,7 +24,7 @@ layer { name: "not_deploy" type: "ReLU" bottom: "x" top: "d" include { not_stage
 
 
 def names(net):
-    return [n for n, l in zip(net.layer_names, net.layers) if l.type != 'Split']
+    return [n for n, lyr in zip(net.layer_names, net.layers) if lyr.type != 'Split']
 
 
 def test_include_exclude_rules_by_phase():
@@ -150,10 +150,10 @@ def test_split_layers_are_inserted_with_caffes_names():
     layer { name: "sum" type: "Eltwise" bottom: "ya" bottom: "yb" bottom: "x" top: "s" }
     """
     p = insert_splits(parse_text(text, caffe_pb2.NetParameter()))
-    sp = [l for l in p.layer if l.type == 'Split']
+    sp = [lp for lp in p.layer if lp.type == 'Split']
     assert len(sp) == 1 and sp[0].name == 'x_in_0_split'
     assert list(sp[0].top) == ['x_in_0_split_0', 'x_in_0_split_1', 'x_in_0_split_2']
-    assert [l.bottom[0] for l in p.layer if l.name in ('a', 'b')] == ['x_in_0_split_0', 'x_in_0_split_1']
+    assert [lp.bottom[0] for lp in p.layer if lp.name in ('a', 'b')] == ['x_in_0_split_0', 'x_in_0_split_1']
     net = Net(text, caffeine.TRAIN)
     assert 'x_in_0_split' in net.layer_names
 
@@ -256,6 +256,30 @@ def test_caffemodel_and_hdf5_round_trip(tmp_path):
         np.testing.assert_array_equal(h['data/ip1/0'][...], net.params['ip1'][0].data)
 
 
+def test_save_writes_the_bytes_protobuf_would_and_round_trips_bit_exactly(tmp_path):
+    net = Net(MLP, caffeine.TEST)
+    specials = np.array([0.0, -0.0, np.inf, -np.inf, 1e-45, -3.4028235e38, np.nan,
+                         np.float32(np.pi)], np.float32)
+    for j, p in enumerate(net.learnable_params):
+        vals = np.random.RandomState(j).randn(p.count).astype(np.float32)
+        vals[:min(p.count, len(specials))] = specials[:p.count]
+        p.data[...] = vals.reshape(p.shape)
+        p.diff[...] = -vals.reshape(p.shape)
+    for write_diff in (False, True):
+        path = tmp_path / ('w%d.caffemodel' % write_diff)
+        net.save(str(path), write_diff)
+        # the same bytes as serializing Net::ToProto's message (fields in protobuf's order)
+        assert path.read_bytes() == net.to_proto(write_diff).SerializeToString()
+        back = caffe_pb2.NetParameter.FromString(path.read_bytes())
+        assert [lp.name for lp in back.layer] == list(net.layer_names)
+        ip1 = back.layer[list(net.layer_names).index('ip1')]
+        assert [p.lr_mult for p in ip1.param] == [1, 2] and ip1.inner_product_param.num_output == 6
+        assert list(ip1.blobs[0].shape.dim) == [6, 5] and len(ip1.blobs[1].diff) == (6 if write_diff else 0)
+        other = Net(MLP, str(path), caffeine.TEST)
+        for a, b in zip(net.learnable_params, other.learnable_params):
+            assert a.data.tobytes() == b.data.tobytes()     # bit for bit, NaN and -0.0 included
+
+
 def test_copy_from_reports_copied_and_ignored_and_checks_shapes(tmp_path):
     net = Net(MLP, caffeine.TRAIN)
     net.save(str(tmp_path / 'w.caffemodel'))
@@ -270,8 +294,8 @@ def test_copy_from_reports_copied_and_ignored_and_checks_shapes(tmp_path):
 def test_legacy_4d_blob_shapes_load_into_2d_params(tmp_path):
     net = Net(MLP, caffeine.TRAIN)
     p = net.to_proto()
-    for l in p.layer:
-        for b in l.blobs:
+    for lp in p.layer:
+        for b in lp.blobs:
             shape = list(b.shape.dim)
             b.ClearField('shape')
             s4 = [1] * (4 - len(shape)) + shape

@@ -1,22 +1,23 @@
 """The ``caffeine`` command line: a thin click shell over the library.
 
 Each subcommand lives in its own module of this package and is registered
-below.  Errors print one line, ``caffeine: error: ...``, and exit with status
-1; ``--debug`` (or CAFFEINE_DEBUG=1) shows the traceback instead.
+below.  The log goes to standard error in glog's format (Caffe's, so that its
+log parsers read it).  Errors print one line, ``caffeine: error: ...``, and exit
+with status 1; ``--debug`` (or CAFFEINE_DEBUG=1) shows the traceback instead.
 """
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import sys
 
 import click
 
 from ..errors import CaffeineError
+from ..glog import log_to_stderr
 
 # module name -> attribute holding a click command (or a list of them)
-_COMMAND_MODULES = ('upgrade', 'train', 'data', 'zoo', 'summary', 'draw', 'device')
+_COMMAND_MODULES = ('upgrade', 'train', 'data', 'zoo', 'summary', 'draw', 'device', 'alias')
 
 
 @click.group(context_settings={'help_option_names': ['-h', '--help']})
@@ -30,7 +31,7 @@ def main(debug, no_python_layers):
         os.environ['CAFFEINE_DEBUG'] = '1'
     if no_python_layers:
         os.environ['CAFFEINE_NO_PYTHON_LAYERS'] = '1'
-    logging.basicConfig(level=logging.INFO, format='%(message)s', stream=sys.stderr)
+    log_to_stderr()
 
 
 for _m in _COMMAND_MODULES:
