@@ -1,0 +1,196 @@
+"""The fork corpus (../shared/caffe-reference/fork-prototxt) against OpenCV dnn 4.x.
+
+For each net: caffeine builds it, seeded random weights fill it and are saved
+as a caffemodel, OpenCV dnn (fusion and Winograd off) reads the same prototxt
+and weights, and every blob both compute must agree within 1e-4 of its largest
+magnitude.  Where OpenCV cannot read a net as it is, the note at its test says
+what OpenCV is given instead.  Skipped when OpenCV (cv2, < 5: 5 dropped
+readNetFromCaffe) or ../shared is absent.
+"""
+
+import numpy as np
+import pytest
+
+import caffeine
+from caffeine import prototxt
+from caffeine.proto import caffe_pb2
+from caffeine.testing import shared_dir
+
+cv2 = pytest.importorskip('cv2', reason='OpenCV (opencv-python-headless<5) is the reference')
+if not hasattr(cv2, 'dnn') or not hasattr(cv2.dnn, 'readNetFromCaffe'):
+    pytest.skip('this OpenCV has no dnn.readNetFromCaffe (OpenCV 5 dropped it)', allow_module_level=True)
+
+SHARED = shared_dir()
+CORPUS = SHARED / 'caffe-reference' / 'fork-prototxt' if SHARED else None
+pytestmark = pytest.mark.skipif(CORPUS is None or not CORPUS.is_dir(),
+                                reason='../shared/caffe-reference/fork-prototxt absent')
+
+
+# -- the comparison helper ------------------------------------------------------------
+def random_weights(net, seed=0, small=()):
+    """Seeded weights that keep activations in range: He-like weights, small
+    biases, plausible normalization statistics; the layers named in ``small``
+    get weights 10x smaller (box deltas, so that exp(delta) stays finite)."""
+    rng = np.random.default_rng(seed)
+    for name, layer in zip(net.layer_names, net.layers):
+        blobs = layer.blobs
+        t = layer.type
+        if t in ('BatchNorm',):
+            c = blobs[0].count
+            blobs[0].data[...] = rng.standard_normal(c) * 0.1
+            blobs[1].data[...] = rng.uniform(0.5, 1.5, c)
+            blobs[2].data[...] = 1
+            continue
+        if t == 'BN':
+            c = blobs[0].count
+            shapes = [b.data.shape for b in blobs]
+            blobs[0].data[...] = rng.uniform(0.5, 1.5, c).reshape(shapes[0])
+            blobs[1].data[...] = (rng.standard_normal(c) * 0.1).reshape(shapes[1])
+            blobs[2].data[...] = (rng.standard_normal(c) * 0.1).reshape(shapes[2])
+            blobs[3].data[...] = rng.uniform(0.5, 1.5, c).reshape(shapes[3])
+            continue
+        if t == 'Scale':
+            blobs[0].data[...] = rng.uniform(0.5, 1.5, blobs[0].data.shape)
+            if len(blobs) > 1:
+                blobs[1].data[...] = rng.standard_normal(blobs[1].data.shape, np.float32) * 0.1
+            continue
+        for i, b in enumerate(blobs):
+            if i == 0 and b.data.ndim >= 2:
+                fan_in = b.count // b.data.shape[0]
+                rng.standard_normal(b.data.shape, np.float32, out=b.data)
+                b.data *= np.float32(np.sqrt(2.0 / fan_in) * (0.1 if name in small else 1))
+            else:
+                b.data[...] = rng.standard_normal(b.data.shape, np.float32) * 0.1
+
+
+def blob_producers(param):
+    """OpenCV's name for the layer that last writes each blob (OpenCV renames a
+    repeated layer name x to x_1, x_2, ...), for the layers' first tops."""
+    seen, out = {}, {}
+    for lp in param.layer:
+        n = seen.get(lp.name, 0)
+        seen[lp.name] = n + 1
+        cv_name = lp.name if n == 0 else '%s_%d' % (lp.name, n)
+        if lp.top:
+            out[lp.top[0]] = cv_name
+    return out
+
+
+def compare_with_opencv(net, cv_text, cv_model, inputs, cv_param=None, rtol=1e-4, skip=(), padded=()):
+    """Forward ``net`` (caffeine) and OpenCV's net from ``cv_text`` / ``cv_model``
+    on ``inputs`` {name: array}; assert every blob of OpenCV's producers map
+    within ``rtol`` of its largest magnitude.  Blobs named in ``padded`` may have
+    more rows (first axis) in OpenCV: their leading rows are compared (OpenCV's
+    Proposal pads its regions to post_nms_topn).  Returns the compared names."""
+    for name, a in inputs.items():
+        net.blobs[name].reshape(*a.shape)
+    net.reshape()
+    out = net.forward(**{k: v for k, v in inputs.items()})
+    del out
+    cv = cv2.dnn.readNetFromCaffe(bytearray(cv_text.encode()), bytearray(cv_model))
+    cv.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    cv.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+    cv.enableFusion(False)
+    if hasattr(cv, 'enableWinograd'):
+        cv.enableWinograd(False)
+    for name, a in inputs.items():
+        cv.setInput(np.ascontiguousarray(a, np.float32), name)
+    producers = blob_producers(cv_param if cv_param is not None else prototxt.read_net_param(cv_text))
+    names = [b for b in net.blobs if b in producers and b not in inputs and b not in skip]
+    outs = cv.forward([producers[b] for b in names])
+    failures = []
+    for b, got in zip(names, outs):
+        mine = net.blobs[b].data
+        got = np.asarray(got)
+        if b in padded and got.ndim == mine.ndim and got.shape[0] > mine.shape[0]:
+            got = got[:mine.shape[0]]
+        if got.size != mine.size:
+            failures.append('%s: shape %s vs OpenCV %s' % (b, mine.shape, got.shape))
+            continue
+        got = got.reshape(mine.shape)
+        scale = max(float(np.abs(got).max()), 1e-30)
+        err = float(np.abs(mine.astype(np.float64) - got).max())
+        if err > rtol * scale and err > 1e-6:
+            failures.append('%s: max error %.3g vs max |OpenCV| %.3g' % (b, err, scale))
+    assert not failures, '%d of %d blobs differ: %s' % (len(failures), len(names), '; '.join(failures[:8]))
+    return names
+
+
+def build(param_or_path, seed=0, small=()):
+    caffeine.set_random_seed(seed)
+    net = caffeine.Net(param_or_path, caffeine.TEST)
+    random_weights(net, seed, small)
+    return net
+
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number, payload):
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def weights_bytes(net):
+    """The net's caffemodel (name, type and blobs of each layer), serialized with
+    NumPy (protobuf's Python path takes a minute for ZF's 60M weights)."""
+    out = []
+    for name, layer in zip(net.layer_names, net.layers):
+        lp = caffe_pb2.LayerParameter(name=name, type=layer.type)
+        body = lp.SerializeToString()
+        for b in layer.blobs:
+            shape = caffe_pb2.BlobShape(dim=list(b.data.shape)).SerializeToString()
+            data = np.ascontiguousarray(b.data, '<f4').tobytes()
+            body += _field(7, _field(7, shape) + _field(5, data))
+        out.append(_field(100, body))
+    return b''.join(out)
+
+
+def image(shape, seed=1):
+    return (np.random.RandomState(seed).rand(*shape) * 255 - 128).astype(np.float32)
+
+
+def corpus_text(name):
+    return (CORPUS / name).read_text()
+
+
+# -- Faster R-CNN -----------------------------------------------------------------------
+def test_faster_rcnn_zf_matches_opencv_and_py_faster_rcnn_prototxt_runs():
+    """frcnn_zf_opencv (type 'Proposal') against OpenCV, then py-faster-rcnn's own
+    test.prototxt (the Python rpn.proposal_layer, run by the built-in stand-in)
+    against it.  OpenCV's Proposal ignores min_size (and pads its output to
+    post_nms_topn rows): both sides get min_size 0 for the comparison; the
+    min_size filter is checked against py-faster-rcnn in test_layers_forks.py.
+    fc6 and fc7 are narrowed from 4096 to 512 outputs to keep the test short."""
+    def text_of(name):
+        return corpus_text(name).replace('num_output: 4096', 'num_output: 512')
+    text = text_of('frcnn_zf_opencv.prototxt').replace('proposal_param {', 'proposal_param { min_size: 0')
+    net = build(prototxt.read_net_param(text), small=('rpn_bbox_pred', 'bbox_pred'))
+    weights = weights_bytes(net)
+    inputs = {'data': image((1, 3, 224, 224)) / 128, 'im_info': np.array([[224, 224, 1]], np.float32)}
+    per_roi = ('rois', 'roi_pool_conv5', 'fc6', 'fc7', 'cls_score', 'bbox_pred', 'cls_prob')
+    names = compare_with_opencv(net, text, weights, inputs, padded=per_roi)
+    assert set(per_roi) <= set(names)
+    assert 100 < net.blobs['rois'].shape[0] <= 300
+
+    # py-faster-rcnn's prototxt: same weights, the TEST configuration (min_size 16)
+    py = caffeine.Net(prototxt.read_net_param(text_of('pyfrcnn_zf_test.prototxt')), caffeine.TEST)
+    assert py.layers[py.layer_names.index('proposal')].type == 'Proposal'
+    ref = caffeine.Net(prototxt.read_net_param(text_of('frcnn_zf_opencv.prototxt')), caffeine.TEST)
+    param = caffe_pb2.NetParameter.FromString(weights)
+    for n in (py, ref):
+        n.copy_from_param(param)
+        n.forward(**inputs)
+    rois = py.blobs['rois'].data
+    assert 0 < rois.shape[0] < 300
+    widths = rois[:, 3] - rois[:, 1] + 1
+    heights = rois[:, 4] - rois[:, 2] + 1
+    assert (widths >= 16).all() and (heights >= 16).all()
+    for b in ('rois', 'fc7', 'cls_prob', 'bbox_pred'):
+        np.testing.assert_array_equal(py.blobs[b].data, ref.blobs[b].data)
