@@ -13,6 +13,7 @@ import pytest
 
 import caffeine
 from caffeine import prototxt
+from caffeine.errors import LayerError
 from caffeine.proto import caffe_pb2
 from caffeine.testing import shared_dir
 
@@ -96,6 +97,9 @@ def compare_with_opencv(net, cv_text, cv_model, inputs, cv_param=None, rtol=1e-4
     for name, a in inputs.items():
         cv.setInput(np.ascontiguousarray(a, np.float32), name)
     producers = blob_producers(cv_param if cv_param is not None else prototxt.read_net_param(cv_text))
+    cv_layers = set(cv.getLayerNames())
+    # OpenCV names a layer after its top in places (HED's 'score-dsn1' -> 'score-dsn1-up')
+    producers = {b: (n if n in cv_layers else b) for b, n in producers.items() if n in cv_layers or b in cv_layers}
     names = [b for b in net.blobs if b in producers and b not in inputs and b not in skip]
     outs = cv.forward([producers[b] for b in names])
     failures = []
@@ -194,3 +198,51 @@ def test_faster_rcnn_zf_matches_opencv_and_py_faster_rcnn_prototxt_runs():
     assert (widths >= 16).all() and (heights >= 16).all()
     for b in ('rois', 'fc7', 'cls_prob', 'bbox_pred'):
         np.testing.assert_array_equal(py.blobs[b].data, ref.blobs[b].data)
+
+
+# -- ShuffleNet ---------------------------------------------------------------------------
+def test_shufflenet_matches_opencv():
+    """ShuffleChannel and ConvolutionDepthwise (OpenCV reads the latter as a grouped
+    Convolution, its group from the weights' shape)."""
+    net = build(str(CORPUS / 'shufflenet_1x_g3_deploy.prototxt'))
+    names = compare_with_opencv(net, corpus_text('shufflenet_1x_g3_deploy.prototxt'), weights_bytes(net),
+                                {'data': image((1, 3, 224, 224)) / 128})
+    assert {'shuffle2', 'resx2_conv2', 'fc1000'} <= set(names)
+
+
+# -- OpenPose -------------------------------------------------------------------------------
+def test_openpose_builds_on_its_placeholder_and_matches_opencv_at_its_real_size():
+    """The 1x3x1x1 placeholder input builds (as in BVLC Caffe: pooling a 1x1 input
+    gives 1x1), the user reshapes 'image' before the first forward, and the
+    reshaped net matches OpenCV's."""
+    path = str(CORPUS / 'openpose_pose_coco_pose_deploy_linevec.prototxt')
+    net = build(path)
+    assert net.blobs['image'].shape == (1, 3, 1, 1) and net.blobs['net_output'].shape == (1, 57, 1, 1)
+    net.blobs['image'].reshape(1, 3, 64, 80)
+    net.reshape()
+    assert net.blobs['net_output'].shape == (1, 57, 8, 10)
+    names = compare_with_opencv(net, corpus_text('openpose_pose_coco_pose_deploy_linevec.prototxt'),
+                                weights_bytes(net), {'image': image((1, 3, 64, 80)) / 256})
+    assert {'pool3_stage1', 'Mconv7_stage6_L1', 'net_output'} <= set(names)
+
+
+def test_nets_wrong_at_their_real_size_still_fail_clearly():
+    text = ('input: "x" input_shape { dim: 1 dim: 1 dim: 5 dim: 6 }\n'
+            'layer { name: "p" type: "Pooling" bottom: "x" top: "p" pooling_param { pool: MAX kernel_size: 9 } }')
+    with pytest.raises(LayerError, match=r"'p' \(Pooling\): kernel 9x9 larger than padded input 5x6"):
+        caffeine.Net(text, caffeine.TEST)
+
+
+# -- HED ------------------------------------------------------------------------------------
+def test_hed_crops_where_the_fork_does_and_matches_opencv():
+    """HED's Crop layers have no crop_param: the fork computed their offsets from the
+    coordinate maps (34, 35, 36, 38, 42 for the five side outputs).  OpenCV's own
+    Crop would crop at 0 (its HED sample registers a centre crop instead), so
+    OpenCV is given the prototxt as caffeine upgrades it, offsets written out."""
+    param = prototxt.read_net_param(str(CORPUS / 'hed_deploy.prototxt'))
+    offsets = [(lp.crop_param.axis, list(lp.crop_param.offset)) for lp in param.layer if lp.type == 'Crop']
+    assert offsets == [(2, [34]), (2, [35]), (2, [36]), (2, [38]), (2, [42])]
+    net = build(param)
+    names = compare_with_opencv(net, prototxt.to_text(param), weights_bytes(net),
+                                {'data': image((1, 3, 96, 96)) / 128}, cv_param=param)
+    assert {'upscore-dsn1', 'upscore-dsn5', 'sigmoid-fuse'} <= set(names)
