@@ -8,6 +8,9 @@ what OpenCV is given instead.  Skipped when OpenCV (cv2, < 5: 5 dropped
 readNetFromCaffe) or ../shared is absent.
 """
 
+import os
+import tempfile
+
 import numpy as np
 import pytest
 
@@ -88,7 +91,12 @@ def compare_with_opencv(net, cv_text, cv_model, inputs, cv_param=None, rtol=1e-4
     net.reshape()
     out = net.forward(**{k: v for k, v in inputs.items()})
     del out
-    cv = cv2.dnn.readNetFromCaffe(bytearray(cv_text.encode()), bytearray(cv_model))
+    with tempfile.TemporaryDirectory() as tmp:     # (from files: 10x faster than from buffers)
+        paths = [os.path.join(tmp, 'net.prototxt'), os.path.join(tmp, 'net.caffemodel')]
+        for path, data in zip(paths, (cv_text.encode(), cv_model)):
+            with open(path, 'wb') as f:
+                f.write(data)
+        cv = cv2.dnn.readNetFromCaffe(*paths)
     cv.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
     cv.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
     cv.enableFusion(False)
@@ -121,8 +129,14 @@ def compare_with_opencv(net, cv_text, cv_model, inputs, cv_param=None, rtol=1e-4
 
 
 def build(param_or_path, seed=0, small=()):
+    """The net with random_weights (its own fillers dropped: they would be overwritten)."""
+    param = prototxt.read_net_param(param_or_path)
+    for lp in param.layer:
+        for sub in (lp.convolution_param, lp.inner_product_param):
+            sub.ClearField('weight_filler')
+            sub.ClearField('bias_filler')
     caffeine.set_random_seed(seed)
-    net = caffeine.Net(param_or_path, caffeine.TEST)
+    net = caffeine.Net(param, caffeine.TEST)
     random_weights(net, seed, small)
     return net
 
@@ -141,17 +155,19 @@ def _field(number, payload):
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def weights_bytes(net):
-    """The net's caffemodel (name, type and blobs of each layer), serialized with
-    NumPy (protobuf's Python path takes a minute for ZF's 60M weights)."""
+def weights_bytes(net, layers=None):
+    """The net's caffemodel (name, type and blobs of each layer; or of ``layers``,
+    (name, type, [arrays]) triples), serialized with NumPy (protobuf's Python
+    path takes a minute for ZF's 60M weights)."""
+    if layers is None:
+        layers = [(name, layer.type, [b.data for b in layer.blobs])
+                  for name, layer in zip(net.layer_names, net.layers)]
     out = []
-    for name, layer in zip(net.layer_names, net.layers):
-        lp = caffe_pb2.LayerParameter(name=name, type=layer.type)
-        body = lp.SerializeToString()
-        for b in layer.blobs:
-            shape = caffe_pb2.BlobShape(dim=list(b.data.shape)).SerializeToString()
-            data = np.ascontiguousarray(b.data, '<f4').tobytes()
-            body += _field(7, _field(7, shape) + _field(5, data))
+    for name, type_name, arrays in layers:
+        body = caffe_pb2.LayerParameter(name=name, type=type_name).SerializeToString()
+        for a in arrays:
+            shape = caffe_pb2.BlobShape(dim=list(a.shape)).SerializeToString()
+            body += _field(7, _field(7, shape) + _field(5, np.ascontiguousarray(a, '<f4').tobytes()))
         out.append(_field(100, body))
     return b''.join(out)
 
@@ -246,3 +262,51 @@ def test_hed_crops_where_the_fork_does_and_matches_opencv():
     names = compare_with_opencv(net, prototxt.to_text(param), weights_bytes(net),
                                 {'data': image((1, 3, 96, 96)) / 128}, cv_param=param)
     assert {'upscore-dsn1', 'upscore-dsn5', 'sigmoid-fuse'} <= set(names)
+
+
+# -- PSPNet ---------------------------------------------------------------------------------
+def test_pspnet_matches_opencv_with_bn_as_batchnorm_and_scale():
+    """PSPNet's BN and Interp.  OpenCV 4.x cannot read the prototxt as it is (its
+    reader of unknown fields fails on bn_param's nested fillers, and it has no BN
+    layer), so OpenCV gets the same net with each BN written as BatchNorm
+    (use_global_stats, the same eps) + Scale (bias) and the same statistics;
+    caffeine runs PSPNet's own BN.  The input is 89x89 instead of 473x473 (the
+    feature map 12x12 instead of 60x60): the pyramid pooling kernels and the
+    Interp sizes are scaled with it (60, 30, 20, 10 -> 12, 6, 4, 2); conv5_4
+    has 128 outputs instead of 512 (OpenCV's reading of the weights dominates)."""
+    param = prototxt.read_net_param(str(CORPUS / 'pspnet50_ADE20K_473.prototxt'))
+    param.layer[0].input_param.shape[0].dim[2:] = [89, 89]
+    for lp in param.layer:
+        if lp.type == 'Pooling' and lp.name.startswith('conv5_3_pool'):
+            k = lp.pooling_param.kernel_size // 5
+            lp.pooling_param.kernel_size = lp.pooling_param.stride = k
+        if lp.type == 'Interp' and lp.interp_param.height == 60:
+            lp.interp_param.height = lp.interp_param.width = 12
+        if lp.name == 'conv5_4':     # 4096 x 3 x 3 -> 512: 75 of the 185 MB OpenCV would parse
+            lp.convolution_param.num_output = 128
+    net = build(param)
+    assert net.blobs['conv5_3_pool6'].shape[2:] == (6, 6) and net.blobs['conv6_interp'].shape[2:] == (89, 89)
+
+    cv_param = caffe_pb2.NetParameter()
+    cv_param.CopyFrom(param)
+    del cv_param.layer[:]
+    cv_layers = []
+    by_name = dict(zip(net.layer_names, net.layers))
+    for lp in param.layer[1:]:
+        blobs = [b.data for b in by_name[lp.name].blobs]
+        if lp.type != 'BN':
+            cv_param.layer.add().CopyFrom(lp)
+            cv_layers.append((lp.name, lp.type, blobs))
+            continue
+        bn = cv_param.layer.add(name=lp.name, type='BatchNorm', bottom=lp.bottom, top=lp.top)
+        bn.batch_norm_param.use_global_stats = True
+        bn.batch_norm_param.eps = lp.bn_param.eps
+        sc = cv_param.layer.add(name=lp.name + '/scale', type='Scale', bottom=lp.top, top=lp.top)
+        sc.scale_param.bias_term = True
+        c = blobs[0].size
+        cv_layers.append((lp.name, 'BatchNorm', [blobs[2].reshape(c), blobs[3].reshape(c), np.ones(1, np.float32)]))
+        cv_layers.append((lp.name + '/scale', 'Scale', [blobs[0].reshape(c), blobs[1].reshape(c)]))
+    cv_param.layer.insert(0, param.layer[0])
+    names = compare_with_opencv(net, prototxt.to_text(cv_param), weights_bytes(net, cv_layers),
+                                {'data': image((1, 3, 89, 89)) / 128}, cv_param=cv_param)
+    assert {'conv1_1_3x3_s2', 'conv5_3_pool1_interp', 'conv5_3_concat', 'conv6_interp'} <= set(names)
