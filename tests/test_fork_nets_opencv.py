@@ -181,7 +181,7 @@ def corpus_text(name):
 
 
 # -- Faster R-CNN -----------------------------------------------------------------------
-def test_faster_rcnn_zf_matches_opencv_and_py_faster_rcnn_prototxt_runs():
+def test_faster_rcnn_zf_matches_opencv_and_py_faster_rcnn_prototxt_runs(tmp_path):
     """frcnn_zf_opencv (type 'Proposal') against OpenCV, then py-faster-rcnn's own
     test.prototxt (the Python rpn.proposal_layer, run by the built-in stand-in)
     against it.  OpenCV's Proposal ignores min_size (and pads its output to
@@ -203,9 +203,9 @@ def test_faster_rcnn_zf_matches_opencv_and_py_faster_rcnn_prototxt_runs():
     py = caffeine.Net(prototxt.read_net_param(text_of('pyfrcnn_zf_test.prototxt')), caffeine.TEST)
     assert py.layers[py.layer_names.index('proposal')].type == 'Proposal'
     ref = caffeine.Net(prototxt.read_net_param(text_of('frcnn_zf_opencv.prototxt')), caffeine.TEST)
-    param = caffe_pb2.NetParameter.FromString(weights)
+    (tmp_path / 'zf.caffemodel').write_bytes(weights)
     for n in (py, ref):
-        n.copy_from_param(param)
+        n.copy_from(str(tmp_path / 'zf.caffemodel'))
         n.forward(**inputs)
     rois = py.blobs['rois'].data
     assert 0 < rois.shape[0] < 300

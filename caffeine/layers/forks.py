@@ -421,12 +421,11 @@ class ReLU6Layer(NeuronLayer):
     bottom: x, any shape.  top: y, same shape; in place allowed.  No parameters.
     """
 
-    def forward(self, bottom, top):
-        xp = backend.get_xp()
-        x, y = bottom[0].xdata, top[0].xdata
-        if self.need_backward:
-            self._save_input(bottom, top)
-        xp.clip(x, _F32(0), _F32(6), out=y)
+    def backward_reads_input(self):
+        return True
+
+    def neuron_forward(self, bottom, top):
+        backend.get_xp().clip(bottom[0].xdata, _F32(0), _F32(6), out=top[0].xdata)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
