@@ -155,10 +155,11 @@ def _field(number, payload):
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def weights_bytes(net, layers=None):
+def weights_bytes(net, layers=None, fp16=False):
     """The net's caffemodel (name, type and blobs of each layer; or of ``layers``,
     (name, type, [arrays]) triples), serialized with NumPy (protobuf's Python
-    path takes a minute for ZF's 60M weights)."""
+    path takes a minute for ZF's 60M weights).  ``fp16``: as NVCaffe writes
+    half-precision models (raw_data_type FLOAT16, raw_data)."""
     if layers is None:
         layers = [(name, layer.type, [b.data for b in layer.blobs])
                   for name, layer in zip(net.layer_names, net.layers)]
@@ -167,7 +168,11 @@ def weights_bytes(net, layers=None):
         body = caffe_pb2.LayerParameter(name=name, type=type_name).SerializeToString()
         for a in arrays:
             shape = caffe_pb2.BlobShape(dim=list(a.shape)).SerializeToString()
-            body += _field(7, _field(7, shape) + _field(5, np.ascontiguousarray(a, '<f4').tobytes()))
+            if fp16:
+                values = _varint(10 << 3) + _varint(caffe_pb2.FLOAT16) + _field(12, np.asarray(a, '<f2').tobytes())
+            else:
+                values = _field(5, np.ascontiguousarray(a, '<f4').tobytes())
+            body += _field(7, _field(7, shape) + values)
         out.append(_field(100, body))
     return b''.join(out)
 
@@ -224,6 +229,21 @@ def test_shufflenet_matches_opencv():
     names = compare_with_opencv(net, corpus_text('shufflenet_1x_g3_deploy.prototxt'), weights_bytes(net),
                                 {'data': image((1, 3, 224, 224)) / 128})
     assert {'shuffle2', 'resx2_conv2', 'fc1000'} <= set(names)
+
+
+def test_nvcaffe_fp16_weights_load_as_opencv_reads_them(tmp_path):
+    """A half-precision caffemodel as NVIDIA's Caffe writes it (BlobProto raw_data_type
+    FLOAT16 + raw_data) loads into caffeine; OpenCV reads the same file."""
+    text = corpus_text('shufflenet_1x_g3_deploy.prototxt')
+    net = build(str(CORPUS / 'shufflenet_1x_g3_deploy.prototxt'))
+    half = weights_bytes(net, fp16=True)
+    (tmp_path / 'half.caffemodel').write_bytes(half)
+    fresh = caffeine.Net(str(CORPUS / 'shufflenet_1x_g3_deploy.prototxt'), caffeine.TEST)
+    fresh.copy_from(str(tmp_path / 'half.caffemodel'))
+    w = fresh.params['resx1_conv1'][0].data
+    np.testing.assert_array_equal(w, net.params['resx1_conv1'][0].data.astype(np.float16).astype(np.float32))
+    assert not np.array_equal(w, net.params['resx1_conv1'][0].data)    # really rounded to fp16
+    compare_with_opencv(fresh, text, half, {'data': image((1, 3, 224, 224)) / 128})
 
 
 # -- OpenPose -------------------------------------------------------------------------------
