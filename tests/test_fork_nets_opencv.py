@@ -16,7 +16,6 @@ import pytest
 
 import caffeine
 from caffeine import prototxt
-from caffeine.errors import LayerError
 from caffeine.proto import caffe_pb2
 from caffeine.testing import shared_dir
 
@@ -260,13 +259,6 @@ def test_openpose_builds_on_its_placeholder_and_matches_opencv_at_its_real_size(
     names = compare_with_opencv(net, corpus_text('openpose_pose_coco_pose_deploy_linevec.prototxt'),
                                 weights_bytes(net), {'image': image((1, 3, 64, 80)) / 256})
     assert {'pool3_stage1', 'Mconv7_stage6_L1', 'net_output'} <= set(names)
-
-
-def test_nets_wrong_at_their_real_size_still_fail_clearly():
-    text = ('input: "x" input_shape { dim: 1 dim: 1 dim: 5 dim: 6 }\n'
-            'layer { name: "p" type: "Pooling" bottom: "x" top: "p" pooling_param { pool: MAX kernel_size: 9 } }')
-    with pytest.raises(LayerError, match=r"'p' \(Pooling\): kernel 9x9 larger than padded input 5x6"):
-        caffeine.Net(text, caffeine.TEST)
 
 
 # -- HED ------------------------------------------------------------------------------------

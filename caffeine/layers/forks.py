@@ -404,7 +404,7 @@ class UpsampleLayer(Layer):
         n, c = bottom[0].shape[:2]
         y = top[0].xdata.reshape(n * c, -1)
         y.fill(0)
-        xp.put_along_axis(y, idx, bottom[0].xdata.reshape(n * c, -1), axis=1)
+        y[xp.arange(n * c)[:, None], idx] = bottom[0].xdata.reshape(n * c, -1)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
