@@ -73,6 +73,8 @@ class ROIPoolingLayer(Layer):
             raise self.error('rois must be R x 5 (batch index, x1, y1, x2, y2), got %s'
                              % (tuple(bottom[1].shape),))
         top[0].reshape(bottom[1].count // 5, bottom[0].shape[1], self.ph, self.pw)
+        if self._argmax is None or self._argmax.shape != tuple(top[0].shape):
+            self._argmax = backend.empty(tuple(top[0].shape), np.int64)
 
     def _bins(self, rois, H, W):
         """Bin bounds on the host: hs, he (R, PH); ws, we (R, PW), clipped."""
@@ -101,8 +103,6 @@ class ROIPoolingLayer(Layer):
         R = rois.shape[0]
         y = top[0].xdata
         argmax = self._argmax
-        if argmax is None or argmax.shape != y.shape:
-            argmax = self._argmax = backend.empty(y.shape, np.int64)
         if R == 0:
             return
         b = rois[:, 0].astype(np.int64)
@@ -247,10 +247,9 @@ class PSROIPoolingLayer(Layer):
             return
         # integral image in float64 so that the differences keep float32 accuracy
         s = xp.zeros((N, C, H + 1, W + 1), np.float64)
-        xp.cumsum(x, axis=2, dtype=np.float64, out=s[:, :, 1:, 1:])
-        xp.cumsum(s[:, :, 1:, 1:], axis=3, out=s[:, :, 1:, 1:])
-        a, b_, c, d = (backend.to_device(i) for i in self._corners(rois, x.shape)[:4])
-        area = self._corners(rois, x.shape)[4]
+        s[:, :, 1:, 1:] = xp.cumsum(xp.cumsum(x, axis=2, dtype=np.float64), axis=3)
+        *corners, area = self._corners(rois, x.shape)
+        a, b_, c, d = (backend.to_device(i) for i in corners)
         sf = s.reshape(-1)
         total = sf[d] - sf[b_] - sf[c] + sf[a]
         area_d = backend.to_device(np.broadcast_to(area[:, None], total.shape).astype(np.float64))
@@ -277,9 +276,7 @@ class PSROIPoolingLayer(Layer):
         idx = xp.concatenate([backend.to_device(i).reshape(-1) for i in (a, d, b_, c)])
         w = xp.concatenate([g, g, -g, -g])
         diff = xp.bincount(idx, weights=w, minlength=size).reshape(N, C, H + 1, W + 1)
-        xp.cumsum(diff, axis=2, out=diff)
-        xp.cumsum(diff, axis=3, out=diff)
-        dx[...] = diff[:, :, :H, :W].astype(_F32)
+        dx[...] = xp.cumsum(xp.cumsum(diff, axis=2), axis=3)[:, :, :H, :W]
 
 
 # -- Proposal --------------------------------------------------------------------------
