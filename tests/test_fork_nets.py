@@ -144,3 +144,17 @@ def test_pspnet_and_segnet_binary_models_load_by_layer_name(tmp_path):
         top = [Blob()]
         layer.SetUp(blobs_from_arrays(*bottoms), top)
         assert top[0].shape == shape
+
+
+@pytest.mark.parametrize('model, nparams', [('faster_rcnn_zf', 59294751), ('faster_rcnn_vgg16', 137078239)])
+def test_model_library_faster_rcnn_deploy_nets(model, nparams):
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    net = caffeine.Net(os.path.join(root, 'models', model, 'deploy.prototxt'), caffeine.TEST)
+    assert sum(b.count for blobs in net.params.values() for b in blobs) == nparams
+    assert net.layers[net.layer_names.index('proposal')].type == 'Proposal'
+    assert net.blobs['cls_prob'].shape == (1, 21) and net.blobs['bbox_pred'].shape == (1, 84)
+    if model == 'faster_rcnn_zf' and CORPUS is not None:
+        py = caffeine.Net(str(CORPUS / 'pyfrcnn_zf_test.prototxt'), caffeine.TEST)
+        assert {k: [b.shape for b in v] for k, v in py.params.items()} == \
+            {k: [b.shape for b in v] for k, v in net.params.items()}
