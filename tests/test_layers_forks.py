@@ -113,6 +113,8 @@ def test_roi_pooling_errors():
         run('name: "r" type: "ROIPooling"', [gauss((1, 1, 4, 4)), ROIS])
     with pytest.raises(LayerError, match='batch index 1 outside'):
         run('type: "ROIPooling" roi_pooling_param { pooled_h: 1 pooled_w: 1 }', [gauss((1, 1, 4, 4)), ROIS])
+    with pytest.raises(LayerError, match=r'rois must be R x 5 .*got \(6, 4\)'):
+        run('type: "ROIPooling" roi_pooling_param { pooled_h: 1 pooled_w: 1 }', [gauss((1, 1, 4, 4)), ROIS[:, :4]])
 
 
 # -- PSROIPooling -------------------------------------------------------------------

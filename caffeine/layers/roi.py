@@ -33,8 +33,15 @@ def _c_round(v):
 
 
 def _rois_host(blob):
-    rois = backend.to_host(blob.xdata).reshape(-1, 5)
-    return rois
+    return backend.to_host(blob.xdata).reshape(-1, 5)
+
+
+def _check_rois(layer, blob):
+    """rois: R x 5 (or R x 5 x 1 x 1); returns R."""
+    shape = tuple(blob.shape)
+    if not shape or blob.count != 5 * shape[0]:
+        raise layer.error('rois must be R x 5 (batch index, x1, y1, x2, y2), got %s' % (shape,))
+    return shape[0]
 
 
 @register('ROIPooling')
@@ -69,10 +76,7 @@ class ROIPoolingLayer(Layer):
     def reshape(self, bottom, top):
         if len(bottom[0].shape) != 4:
             raise self.error('bottom %s must be 4-D (N, C, H, W)' % (tuple(bottom[0].shape),))
-        if bottom[1].count % 5 or (bottom[1].shape and bottom[1].shape[-1] != 5 and bottom[1].count // 5 != bottom[1].shape[0]):
-            raise self.error('rois must be R x 5 (batch index, x1, y1, x2, y2), got %s'
-                             % (tuple(bottom[1].shape),))
-        top[0].reshape(bottom[1].count // 5, bottom[0].shape[1], self.ph, self.pw)
+        top[0].reshape(_check_rois(self, bottom[1]), bottom[0].shape[1], self.ph, self.pw)
         if self._argmax is None or self._argmax.shape != tuple(top[0].shape):
             self._argmax = backend.empty(tuple(top[0].shape), np.int64)
 
@@ -130,21 +134,18 @@ class ROIPoolingLayer(Layer):
         rows_d = backend.to_device(rows)
         valid_d = backend.to_device(valid)
         neg = _F32(-np.inf)
+        # chunks of regions bound the gathered windows' memory (_GATHER_CHUNK values)
         for r0 in range(0, R, step):
             r1 = min(R, r0 + step)
             g = xt[rows_d[r0:r1]]                                # (r, PH, PW, K, C)
             g = xp.where(valid_d[r0:r1, :, :, :, None], g, neg)
-            k = g.argmax(axis=3)                                 # first maximum, row-major
-            m = xp.take_along_axis(g, k[:, :, :, None, :], axis=3)[:, :, :, 0, :]
-            empty = ~valid_d[r0:r1].any(axis=3)                  # (r, PH, PW)
-            m = xp.where(empty[..., None], _F32(0), m)
-            y[r0:r1] = m.transpose(0, 3, 1, 2)
-            # argmax as a flat index into bottom[0] (N, C, H, W); -1 for an empty bin
-            rk = rows_d[r0:r1, :, :, :, None]
-            row = xp.take_along_axis(xp.broadcast_to(rk, rk.shape[:4] + (C,)), k[:, :, :, None, :], axis=3)[:, :, :, 0, :]
+            k = g.argmax(axis=3)                                 # the first maximum, row-major
+            empty = ~valid_d[r0:r1].any(axis=3)[..., None]       # (r, PH, PW, 1)
+            y[r0:r1] = xp.where(empty, _F32(0), g.max(axis=3)).transpose(0, 3, 1, 2)
+            # the argmax as a flat index into bottom[0] (N, C, H, W); -1 for an empty bin
+            row = xp.take_along_axis(rows_d[r0:r1], k, axis=3)  # (r, PH, PW, C): n * H * W + h * W + w
             flat = (row // (H * W) * C + xp.arange(C)) * (H * W) + row % (H * W)
-            flat = xp.where(empty[..., None], -1, flat)
-            argmax[r0:r1] = flat.transpose(0, 3, 1, 2)
+            argmax[r0:r1] = xp.where(empty, -1, flat).transpose(0, 3, 1, 2)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -198,10 +199,7 @@ class PSROIPoolingLayer(Layer):
         if bottom[0].shape[1] != want:
             raise self.error('bottom has %d channels; output_dim %d x group_size %d^2 needs %d'
                              % (bottom[0].shape[1], self.dim, self.group, want))
-        if bottom[1].count % 5:
-            raise self.error('rois must be R x 5 (batch index, x1, y1, x2, y2), got %s'
-                             % (tuple(bottom[1].shape),))
-        top[0].reshape(bottom[1].count // 5, self.dim, self.group, self.group)
+        top[0].reshape(_check_rois(self, bottom[1]), self.dim, self.group, self.group)
 
     def _bins(self, rois, H, W):
         s, G = self.scale, self.group
@@ -360,7 +358,10 @@ class ProposalLayer(Layer):
     nms_thresh (0.7).  As type 'Python' standing in for rpn.proposal_layer,
     param_str gives feat_stride and scales, and the rest is py-faster-rcnn's
     configuration for the phase (TEST: 6000, 300, 0.7, 16; TRAIN: 12000, 2000).
-    No backward (as the original).
+    No backward (as the original).  OpenCV dnn's Proposal differs in two ways
+    (its proposal_layer.cpp): it ignores min_size, and pads its output with zero
+    rows to post_nms_topn; caffeine follows py-faster-rcnn.  The greedy NMS is
+    one vectorized overlap pass per kept box, stopping at post_nms_topn.
     """
     exact_num_bottom = 3
     min_top = 1
