@@ -479,3 +479,18 @@ def test_relu6(mode):
     top[0].diff[...] = 1
     layer.Backward(top, [True], bottom)
     np.testing.assert_array_equal(bottom[0].diff, ((x > 0) & (x < 6)).astype(np.float32))
+
+
+@pytest.mark.parametrize('text, phase', [
+    ('type: "BN" bn_param { slope_filler { type: "gaussian" } bias_filler { type: "gaussian" } }', TRAIN),
+    ('type: "BN" bn_param { frozen: true slope_filler { type: "gaussian" } }', TRAIN),
+    ('type: "BN" bn_param { slope_filler { type: "gaussian" } }', TEST),
+    ('type: "ShuffleChannel" shuffle_channel_param { group: 2 }', TRAIN),
+    ('type: "ReLU6"', TRAIN),
+    ('type: "Dropout" dropout_param { dropout_ratio: 0.4 scale_train: false }', TRAIN),
+    ('type: "Dropout" dropout_param { dropout_ratio: 0.4 scale_train: false }', TEST),
+])
+def test_in_place_equals_out_of_place(mode, text, phase):
+    from caffeine.testing import assert_in_place_equals_out_of_place
+    x = gauss((2, 4, 3, 5), scale=4)
+    assert_in_place_equals_out_of_place(text, x, gauss(x.shape, seed=7), phase=phase, seed=5, rtol=1e-6, atol=1e-6)
