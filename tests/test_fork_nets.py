@@ -158,3 +158,24 @@ def test_model_library_faster_rcnn_deploy_nets(model, nparams):
         py = caffeine.Net(str(CORPUS / 'pyfrcnn_zf_test.prototxt'), caffeine.TEST)
         assert {k: [b.shape for b in v] for k, v in py.params.items()} == \
             {k: [b.shape for b in v] for k, v in net.params.items()}
+
+
+def test_bn_statistics_are_not_learned_and_frozen_bn_learns_nothing():
+    text = '''input: "x" input_shape { dim: 2 dim: 3 dim: 4 dim: 4 }
+    layer { name: "bn" type: "BN" bottom: "x" top: "y" }
+    layer { name: "fz" type: "BN" bottom: "y" top: "z" bn_param { frozen: true } }
+    layer { name: "loss" type: "EuclideanLoss" bottom: "z" bottom: "x" top: "loss" }'''
+    net = caffeine.Net(text, caffeine.TRAIN)
+    assert list(net.params_lr) == [1, 1, 0, 0, 0, 0, 0, 0]
+
+
+def test_fork_python_layer_stand_in_is_logged_once(caplog):
+    from caffeine.layers import python as pylayers
+    pylayers._logged.discard('rpn.proposal_layer')
+    text = '''python_param { module: "rpn.proposal_layer" layer: "ProposalLayer" param_str: "'feat_stride': 16" }'''
+    from caffeine.testing import make_layer
+    with caplog.at_level('INFO'):
+        for _ in range(2):
+            assert make_layer('type: "Python" ' + text).type == 'Proposal'
+    lines = [r.getMessage() for r in caplog.records if 'rpn.proposal_layer' in r.getMessage()]
+    assert len(lines) == 1 and "as the built-in 'Proposal' layer" in lines[0]
