@@ -84,7 +84,7 @@ def compare_with_opencv(net, cv_text, cv_model, inputs, cv_param=None, rtol=1e-4
     on ``inputs`` {name: array}; assert every blob of OpenCV's producers map
     within ``rtol`` of its largest magnitude.  Blobs named in ``padded`` may have
     more rows (first axis) in OpenCV: their leading rows are compared (OpenCV's
-    Proposal pads its regions to post_nms_topn).  Returns the compared names."""
+    Proposal pads its regions to post_nms_topn).  Returns {blob: max error / max |OpenCV|}."""
     for name, a in inputs.items():
         net.blobs[name].reshape(*a.shape)
     net.reshape()
@@ -109,7 +109,7 @@ def compare_with_opencv(net, cv_text, cv_model, inputs, cv_param=None, rtol=1e-4
     producers = {b: (n if n in cv_layers else b) for b, n in producers.items() if n in cv_layers or b in cv_layers}
     names = [b for b in net.blobs if b in producers and b not in inputs and b not in skip]
     outs = cv.forward([producers[b] for b in names])
-    failures = []
+    failures, errors = [], {}
     for b, got in zip(names, outs):
         mine = net.blobs[b].data
         got = np.asarray(got)
@@ -121,10 +121,11 @@ def compare_with_opencv(net, cv_text, cv_model, inputs, cv_param=None, rtol=1e-4
         got = got.reshape(mine.shape)
         scale = max(float(np.abs(got).max()), 1e-30)
         err = float(np.abs(mine.astype(np.float64) - got).max())
+        errors[b] = err / scale
         if err > rtol * scale and err > 1e-6:
             failures.append('%s: max error %.3g vs max |OpenCV| %.3g' % (b, err, scale))
     assert not failures, '%d of %d blobs differ: %s' % (len(failures), len(names), '; '.join(failures[:8]))
-    return names
+    return errors
 
 
 def build(param_or_path, seed=0, small=()):
