@@ -23,8 +23,6 @@ from ..layer import Layer, register
 from ..proto import caffe_pb2
 
 _F32 = np.float32
-# Elements of a chunk's window gather (regions x bins x window x channels).
-_GATHER_CHUNK = 1 << 22
 
 
 def _c_round(v):
@@ -42,6 +40,61 @@ def _check_rois(layer, blob):
     if not shape or blob.count != 5 * shape[0]:
         raise layer.error('rois must be R x 5 (batch index, x1, y1, x2, y2), got %s' % (shape,))
     return shape[0]
+
+
+class _RangeMaxTable:
+    """Maxima of x (N, C, H, W) over every 2^k x 2^l block, k <= kmax, l <= lmax
+    (a sparse table), with, when ``with_index``, the first maximum's flat index
+    h * W + w in its plane (the smallest among equal values).  ``gather`` reads
+    one block per bin; four overlapping blocks cover any bin."""
+
+    def __init__(self, xp, x, kmax, lmax, with_index):
+        N, C, H, W = x.shape
+        self.xp, self.C = xp, C
+        idx = xp.broadcast_to(xp.arange(H * W, dtype=np.int32).reshape(H, W), x.shape) if with_index else None
+        rows = [(x, idx)]                       # l = 0..lmax along w
+        for lv in range(1, lmax + 1):
+            v, i = rows[-1]
+            half = 1 << (lv - 1)
+            rows.append(self._combine(v[..., :-half], None if i is None else i[..., :-half],
+                                      v[..., half:], None if i is None else i[..., half:]))
+        levels = {}
+        for lv, (v, i) in enumerate(rows):      # then k = 0..kmax along h
+            levels[0, lv] = (v, i)
+            for kv in range(1, kmax + 1):
+                pv, pi = levels[kv - 1, lv]
+                half = 1 << (kv - 1)
+                levels[kv, lv] = self._combine(pv[:, :, :-half], None if pi is None else pi[:, :, :-half],
+                                               pv[:, :, half:], None if pi is None else pi[:, :, half:])
+        # one flat buffer, level (k, l) at offset[k, l] with planes of rows[k, l] x cols[k, l]
+        self.offset = np.zeros((kmax + 1, lmax + 1), np.int64)
+        self.rows = np.zeros_like(self.offset)
+        self.cols = np.zeros_like(self.offset)
+        vals, idxs, at = [], [], 0
+        for (kv, lv), (v, i) in sorted(levels.items()):
+            self.offset[kv, lv], self.rows[kv, lv], self.cols[kv, lv] = at, v.shape[2], v.shape[3]
+            at += v.size
+            vals.append(v.reshape(-1))
+            if i is not None:
+                idxs.append(xp.ascontiguousarray(i).reshape(-1))
+        self.vals = xp.concatenate(vals)
+        self.idx = xp.concatenate(idxs) if with_index else None
+
+    def _combine(self, av, ai, bv, bi):
+        xp = self.xp
+        if ai is None:
+            return xp.maximum(av, bv), None
+        take = (bv > av) | ((bv == av) & (bi < ai))
+        return xp.where(take, bv, av), xp.where(take, bi, ai)
+
+    def gather(self, n, k, lv, h, w):
+        """Block (k, l) at (h, w) of image n, for host arrays k, l, h, w of one shape
+        S (n of shape S[:1]): its values and indices, S + (C,), on the device."""
+        xp = self.xp
+        plane = self.rows[k, lv] * self.cols[k, lv]
+        base = self.offset[k, lv] + n.reshape((-1,) + (1,) * (k.ndim - 1)) * self.C * plane + h * self.cols[k, lv] + w
+        flat = backend.to_device(base)[..., None] + backend.to_device(plane)[..., None] * xp.arange(self.C)
+        return self.vals[flat], (None if self.idx is None else self.idx[flat])
 
 
 @register('ROIPooling')
@@ -105,8 +158,6 @@ class ROIPoolingLayer(Layer):
         N, C, H, W = x.shape
         rois = _rois_host(bottom[1])
         R = rois.shape[0]
-        y = top[0].xdata
-        argmax = self._argmax
         if R == 0:
             return
         b = rois[:, 0].astype(np.int64)
@@ -114,38 +165,37 @@ class ROIPoolingLayer(Layer):
             raise self.error('roi batch index %d outside the %d image(s) of bottom[0]'
                              % (b.min() if b.min() < 0 else b.max(), N))
         hs, he, ws, we = self._bins(rois, H, W)
-        kh = max(int((he - hs).max()), 1)
-        kw = max(int((we - ws).max()), 1)
-        # rows (n, h, w) of the channels-last features
-        xt = x.transpose(0, 2, 3, 1).reshape(N * H * W, C)
-        hi = hs[:, :, None] + np.arange(kh)                     # (R, PH, kh)
-        wi = ws[:, :, None] + np.arange(kw)                     # (R, PW, kw)
-        hv = hi < he[:, :, None]
-        wv = wi < we[:, :, None]
-        np.minimum(hi, H - 1, out=hi)
-        np.minimum(wi, W - 1, out=wi)
-        # (R, PH, PW, kh, kw): flat row of each window element, and its validity
-        rows = (b[:, None, None, None, None] * H + hi[:, :, None, :, None]) * W + wi[:, None, :, None, :]
-        valid = hv[:, :, None, :, None] & wv[:, None, :, None, :]
-        rows = rows.reshape(R, self.ph, self.pw, kh * kw)
-        valid = valid.reshape(R, self.ph, self.pw, kh * kw)
-        per_roi = self.ph * self.pw * kh * kw * C
-        step = max(1, _GATHER_CHUNK // max(per_roi, 1))
-        rows_d = backend.to_device(rows)
-        valid_d = backend.to_device(valid)
-        neg = _F32(-np.inf)
-        # chunks of regions bound the gathered windows' memory (_GATHER_CHUNK values)
-        for r0 in range(0, R, step):
-            r1 = min(R, r0 + step)
-            g = xt[rows_d[r0:r1]]                                # (r, PH, PW, K, C)
-            g = xp.where(valid_d[r0:r1, :, :, :, None], g, neg)
-            k = g.argmax(axis=3)                                 # the first maximum, row-major
-            empty = ~valid_d[r0:r1].any(axis=3)[..., None]       # (r, PH, PW, 1)
-            y[r0:r1] = xp.where(empty, _F32(0), g.max(axis=3)).transpose(0, 3, 1, 2)
+        # bin (i, j): its rows [hs, he) and columns [ws, we), (R, PH, PW) each
+        h0, h1 = np.broadcast_to(hs[:, :, None], (R, self.ph, self.pw)), np.broadcast_to(he[:, :, None], (R, self.ph, self.pw))
+        w0, w1 = np.broadcast_to(ws[:, None, :], (R, self.ph, self.pw)), np.broadcast_to(we[:, None, :], (R, self.ph, self.pw))
+        empty = (h1 <= h0) | (w1 <= w0)
+        # a bin's maximum is the maximum of the 2^k x 2^l blocks at its four corners
+        # (k, l the largest powers of two that fit it): a range-maximum table of x
+        hk = np.where(empty, 0, np.floor(np.log2(np.maximum(h1 - h0, 1))).astype(np.int64))
+        wl = np.where(empty, 0, np.floor(np.log2(np.maximum(w1 - w0, 1))).astype(np.int64))
+        table = _RangeMaxTable(xp, x, int(hk.max()), int(wl.max()), self.need_backward)
+        top_h = np.where(empty, 0, h0)
+        bot_h = np.where(empty, 0, h1 - (1 << hk))
+        left_w = np.where(empty, 0, w0)
+        right_w = np.where(empty, 0, w1 - (1 << wl))
+        best = best_i = None
+        for hh, ww in ((top_h, left_w), (top_h, right_w), (bot_h, left_w), (bot_h, right_w)):
+            v, i = table.gather(b, hk, wl, hh, ww)                 # (R, PH, PW, C)
+            if best is None:
+                best, best_i = v, i
+            elif best_i is None:
+                best = xp.maximum(best, v)
+            else:
+                # ties keep the smaller index: the fork's first maximum in row-major order
+                take = (v > best) | ((v == best) & (i < best_i))
+                best = xp.where(take, v, best)
+                best_i = xp.where(take, i, best_i)
+        empty_d = backend.to_device(empty)[..., None]
+        top[0].xdata[...] = xp.where(empty_d, _F32(0), best).transpose(0, 3, 1, 2)
+        if best_i is not None:
             # the argmax as a flat index into bottom[0] (N, C, H, W); -1 for an empty bin
-            row = xp.take_along_axis(rows_d[r0:r1], k, axis=3)  # (r, PH, PW, C): n * H * W + h * W + w
-            flat = (row // (H * W) * C + xp.arange(C)) * (H * W) + row % (H * W)
-            argmax[r0:r1] = xp.where(empty, -1, flat).transpose(0, 3, 1, 2)
+            plane = (backend.to_device(b)[:, None, None, None] * C + xp.arange(C)) * (H * W)
+            self._argmax[...] = xp.where(empty_d, -1, plane + best_i).transpose(0, 3, 1, 2)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
