@@ -102,6 +102,22 @@ def test_roi_pooling_backward_goes_to_the_first_maximum(mode):
     assert bottom[0].diff[0, 0, 0, 0] == 1 and bottom[0].diff[0, 1, 4, 5] == 8
 
 
+def test_roi_pooling_ties_go_to_the_first_maximum_everywhere(mode):
+    # values in {0, 1, 2}: most bins hold several maxima
+    x = np.random.RandomState(3).randint(0, 3, (2, 3, 12, 10)).astype(np.float32)
+    layer, bottom, top = run('type: "ROIPooling" roi_pooling_param { pooled_h: 3 pooled_w: 2 spatial_scale: 0.125 }',
+                             [x, ROIS])
+    want, arg = roi_pool_ref(x, ROIS, 3, 2, 0.125)
+    np.testing.assert_array_equal(top[0].data, want)
+    dy = gauss(want.shape, seed=4)
+    top[0].diff[...] = dy
+    layer.Backward(top, [True, False], bottom)
+    ref = np.zeros(x.size)
+    ok = arg.reshape(-1) >= 0
+    np.add.at(ref, arg.reshape(-1)[ok], dy.reshape(-1)[ok])
+    np.testing.assert_allclose(bottom[0].diff.reshape(-1), ref, rtol=1e-6, atol=1e-6)
+
+
 def test_roi_pooling_gradient(mode):
     layer = make_layer('type: "ROIPooling" roi_pooling_param { pooled_h: 3 pooled_w: 2 spatial_scale: 0.0625 }')
     bottom = blobs_from_arrays(gauss((2, 2, 8, 7)), ROIS)
