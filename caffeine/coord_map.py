@@ -162,3 +162,51 @@ def crop(top_from, top_to):
     return L.Crop(top_from, top_to,
                   crop_param=dict(axis=(ax if ax is not None else 1) + 1,  # +1: the first cropped axis
                                   offset=offset))
+
+
+# -- the same maps over a NetParameter: offsets for a Crop layer without crop_param ----
+class _LayerTop:
+    """A stand-in for a NetSpec top: ``fn`` is the LayerParameter that made it."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+
+class _LayerFn:
+    """A stand-in for a NetSpec Function built from a caffe_pb2.LayerParameter."""
+
+    def __init__(self, lp, inputs):
+        from google.protobuf import json_format
+        self.type_name = lp.type
+        self.inputs = inputs
+        self.params = {fd.name: json_format.MessageToDict(value, preserving_proto_field_name=True)
+                       for fd, value in lp.ListFields() if fd.name.endswith('_param')}
+
+
+def net_crop_offsets(net_param, index):
+    """``(axis, offsets)`` aligning the first bottom of layer ``index`` (a Crop
+    without crop_param, as the FCN-era forks such as HED's Caffe computed them)
+    with its second bottom, from the coordinate maps of the layers before it.
+    Raises UndefinedMapException / AxisMismatchException / AssertionError /
+    RuntimeError as :func:`crop` when the bottoms cannot be aligned."""
+    tops = {}
+    for lp in net_param.layer[:index]:
+        inputs = [tops[b] if b in tops else _LayerTop(_LayerFn(_input_param(b), [])) for b in lp.bottom]
+        fn = _LayerFn(lp, inputs)
+        for t in lp.top:
+            if t not in tops:          # an in-place layer keeps its blob's first producer
+                tops[t] = _LayerTop(fn)
+    crop_lp = net_param.layer[index]
+    ends = [tops[b] if b in tops else _LayerTop(_LayerFn(_input_param(b), [])) for b in crop_lp.bottom[:2]]
+    ax, a, b = coord_map_from_to(ends[0], ends[1])
+    a, b = np.asarray(a), np.asarray(b)
+    if not (a == 1).all():
+        raise AssertionError('scale mismatch (a = %s)' % a)
+    if not (b <= 0).all() or not (np.round(b) == b).all():
+        raise AssertionError('offset %s is negative or not an integer' % (-b))
+    return (ax if ax is not None else 1) + 1, [int(v) for v in -np.round(b).astype(int).ravel()]
+
+
+def _input_param(name):
+    from .proto import caffe_pb2
+    return caffe_pb2.LayerParameter(name=name, type='Input', top=[name])

@@ -14,7 +14,6 @@ import difflib
 
 _FLOWNET2 = "FlowNet2's Caffe"                 # lmb-freiburg/flownet2
 _SSD = "SSD's Caffe"                            # weiliu89/caffe, branch ssd
-_FRCNN = "Faster R-CNN's Caffe"                 # rbgirshick/caffe-fast-rcnn
 _RFCN = "R-FCN's Caffe"                         # daijifeng001/caffe-rfcn
 _DEEPLAB = "DeepLab's Caffe"                    # deeplab-public-ver2
 
@@ -28,19 +27,14 @@ FORK_LAYERS = {
     # SSD
     'AnnotatedData': _SSD, 'DetectionEvaluate': _SSD, 'VideoData': _SSD,
     'SmoothL1Loss': "Faster R-CNN's and SSD's Caffe",
-    # detection and segmentation
-    'ROIPooling': _FRCNN, 'Proposal': "OpenCV's dnn",
-    'PSROIPooling': _RFCN, 'BoxAnnotatorOHEM': _RFCN,
-    'Interp': "PSPNet's and DeepLab's Caffe", 'BN': "PSPNet's Caffe",   # hszhao/PSPNet
+    # detection and segmentation (ROIPooling, Proposal, PSROIPooling, Interp, BN and Upsample
+    # are built in: layers/roi.py, layers/forks.py)
+    'BoxAnnotatorOHEM': _RFCN,
     'DenseCRF': _DEEPLAB, 'ImageSegData': _DEEPLAB, 'SegAccuracy': _DEEPLAB,
     'MatRead': _DEEPLAB, 'MatWrite': _DEEPLAB,
-    'Upsample': "SegNet's Caffe",                    # alexgkendall/caffe-segnet
     'ImageLabelmapData': "HED's Caffe",              # s9xie/hed
-    # classification and recognition nets
-    'ShuffleChannel': "ShuffleNet's Caffe",          # farmingyard/ShuffleNet
-    'ConvolutionDepthwise': "ShuffleNet's Caffe",
+    # classification and recognition nets (ShuffleChannel, ConvolutionDepthwise, Axpy built in)
     'DepthwiseConvolution': "the DepthwiseConvolution fork",   # yonghenglh6/DepthwiseConvolution
-    'Axpy': "SENet's Caffe",                         # hujie-frank/SENet
     'CenterLoss': "caffe-face",                      # ydwen/caffe-face
     'MarginInnerProduct': "SphereFace's Caffe",      # wy1iu/sphereface
 }

@@ -42,9 +42,10 @@ __all__ = [
     'net_needs_v1_to_v2_upgrade', 'upgrade_v1_net', 'upgrade_v1_layer_parameter', 'upgrade_v1_layer_type',
     'net_needs_input_upgrade', 'upgrade_net_input',
     'net_needs_batch_norm_upgrade', 'upgrade_net_batch_norm',
+    'net_needs_fork_crop_upgrade', 'upgrade_net_fork_crops',
     'solver_needs_type_upgrade', 'upgrade_solver_type',
     'V1_LAYER_TYPES', 'V0_LAYER_TYPES', 'V1_PARAM_MESSAGES', 'SOLVER_TYPES',
-    'STEP_V0', 'STEP_DATA', 'STEP_V1', 'STEP_INPUT', 'STEP_BATCHNORM', 'STEP_SOLVER_TYPE',
+    'STEP_V0', 'STEP_DATA', 'STEP_V1', 'STEP_INPUT', 'STEP_BATCHNORM', 'STEP_FORK_CROP', 'STEP_SOLVER_TYPE',
 ]
 
 # Step names, as apply_net_upgrades reports them.
@@ -53,6 +54,7 @@ STEP_DATA = 'data transformation fields -> transform_param'
 STEP_V1 = 'V1LayerParameter -> LayerParameter'
 STEP_INPUT = 'input fields -> Input layer'
 STEP_BATCHNORM = 'BatchNorm param specs -> lr_mult 0, decay_mult 0'
+STEP_FORK_CROP = 'Crop without crop_param -> offsets from the coordinate maps'
 STEP_SOLVER_TYPE = "solver_type (enum) -> type (string)"
 
 
@@ -520,6 +522,42 @@ def upgrade_net_batch_norm(param):
     return changed
 
 
+def _is_fork_crop(layer):
+    return layer.type == 'Crop' and not layer.HasField('crop_param') and len(layer.bottom) == 2
+
+
+def net_needs_fork_crop_upgrade(param):
+    """True when a Crop layer has no crop_param: the FCN-era forks (HED's
+    s9xie/hed, longjon's) computed its offsets from the net's coordinate maps."""
+    return any(_is_fork_crop(layer) for layer in param.layer)
+
+
+def upgrade_net_fork_crops(param, source='<net>'):
+    """Give each Crop layer without crop_param the crop_param {axis, offset} its
+    fork computed at set-up (the coordinate maps from its bottoms' common
+    ancestor, as caffe.coord_map.crop), in place; returns how many changed.
+
+    BVLC Caffe would crop such a layer at offset 0, which aligns nothing an
+    FCN-style net crops; where the maps cannot align the bottoms (a layer with
+    no map on the way, a scale mismatch) the layer is left so, with a warning.
+    """
+    from .coord_map import net_crop_offsets, UndefinedMapException, AxisMismatchException
+    changed = 0
+    for i, layer in enumerate(param.layer):
+        if not _is_fork_crop(layer):
+            continue
+        try:
+            axis, offset = net_crop_offsets(param, i)
+        except (UndefinedMapException, AxisMismatchException, AssertionError, RuntimeError, KeyError) as e:
+            log.warning('%s: Crop layer %r has no crop_param and its offsets cannot be computed from the '
+                        'coordinate maps (%s): offset 0, as BVLC Caffe', source, layer.name, e)
+            continue
+        layer.crop_param.axis = axis
+        layer.crop_param.offset.extend(offset)
+        changed += 1
+    return changed
+
+
 # --------------------------------------------------------------------------
 # whole nets
 # --------------------------------------------------------------------------
@@ -528,7 +566,7 @@ def net_needs_upgrade(param):
     with the data-transformation check included)."""
     return (net_needs_v0_to_v1_upgrade(param) or net_needs_data_upgrade(param)
             or net_needs_v1_to_v2_upgrade(param) or net_needs_input_upgrade(param)
-            or net_needs_batch_norm_upgrade(param))
+            or net_needs_batch_norm_upgrade(param) or net_needs_fork_crop_upgrade(param))
 
 
 def _replace(param, new):
@@ -577,6 +615,10 @@ def apply_net_upgrades(param, source='<net>'):
     if net_needs_batch_norm_upgrade(param) and upgrade_net_batch_norm(param):
         log.info('Attempting to upgrade batch norm layers using deprecated params: %s', source)
         steps.append(STEP_BATCHNORM)
+    if net_needs_fork_crop_upgrade(param) and upgrade_net_fork_crops(param, source):
+        log.info('Computing the offsets of Crop layers without crop_param from the coordinate maps, '
+                 'as the FCN-era forks: %s', source)
+        steps.append(STEP_FORK_CROP)
     _warn_new_style_transform_fields(param, source)
     return steps
 

@@ -39,8 +39,25 @@ def blob_proto_shape(bp):
         return tuple(int(d) for d in bp.shape.dim)
     if bp.HasField('num') or bp.HasField('channels') or bp.HasField('height') or bp.HasField('width'):
         return (bp.num, bp.channels, bp.height, bp.width)
-    n = len(bp.data) or len(bp.double_data)
+    n = len(bp.data) or len(bp.double_data) or (_raw_values(bp).size if bp.HasField('raw_data') else 0)
     return (n,)
+
+
+# NVIDIA/caffe (NVCaffe) keeps blobs as raw bytes of its storage type (BlobProto
+# raw_data_type 10, raw_data 12): fp16 models load as float32.
+_RAW_DTYPES = {caffe_pb2.FLOAT16: '<f2', caffe_pb2.FLOAT: '<f4', caffe_pb2.DOUBLE: '<f8'}
+
+
+def _raw_values(bp):
+    dtype = _RAW_DTYPES.get(bp.raw_data_type)
+    if dtype is None:
+        raise WeightsError('blob proto raw_data of type %s: only FLOAT16, FLOAT and DOUBLE are weights'
+                           % caffe_pb2.Type.Name(bp.raw_data_type) if bp.raw_data_type in caffe_pb2.Type.values()
+                           else 'blob proto raw_data of unknown type %d' % bp.raw_data_type)
+    if len(bp.raw_data) % np.dtype(dtype).itemsize:
+        raise WeightsError('blob proto raw_data of %d bytes is not a whole number of %s values'
+                           % (len(bp.raw_data), caffe_pb2.Type.Name(bp.raw_data_type)))
+    return np.frombuffer(bp.raw_data, dtype=dtype)
 
 
 def blob_proto_to_array(bp, diff=False):
@@ -50,6 +67,8 @@ def blob_proto_to_array(bp, diff=False):
     shape = blob_proto_shape(bp)
     if diff:
         vals = bp.double_diff if len(bp.double_diff) else bp.diff
+    elif not len(bp.data) and not len(bp.double_data) and bp.HasField('raw_data'):
+        vals = _raw_values(bp)
     else:
         vals = bp.double_data if len(bp.double_data) else bp.data
     arr = np.array(vals, dtype=np.float32)

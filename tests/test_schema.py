@@ -54,6 +54,18 @@ FORK_MESSAGES = {  # weiliu89/caffe (SSD), with its field numbers
                             'resize_param': 7},
     'ResizeParameter': {'prob': 1, 'resize_mode': 2, 'height': 3, 'width': 4, 'pad_mode': 5,
                         'pad_value': 6, 'interp_mode': 7, 'height_scale': 8, 'width_scale': 9},
+    # rbgirshick/caffe-fast-rcnn, OpenCV's Proposal, daijifeng001/caffe-rfcn, hszhao/PSPNet,
+    # farmingyard/ShuffleNet, SegNet's forks
+    'ROIPoolingParameter': {'pooled_h': 1, 'pooled_w': 2, 'spatial_scale': 3},
+    'ProposalParameter': {'feat_stride': 1, 'base_size': 2, 'min_size': 3, 'ratio': 4, 'scale': 5,
+                          'pre_nms_topn': 6, 'post_nms_topn': 7, 'nms_thresh': 8},
+    'PSROIPoolingParameter': {'spatial_scale': 1, 'output_dim': 2, 'group_size': 3},
+    'BNParameter': {'slope_filler': 1, 'bias_filler': 2, 'momentum': 3, 'eps': 4, 'frozen': 5, 'engine': 6},
+    'InterpParameter': {'height': 1, 'width': 2, 'zoom_factor': 3, 'shrink_factor': 4, 'pad_beg': 5,
+                        'pad_end': 6},
+    'ShuffleChannelParameter': {'group': 1},
+    'UpsampleParameter': {'scale': 1, 'scale_h': 2, 'scale_w': 3, 'pad_out_h': 4, 'pad_out_w': 5,
+                          'upsample_h': 6, 'upsample_w': 7},
 }
 FORK_ENUMS = {'PriorBoxParameter.CodeType': {'CORNER': 1, 'CENTER_SIZE': 2, 'CORNER_SIZE': 3},
               'MultiBoxLossParameter.LocLossType': {'L2': 0, 'SMOOTH_L1': 1},
@@ -63,12 +75,19 @@ FORK_ENUMS = {'PriorBoxParameter.CodeType': {'CORNER': 1, 'CENTER_SIZE': 2, 'COR
               'ResizeParameter.Resize_mode': {'WARP': 1, 'FIT_SMALL_SIZE': 2, 'FIT_LARGE_SIZE_AND_PAD': 3},
               'ResizeParameter.Pad_mode': {'CONSTANT': 1, 'MIRRORED': 2, 'REPEAT_NEAREST': 3},
               'ResizeParameter.Interp_mode': {'LINEAR': 1, 'AREA': 2, 'NEAREST': 3, 'CUBIC': 4,
-                                              'LANCZOS4': 5}}
+                                              'LANCZOS4': 5},
+              'BNParameter.Engine': {'DEFAULT': 0, 'CAFFE': 1, 'CUDNN': 2},
+              'Type': {'DOUBLE': 0, 'FLOAT': 1, 'FLOAT16': 2, 'INT': 3, 'UINT': 4}}   # NVIDIA/caffe's
 FORK_FIELDS = {  # fork fields added to BVLC messages
     'LayerParameter': {'permute_param': 202, 'prior_box_param': 203,
                        'detection_output_param': 204, 'norm_param': 206,
-                       'multibox_loss_param': 2201},   # weiliu89's 201 is OpenCV's proposal_param
+                       'multibox_loss_param': 2201,    # weiliu89's 201 is OpenCV's proposal_param
+                       'roi_pooling_param': 8266711, 'proposal_param': 201, 'psroi_pooling_param': 10002,
+                       'bn_param': 152, 'interp_param': 2143,          # PSPNet's 143 is input_param
+                       'shuffle_channel_param': 164, 'upsample_param': 2147},  # SegNet's 147 is swish_param
     'PoolingParameter': {'ceil_mode': 1001},  # OpenCV's, at its own number (13 is round_mode)
+    'DropoutParameter': {'scale_train': 2},          # rbgirshick/caffe-fast-rcnn
+    'BlobProto': {'raw_data_type': 10, 'raw_data': 12},   # NVIDIA/caffe's raw (fp16) blobs
 }
 
 

@@ -73,3 +73,5 @@ def test_fork_table():
     assert fork_of('Convolution') is None
     for type_name, fork in FORK_LAYERS.items():
         assert type_name and fork and '\n' not in fork
+    # a fork type caffeine implements leaves the table
+    assert not set(FORK_LAYERS) & set(caffeine.layer_type_list())

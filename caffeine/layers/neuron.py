@@ -497,7 +497,11 @@ class ThresholdLayer(NeuronLayer):
 class DropoutLayer(NeuronLayer):
     """TRAIN: y = x * mask / (1 - p), mask ~ Bernoulli(1 - p); TEST: y = x.
 
-    bottom: x.  top: y.  dropout_param: dropout_ratio p (0.5), 0 <= p < 1.
+    With scale_train false (rbgirshick/caffe-fast-rcnn): TRAIN y = x * mask,
+    TEST y = x * (1 - p).
+
+    bottom: x.  top: y.  dropout_param: dropout_ratio p (0.5), 0 <= p < 1;
+    scale_train (true).
     The mask comes from caffeine's seeded generator (``set_random_seed``) on the
     CPU and from CuPy's (seeded by the same call) on the GPU.
     """
@@ -507,7 +511,10 @@ class DropoutLayer(NeuronLayer):
         if not 0 <= p < 1:
             raise self.error('dropout_ratio must be in [0, 1), got %g' % p)
         self.ratio = _F32(p)
-        self.scale = _F32(1.0 / (1.0 - p))
+        self.scale_train = bool(self.layer_param.dropout_param.scale_train)
+        # the factor on kept values in TRAIN, and on every value in TEST
+        self.scale = _F32(1.0 / (1.0 - p)) if self.scale_train else _F32(1)
+        self.test_scale = _F32(1) if self.scale_train else _F32(1.0 - p)
         self._mask = Blob()
 
     def reshape(self, bottom, top):
@@ -518,13 +525,16 @@ class DropoutLayer(NeuronLayer):
         xp = backend.get_xp()
         x, y = bottom[0].xdata, top[0].xdata
         if self.phase != caffe_pb2.TRAIN:
-            if y is not x:
+            if self.test_scale != 1:
+                xp.multiply(x, self.test_scale, out=y)
+            elif y is not x:
                 y[...] = x
             return
         m = backend.uniform(self._mask.xdata)
-        # keep where u >= p (probability 1 - p), scaled by 1 / (1 - p)
+        # keep where u >= p (probability 1 - p), scaled by 1 / (1 - p) unless scale_train is false
         xp.greater_equal(m, self.ratio, out=m)
-        m *= self.scale
+        if self.scale != 1:
+            m *= self.scale
         xp.multiply(x, m, out=y)
 
     def backward(self, top, propagate_down, bottom):
@@ -534,6 +544,8 @@ class DropoutLayer(NeuronLayer):
         dy, dx = top[0].xdiff, bottom[0].xdiff
         if self.phase == caffe_pb2.TRAIN:
             xp.multiply(dy, self._mask.xdata, out=dx)
+        elif self.test_scale != 1:
+            xp.multiply(dy, self.test_scale, out=dx)
         elif dx is not dy:
             dx[...] = dy
 

@@ -422,15 +422,18 @@ class PoolingLayer(Layer):
         kh, kw = (H, W) if self.global_pooling else self.kernel
         ph, pw = self.pads
         sh, sw = self.strides
-        if H + 2 * ph < kh or W + 2 * pw < kw:
-            raise self.error('kernel %dx%d larger than padded input %dx%d (input %dx%d, pad %s)'
-                             % (kh, kw, H + 2 * ph, W + 2 * pw, H, W, _sz(self.pads)))
         PH, PW = self._pooled(H, kh, ph, sh), self._pooled(W, kw, pw, sw)
         if ph or pw:
             if (PH - 1) * sh >= H + ph:
                 PH -= 1
             if (PW - 1) * sw >= W + pw:
                 PW -= 1
+        # As Caffe, a kernel larger than the padded input is no error while the
+        # output keeps a pixel (its windows are clipped to the input): OpenPose's
+        # nets are built on a 1x1 placeholder and reshaped before their first forward.
+        if PH <= 0 or PW <= 0:
+            raise self.error('kernel %dx%d larger than padded input %dx%d (input %dx%d, pad %s): output %dx%d'
+                             % (kh, kw, H + 2 * ph, W + 2 * pw, H, W, _sz(self.pads), PH, PW))
         self.N, self.C, self.H, self.W = N, C, H, W
         self.k = (kh, kw)
         self.PH, self.PW = PH, PW
