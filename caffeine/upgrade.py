@@ -554,6 +554,9 @@ def upgrade_net_fork_crops(param, source='<net>'):
             continue
         layer.crop_param.axis = axis
         layer.crop_param.offset.extend(offset)
+        log.warning('%s: Crop layer %r has no crop_param: it crops at axis %d, offsets %s, from its coordinate '
+                    'maps, as the FCN-era forks (HED) did; BVLC Caffe 1.0 would crop at offset 0 (give '
+                    'crop_param to choose)', source, layer.name, axis, list(offset))
         changed += 1
     return changed
 

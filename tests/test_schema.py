@@ -81,8 +81,8 @@ FORK_ENUMS = {'PriorBoxParameter.CodeType': {'CORNER': 1, 'CENTER_SIZE': 2, 'COR
 FORK_FIELDS = {  # fork fields added to BVLC messages
     'LayerParameter': {'permute_param': 202, 'prior_box_param': 203,
                        'detection_output_param': 204, 'norm_param': 206,
-                       'multibox_loss_param': 2201,    # weiliu89's 201 is OpenCV's proposal_param
-                       'roi_pooling_param': 8266711, 'proposal_param': 201, 'psroi_pooling_param': 10002,
+                       'multibox_loss_param': 201,     # weiliu89's (OpenCV's proposal_param 201 is 2201 here)
+                       'roi_pooling_param': 8266711, 'proposal_param': 2201, 'psroi_pooling_param': 10002,
                        'bn_param': 152, 'interp_param': 2143,          # PSPNet's 143 is input_param
                        'shuffle_channel_param': 164, 'upsample_param': 2147},  # SegNet's 147 is swish_param
     'PoolingParameter': {'ceil_mode': 1001},  # OpenCV's, at its own number (13 is round_mode)
