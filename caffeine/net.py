@@ -337,7 +337,11 @@ class Net:
         except LayerError:
             raise
         except CaffeineError as e:
-            raise LayerError('layer %r (%s): %s' % (lp.name, lp.type, e))
+            # errors of data layers and helpers often name the layer already: name it once
+            prefix = 'layer %r (%s): ' % (lp.name, lp.type)
+            if str(e).startswith(prefix):
+                raise
+            raise LayerError(prefix + str(e))
         for j, tid in enumerate(self.top_id_vecs[layer_id]):
             w = layer.loss(j)
             if w:

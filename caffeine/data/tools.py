@@ -25,6 +25,7 @@ from ..utils import atomic_write, log
 from .datum import (Datum, datum_to_array, decode_datum_native, encode_image, encoded_datum_bytes,
                     image_extension, parse_datum, raw_datum_bytes, read_image)
 from .db import DBWriter, backend_name, open_db
+from .listfile import read_label_list
 
 REPO_DATA = Path(__file__).resolve().parents[2] / 'data'
 
@@ -42,25 +43,7 @@ def _default_dir(name):
 # -- convert_imageset ---------------------------------------------------------------------
 def read_list_file(path):
     """convert_imageset's list file: ``name label`` per line, split at the last space."""
-    try:
-        with open(path, 'r', encoding='utf-8', errors='surrogateescape') as f:
-            text = f.read()
-    except OSError as e:
-        raise DataError('cannot read list file %s (%s)' % (path, e.strerror or e))
-    out = []
-    for no, line in enumerate(text.splitlines(), 1):
-        line = line.rstrip()
-        if not line.strip():
-            continue
-        pos = line.rfind(' ')
-        if pos < 0:
-            raise DataError("%s:%d: expected 'filename label', got %r" % (path, no, line[:80]))
-        try:
-            label = int(line[pos + 1:])
-        except ValueError:
-            raise DataError('%s:%d: label %r is not an integer' % (path, no, line[pos + 1:][:40]))
-        out.append((line[:pos], label, no))
-    return out
+    return read_label_list(path)
 
 
 def _match_ext(name, enc):
