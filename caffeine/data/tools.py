@@ -12,7 +12,6 @@ import os
 import struct
 import tarfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -185,23 +184,20 @@ def compute_mean(db, out=None, backend_=None, progress=False):
 
 
 # -- downloads -------------------------------------------------------------------------------
-def _download(urls, dest, what, timeout=30):
-    """Fetch the first URL of ``urls`` that answers into ``dest`` (atomically); one-line error if none."""
+def _download(urls, dest, what):
+    """Fetch the first URL of ``urls`` that answers into ``dest`` (atomically, through
+    ``dest.part``), with the zoo's retries and time limits; one-line error if none does."""
+    from ..zoo import ZooError, fetch_url
     errors = []
     for url in urls:
+        log.info('Downloading %s', url)
         try:
-            log.info('Downloading %s', url)
-            with urllib.request.urlopen(url, timeout=timeout) as r:
-                with atomic_write(dest) as f:
-                    while True:
-                        b = r.read(1 << 20)
-                        if not b:
-                            break
-                        f.write(b)
+            part = fetch_url(url, dest, os.path.basename(os.fspath(dest)),
+                             hint='copy the file to %s' % os.fspath(dest))
+            os.replace(part, dest)
             return dest
-        except Exception as e:
-            reason = getattr(e, 'reason', None) or e
-            errors.append('%s: %s' % (url, str(reason).splitlines()[0] if str(reason) else type(e).__name__))
+        except ZooError as e:
+            errors.append(str(e))
     raise DataError('%s is missing and could not be downloaded (%s)' % (what, '; '.join(errors) or 'no URL'))
 
 
