@@ -537,11 +537,11 @@ def _fetch(url, part, progress, retries, backoff, timeout, desc, known_size, fin
         delay = backoff * (2 ** (failures - 1))
         if failures > limit or waited + delay >= max_wait:
             bound = ('' if failures > limit else
-                     '; gave up after %.0f s without data (limit %g s, %s)' % (waited, max_wait, ENV_MAX_WAIT))
+                     '; gave up after %.1f s without data (limit %g s, %s)' % (waited, max_wait, ENV_MAX_WAIT))
             hint = hint or ('try --mirror URL or %s, or copy the file to %s' % (ENV_MIRROR, final))
             raise ZooError('cannot download %s from %s: %s (after %d attempts%s; offline? %s)'
                            % (desc, host, reason, failures, bound, hint))
-        log.info('zoo: %s from %s: %s; retrying in %.3g s (%.0f of %g s without data)',
+        log.info('zoo: %s from %s: %s; retrying in %.3g s (%.1f of %g s without data)',
                  desc, host, reason, delay, waited, max_wait)
         time.sleep(delay)
 
