@@ -61,7 +61,7 @@ import time
 
 import numpy as np
 
-from . import backend
+from . import backend, runtime
 from . import solver_state as state_io
 from .blob import Blob
 from .errors import CaffeineError, SolverError
@@ -488,7 +488,9 @@ class Solver:
             log.info('Restoring previous solver status from %s', resume_file)
             self.restore(resume_file)
         start_iter = self.iter
-        snapshots = bool(p.snapshot_prefix) and bool(p.snapshot or p.snapshot_after_train)
+        # one lock per prefix: the root solver's (the other ranks of a multi-GPU run share its prefix)
+        snapshots = (bool(p.snapshot_prefix) and bool(p.snapshot or p.snapshot_after_train)
+                     and runtime.solver_rank() == 0)
         with state_io.snapshot_lock(p.snapshot_prefix) if snapshots else contextlib.nullcontext():
             self.step(p.max_iter - self.iter)
             if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
@@ -601,6 +603,9 @@ class Solver:
             writing = state_file
             state_io.write_state(state_file, self._saved_state(model))
         except OSError as e:      # a full disk; every file is written atomically, so nothing is half-written
+            if writing == state_file:     # the sidecar means nothing without its state
+                with contextlib.suppress(OSError):
+                    os.unlink(state_file + state_io.SIDECAR_SUFFIX)
             raise state_io.snapshot_write_error(writing, self.iter, p.snapshot_prefix, e) from None
         self._notify('on_snapshot', model, state_file)
         return state_file

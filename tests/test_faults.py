@@ -268,7 +268,9 @@ def test_snapshot_write_error_simulated(tmp_path, monkeypatch, capsys):
     assert rc == 1
     assert line == ('cannot write the snapshot of iteration 2: %s_iter_2.solverstate: No space left on device; '
                     'training stopped, the previous snapshot %s_iter_1.solverstate is intact' % (prefix, prefix))
-    assert not (tmp_path / 'snaps' / 'big.lock').exists()
+    # the weights of iteration 2 were written whole; no state, no sidecar, no lock, no temp of it is left
+    assert sorted(os.listdir(tmp_path / 'snaps')) == ['big_iter_1.caffemodel', 'big_iter_1.solverstate',
+                                                      'big_iter_1.solverstate.caffeine.json', 'big_iter_2.caffemodel']
 
 
 # -- partial weights ---------------------------------------------------------------------------
