@@ -109,6 +109,19 @@ def test_cut_short_lmdb_is_refused_by_every_reader(whole_lmdb, tmp_path, capsys)
     assert tools.db_info(whole_lmdb)['count'] == 300
 
 
+def test_damaged_lmdb_pages_are_one_line(whole_lmdb, tmp_path, capsys):
+    db = tmp_path / 'bad_lmdb'
+    shutil.copytree(whole_lmdb, db)
+    with open(db / 'data.mdb', 'r+b') as f:
+        size = f.seek(0, 2)
+        for page in range(3, size // 4096, 3):      # the page headers of every third data page
+            f.seek(page * 4096)
+            f.write(b'\xff' * 16)
+    rc, out, err = cli(['data', 'compute-mean', db], capsys)
+    line = error_line(err)
+    assert rc == 1 and line.startswith('cannot read LMDB database %s: ' % db) and 'MDB_CORRUPTED' in line
+
+
 def test_data_source_on_a_plain_file_leaves_no_lock(tmp_path):
     plain = tmp_path / 'train.txt'
     plain.write_text('a.png 0\n')

@@ -377,15 +377,24 @@ class Cursor:
 class LMDBCursor(Cursor):
     def __init__(self, handle, path):
         self.path = path
-        self._txn = handle.obj.begin(write=False, buffers=False)
-        self._cur = self._txn.cursor()
-        self._valid = self._cur.first()
+        try:
+            self._txn = handle.obj.begin(write=False, buffers=False)
+            self._cur = self._txn.cursor()
+            self._valid = self._cur.first()
+        except Exception as e:     # lmdb.CorruptedError, lmdb.Error: a damaged page
+            raise read_error('lmdb', path, e) from None
 
     def seek_to_first(self):
-        self._valid = self._cur.first()
+        try:
+            self._valid = self._cur.first()
+        except Exception as e:
+            raise read_error('lmdb', self.path, e) from None
 
     def next(self):
-        self._valid = self._cur.next()
+        try:
+            self._valid = self._cur.next()
+        except Exception as e:
+            raise read_error('lmdb', self.path, e) from None
 
     def valid(self):
         return self._valid
