@@ -38,6 +38,13 @@ def atomic_write(path, mode='wb'):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if e.filename not in (None, tmp) or not e.strerror:
+            raise
+        # a write error (a full disk): name the file being written, not its temporary
+        raise OSError(e.errno, e.strerror, path) from e
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

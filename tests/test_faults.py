@@ -210,6 +210,20 @@ def test_full_disk_while_writing_a_database(small_tmpfs, tmp_path, capsys):
     assert listing(small_tmpfs) == ['train_lmdb']
 
 
+def test_full_disk_names_the_file_not_its_temporary(small_tmpfs, whole_lmdb, capsys):
+    out = small_tmpfs / 'mean.binaryproto'
+    out.write_bytes(b'the earlier mean')
+    with open(small_tmpfs / 'filler', 'wb', buffering=0) as f:        # fill the disk
+        with pytest.raises(OSError) as e:
+            while True:
+                f.write(b'\0' * 4096)
+    assert e.value.errno == errno.ENOSPC
+    rc, out_text, err = cli(['data', 'compute-mean', whole_lmdb, out], capsys)
+    assert rc == 1 and error_line(err) == "[Errno 28] No space left on device: '%s'" % out
+    assert out.read_bytes() == b'the earlier mean'
+    assert listing(small_tmpfs) == ['filler', 'mean.binaryproto']
+
+
 def test_database_write_error_simulated(tmp_path, monkeypatch, capsys):
     """Where no tmpfs can be mounted: the database library failing at commit, as LMDB does on a full disk."""
     import lmdb
