@@ -224,6 +224,18 @@ def test_full_disk_names_the_file_not_its_temporary(small_tmpfs, whole_lmdb, cap
     assert listing(small_tmpfs) == ['filler', 'mean.binaryproto']
 
 
+def test_file_write_error_simulated(whole_lmdb, tmp_path, monkeypatch, capsys):
+    out = tmp_path / 'mean.binaryproto'
+    out.write_bytes(b'the earlier mean')
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, 'fsync', fsync)
+    rc, out_text, err = cli(['data', 'compute-mean', whole_lmdb, out], capsys)
+    assert rc == 1 and error_line(err) == "[Errno 28] No space left on device: '%s'" % out
+    assert out.read_bytes() == b'the earlier mean' and listing(tmp_path) == ['mean.binaryproto']
+
+
 def test_database_write_error_simulated(tmp_path, monkeypatch, capsys):
     """Where no tmpfs can be mounted: the database library failing at commit, as LMDB does on a full disk."""
     import lmdb
