@@ -118,21 +118,8 @@ def get_xp():
     return numpy
 
 
-def get_array_module(*arrays):
-    """The array module that owns ``arrays`` (numpy when none is a CuPy array)."""
-    if _cupy is not None:
-        for a in arrays:
-            if isinstance(a, _cupy.ndarray):
-                return _cupy
-    return numpy
-
-
 def is_device_array(a) -> bool:
     return _cupy is not None and isinstance(a, _cupy.ndarray)
-
-
-def is_numpy(xp) -> bool:
-    return xp is numpy
 
 
 def to_host(a):
@@ -175,17 +162,6 @@ def zeros(shape, dtype=numpy.float32, device=None):
     a = empty(shape, dtype, device)
     a.fill(0)
     return a
-
-
-def elementwise_kernel(in_params, out_params, operation, name, **kwargs):
-    """A fused CuPy ElementwiseKernel, or None on the CPU.
-
-    Layers use it as ``k = backend.elementwise_kernel(...)`` once, and call it
-    only when ``xp`` is CuPy, keeping their NumPy expression as the CPU path.
-    """
-    if _cupy is None:
-        return None
-    return _cupy.ElementwiseKernel(in_params, out_params, operation, name, **kwargs)
 
 
 def synchronize():

@@ -19,6 +19,7 @@ import shutil
 
 from .errors import CaffeineError
 from .proto import caffe_pb2
+from .prototxt import read_net_param
 
 __all__ = ['get_pydot_graph', 'draw_net', 'draw_net_to_file', 'get_edge_label',
            'get_layer_label', 'get_layer_lr_mult', 'choose_color_by_layertype',
@@ -132,7 +133,6 @@ def _included(layer, phase):
 
 
 def _as_net_param(caffe_net):
-    from .prototxt import read_net_param
     if isinstance(caffe_net, caffe_pb2.NetParameter):
         # nets in Caffe's V0/V1 formats (``layers { }``) are drawn upgraded, on a copy
         return read_net_param(caffe_net) if len(caffe_net.layers) else caffe_net

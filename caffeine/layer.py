@@ -25,10 +25,11 @@ state) and ``close()`` (release threads and files).
 """
 from __future__ import annotations
 
-import difflib
-
 from .blob import Blob
 from .errors import LayerError
+from .fillers import fill
+from .proto import caffe_pb2
+from .unsupported import unsupported_message
 
 _REGISTRY = {}
 
@@ -75,14 +76,17 @@ def get_layer_class(type_name, layer_name=''):
     _load_all()
     cls = _REGISTRY.get(type_name)
     if cls is None:
-        near = difflib.get_close_matches(type_name, list(_REGISTRY), n=3, cutoff=0.5)
-        if not near:
-            low = {k.lower(): k for k in _REGISTRY}
-            near = [low[type_name.lower()]] if type_name.lower() in low else []
-        hint = ('; did you mean %s?' % ' or '.join(repr(n) for n in near)) if near else ''
-        where = ('layer %r: ' % layer_name) if layer_name else ''
-        raise LayerError('%sunknown layer type %r%s' % (where, type_name, hint))
+        raise LayerError(unsupported_message([(layer_name, type_name)], _REGISTRY))
     return cls
+
+
+def check_layer_types(layer_params):
+    """Raise one LayerError naming every layer whose type is not registered (and the fork
+    each type comes from, where known), before any layer is built."""
+    _load_all()
+    bad = [(lp.name, lp.type) for lp in layer_params if lp.type not in _REGISTRY]
+    if bad:
+        raise LayerError(unsupported_message(bad, _REGISTRY))
 
 
 def create_layer(layer_param, phase=None):
@@ -120,7 +124,6 @@ class Layer:
     force_zero_lr = False
 
     def __init__(self, layer_param=None, phase=None):
-        from .proto import caffe_pb2
         if layer_param is None:
             layer_param = caffe_pb2.LayerParameter()
         self.layer_param = layer_param
@@ -219,11 +222,6 @@ class Layer:
     def loss(self, top_index):
         return self.loss_weights[top_index] if top_index < len(self.loss_weights) else 0.0
 
-    def set_loss(self, top_index, value):
-        while len(self.loss_weights) <= top_index:
-            self.loss_weights.append(0.0)
-        self.loss_weights[top_index] = float(value)
-
     def Forward(self, bottom, top):
         """Reshape, then forward (as Caffe's Layer::Forward); returns this layer's weighted loss."""
         self.reshape(bottom, top)
@@ -246,7 +244,6 @@ class Layer:
         """A parameter Blob of ``shape``, filled with ``filler_param`` if given."""
         b = Blob(shape)
         if filler_param is not None:
-            from .fillers import fill
             fill(b, filler_param)
         return b
 

@@ -12,17 +12,17 @@ The Python surface is pycaffe's: ``Net(model_file, phase, weights=None)``,
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import os
 
-import numpy as np
 
-from .blob import Blob, SyncedMemory
+from . import debug_info, memory_plan
+from .blob import Blob
 from .errors import CaffeineError, GraphError, LayerError
-from .layer import create_layer
+from .layer import check_layer_types, create_layer
 from .proto import caffe_pb2
 from .prototxt import read_net_param
+from .pycaffe import PycaffeNet
 from .weights import (check_weights_cover, copy_trained_layers_from, layers_without_weights, load_hdf5,
                       net_to_proto, save_caffemodel, save_hdf5)
 
@@ -181,20 +181,7 @@ def find_folds(layers, bottom_id_vecs, top_id_vecs):
     return folds, batchnorm_scale_forward
 
 
-@dataclasses.dataclass
-class _BlobGroup:
-    """The memory planner's record of one data buffer and the blobs on it."""
-    first: int                  # first layer that reads or writes it
-    last: int                   # last layer that reads or writes it
-    capacity: int               # values
-    blob_ids: list = dataclasses.field(default_factory=list)
-    fixed: bool = False         # an input's, an output's or a data layer's: keeps its own buffer
-
-    def overlaps(self, other):
-        return not (self.first > other.last or other.first > self.last)
-
-
-class Net:
+class Net(PycaffeNet):
     """A Caffe network. ``Net(model, phase)``, ``Net(model, weights, phase)``,
     ``Net(model, phase, weights=..., level=..., stages=...)``; ``model`` is a
     prototxt path, prototxt text, or a caffe_pb2.NetParameter."""
@@ -275,6 +262,7 @@ class Net:
     def _init_layers(self):
         """Create, wire and set up each layer in order; append its params."""
         available = {}     # blob name -> id, for the tops no later layer has consumed yet
+        check_layer_types(self.param.layer)   # every unsupported type named at once
         for layer_id, lp in enumerate(self.param.layer):
             if not lp.HasField('phase'):
                 lp.phase = self.phase
@@ -508,55 +496,18 @@ class Net:
 
     # -- memory planning ------------------------------------------------------
     def plan_memory(self):
-        """Let blobs whose values are no longer needed share storage (inference only).
-
-        Each blob's data lives from the layer that makes it to the last layer
-        that reads it; blobs whose lives do not overlap share one buffer, the
-        largest blobs placed first.  Inputs and outputs keep their own buffers.  Only for
-        nets with no backward pass: afterwards an intermediate blob holds its
-        value only until a later layer reuses its buffer (read outputs, or
-        forward(end=...) to stop at the blob you want).  Returns the bytes saved.
-        """
+        """Let blobs whose values are no longer needed share storage (inference only;
+        see :mod:`caffeine.memory_plan`).  Returns the bytes saved (0 for a net with a
+        backward pass).  Afterwards an intermediate blob holds its value only until a
+        later layer reuses its buffer: read outputs, or forward(end=...) to stop at a blob."""
         if any(self.layer_need_backward):
             return 0
-        groups = self._blob_groups()
-        before = sum(g.capacity for g in groups)
-        # Greedy by size: the largest blobs first, each into the smallest buffer
-        # whose blobs' lives do not overlap its own, else a new buffer of its
-        # size (buffers are made largest first, so none ever grows).
-        buffers = []  # (capacity, [groups])
-        for g in sorted((g for g in groups if not g.fixed), key=lambda g: (-g.capacity, g.first)):
-            free = [buf for buf in buffers if not any(g.overlaps(h) for h in buf[1])]
-            if free:
-                min(free, key=lambda buf: buf[0])[1].append(g)
-            else:
-                buffers.append((g.capacity, [g]))
-        for capacity, members in buffers:
-            mem = SyncedMemory(capacity)
-            for g in members:
-                for bid in g.blob_ids:
-                    self._blobs[bid].set_data_memory(mem)
-        after = sum(g.capacity for g in groups if g.fixed) + sum(capacity for capacity, _ in buffers)
+        keep = set(self._input_blob_indices) | set(self._output_blob_indices)
+        groups = memory_plan.blob_groups(self._layers, self.bottom_id_vecs, self.top_id_vecs, self._blobs, keep)
+        before, after = memory_plan.share_buffers(groups, self._blobs)
         self.memory_planned = True
         self.unplanned_bytes = before * 4
         return (before - after) * 4
-
-    def _blob_groups(self):
-        """A _BlobGroup for each data buffer the layers read or write, by first use."""
-        keep = set(self._input_blob_indices) | set(self._output_blob_indices)
-        groups = {}   # id(buffer) -> _BlobGroup
-        for layer_id, layer in enumerate(self._layers):
-            data_layer = layer.is_data_layer
-            for bid in self.bottom_id_vecs[layer_id] + self.top_id_vecs[layer_id]:
-                mem = self._blobs[bid].data_memory
-                if mem is None:
-                    continue
-                g = groups.setdefault(id(mem), _BlobGroup(layer_id, layer_id, mem.capacity))
-                g.last = layer_id
-                if bid not in g.blob_ids:
-                    g.blob_ids.append(bid)
-                g.fixed |= bid in keep or data_layer
-        return list(groups.values())
 
     # -- pycaffe-style properties -------------------------------------------
     @property
@@ -581,12 +532,6 @@ class Net:
     def layer_by_name(self, name):
         return self.layer_dict[name]
 
-    def _layer_index(self, name):
-        try:
-            return self._layer_names.index(name)
-        except ValueError:
-            raise CaffeineError('unknown layer name %r' % name)
-
     # -- running -----------------------------------------------------------
     def forward_from_to(self, start, end):
         """Run layers start..end inclusive (Caffe's ForwardFromTo); returns the loss."""
@@ -603,7 +548,7 @@ class Net:
             else:
                 loss += self._layers[i].Forward(self.bottom_vecs[i], self.top_vecs[i])
             if self.debug_info:
-                self._forward_debug_info(i)
+                debug_info.forward_info(self, i)
             for cb in self._after_forward:
                 cb(i)
         return loss
@@ -615,7 +560,7 @@ class Net:
             if self.layer_need_backward[i]:
                 self._layers[i].Backward(self.top_vecs[i], self.bottom_need_backward[i], self.bottom_vecs[i])
                 if self.debug_info:
-                    self._backward_debug_info(i)
+                    debug_info.backward_info(self, i)
             for cb in self._after_backward:
                 cb(i)
 
@@ -626,132 +571,14 @@ class Net:
     def backward_all(self):
         self.backward_from_to(len(self._layers) - 1, 0)
         if self.debug_info:
-            asum_data = sum(p.asum_data() for p in self.learnable_params)
-            asum_diff = sum(p.asum_diff() for p in self.learnable_params)
-            log.info('    [Backward] All net params (data, diff): L1 norm = (%g, %g)', asum_data, asum_diff)
+            debug_info.backward_total(self)
 
     def forward_backward(self):
         loss = self.forward_prefilled()
         self.backward_all()
         return loss
 
-    def forward(self, blobs=None, start=None, end=None, **kwargs):
-        """pycaffe's Net.forward: set inputs from kwargs, run, return {output: array}."""
-        if blobs is None:
-            blobs = []
-        start_ind = self._layer_index(start) if start is not None else 0
-        if end is not None:
-            end_ind = self._layer_index(end)
-            outputs = set(self.top_names[end] + list(blobs))
-        else:
-            end_ind = len(self._layers) - 1
-            outputs = set(self.outputs + list(blobs))
-        if kwargs:
-            if set(kwargs) != set(self.inputs):
-                raise CaffeineError('input blob arguments %s do not match net inputs %s'
-                                    % (sorted(kwargs), self.inputs))
-            for name, arr in kwargs.items():
-                blob = self.blobs[name]
-                arr = np.asarray(arr)
-                if arr.ndim and arr.shape[0] != blob.shape[0]:
-                    raise CaffeineError('input %r is not batch sized: %d != %d' % (name, arr.shape[0], blob.shape[0]))
-                blob.data[...] = arr
-        self.forward_from_to(start_ind, end_ind)
-        return {out: self.blobs[out].data for out in outputs}
-
-    def backward(self, diffs=None, start=None, end=None, **kwargs):
-        """pycaffe's Net.backward: set top diffs from kwargs, run, return {input: diff}."""
-        if diffs is None:
-            diffs = []
-        start_ind = self._layer_index(start) if start is not None else len(self._layers) - 1
-        if end is not None:
-            end_ind = self._layer_index(end)
-            outputs = set(self.bottom_names[end] + list(diffs))
-        else:
-            end_ind = 0
-            outputs = set(self.inputs + list(diffs))
-        if kwargs:
-            if set(kwargs) != set(self.outputs):
-                raise CaffeineError('top diff arguments %s do not match net outputs %s'
-                                    % (sorted(kwargs), self.outputs))
-            for name, arr in kwargs.items():
-                blob = self.blobs[name]
-                arr = np.asarray(arr)
-                if arr.ndim and arr.shape[0] != blob.shape[0]:
-                    raise CaffeineError('diff %r is not batch sized: %d != %d' % (name, arr.shape[0], blob.shape[0]))
-                blob.diff[...] = arr
-        self.backward_from_to(start_ind, end_ind)
-        return {out: self.blobs[out].diff for out in outputs}
-
-    # -- pycaffe's batch helpers and hooks -----------------------------------
-    def _batches(self, arrays):
-        """Split {blob: array} into net-sized batches; the last one padded with zeros."""
-        if not arrays:
-            return
-        n = {len(a) for a in arrays.values()}
-        if len(n) != 1:
-            raise CaffeineError('inputs have different numbers of items: %s'
-                                % {k: len(a) for k, a in arrays.items()})
-        n = n.pop()
-        size = self.blobs[next(iter(arrays))].shape[0]
-        for i in range(0, n, size):
-            batch = {}
-            for name, a in arrays.items():
-                chunk = np.asarray(a[i:i + size])
-                if len(chunk) < size:
-                    pad = np.zeros((size - len(chunk),) + chunk.shape[1:], chunk.dtype)
-                    chunk = np.concatenate([chunk, pad])
-                batch[name] = chunk
-            yield batch
-
-    def forward_all(self, blobs=None, **kwargs):
-        """pycaffe's Net.forward_all: forward every item of the inputs given as
-        kwargs, batch by batch; returns {output (and each of ``blobs``): array}
-        with one row per item (the padding of the last batch dropped)."""
-        names = set(self.outputs + list(blobs or []))
-        outs = {name: [] for name in names}
-        for batch in self._batches(kwargs):
-            for name, arr in self.forward(blobs=blobs, **batch).items():
-                outs[name].extend(arr.copy())
-        return self._unpad(outs, kwargs)
-
-    def forward_backward_all(self, blobs=None, diffs=None, **kwargs):
-        """pycaffe's Net.forward_backward_all: kwargs name inputs (forwarded)
-        and outputs (their diffs, backpropagated); returns ({outputs}, {input diffs})."""
-        fwd = {k: v for k, v in kwargs.items() if k in self.inputs}
-        bwd = {k: v for k, v in kwargs.items() if k in self.outputs}
-        other = set(kwargs) - set(fwd) - set(bwd)
-        if other:
-            raise CaffeineError('forward_backward_all: %s are neither net inputs %s nor outputs %s'
-                                % (sorted(other), self.inputs, self.outputs))
-        outs = {name: [] for name in set(self.outputs + list(blobs or []))}
-        grads = {name: [] for name in set(self.inputs + list(diffs or []))}
-        fb = self._batches(fwd)
-        bb = self._batches(bwd)
-        for fbatch in fb:
-            bbatch = next(bb, {})
-            for name, arr in self.forward(blobs=blobs, **fbatch).items():
-                outs[name].extend(arr.copy())
-            for name, arr in self.backward(diffs=diffs, **bbatch).items():
-                grads[name].extend(arr.copy())
-        return self._unpad(outs, fwd), self._unpad(grads, fwd)
-
-    @staticmethod
-    def _unpad(collected, given):
-        out = {k: np.asarray(v) for k, v in collected.items()}
-        if given and out:
-            n = len(next(iter(given.values())))
-            out = {k: v[:n] for k, v in out.items()}
-        return out
-
-    def set_input_arrays(self, data, labels):
-        """pycaffe's Net.set_input_arrays: give the first layer, a MemoryData
-        layer, ``data`` (N x C x H x W) and ``labels`` (N) to serve batch by batch."""
-        if not self._layers or self._layers[0].type != 'MemoryData':
-            raise CaffeineError('set_input_arrays: the first layer must be a MemoryData layer, not %s'
-                                % (self._layers[0].type if self._layers else 'nothing'))
-        self._layers[0].set_input_arrays(data, labels)
-
+    # -- pycaffe's hooks -----------------------------------------------------
     def before_forward(self, fn):
         """Call ``fn(layer_index)`` before each layer's forward (pycaffe's hook)."""
         self._before_forward.append(fn)
@@ -826,39 +653,9 @@ class Net:
     def load_hdf5(self, filename):
         load_hdf5(self, filename)
 
-    # -- debug info -----------------------------------------------------------
-    def _forward_debug_info(self, i):
-        for j, t in enumerate(self.top_vecs[i]):
-            log.info('    [Forward] Layer %s, top blob %s data: %g', self._layer_names[i],
-                     self._blob_names[self.top_id_vecs[i][j]], t.asum_data() / max(t.count, 1))
-        for j, pid in enumerate(self.param_id_vecs[i]):
-            p = self._params[pid]
-            log.info('    [Forward] Layer %s, param blob %d data: %g', self._layer_names[i], j,
-                     p.asum_data() / max(p.count, 1))
-
-    def _backward_debug_info(self, i):
-        for j, b in enumerate(self.bottom_vecs[i]):
-            if not self.bottom_need_backward[i][j]:
-                continue
-            log.info('    [Backward] Layer %s, bottom blob %s diff: %g', self._layer_names[i],
-                     self._blob_names[self.bottom_id_vecs[i][j]], b.asum_diff() / max(b.count, 1))
-        for j, p in enumerate(self._layers[i].blobs):
-            if not self._layers[i].param_propagate_down[j]:
-                continue
-            log.info('    [Backward] Layer %s, param blob %d diff: %g', self._layer_names[i], j,
-                     p.asum_diff() / max(p.count, 1))
-
+    # -- debug info (Caffe's debug_info lines; see caffeine.debug_info) ------------
     def update_debug_info(self, pid):
-        p = self._params[pid]
-        layer_id, j = self.param_layer_indices[pid]
-        name = self._layer_names[layer_id]
-        if self.param_owners[pid] < 0:
-            log.info('    [Update] Layer %s, param %d data: %g; diff: %g', name, j,
-                     p.asum_data() / max(p.count, 1), p.asum_diff() / max(p.count, 1))
-        else:
-            owner_layer = self._layer_names[self.param_layer_indices[self.param_owners[pid]][0]]
-            log.info('    [Update] Layer %s, param blob %d (owned by layer %s, param %d)', name, j,
-                     owner_layer, self.param_layer_indices[self.param_owners[pid]][1])
+        debug_info.update_info(self, pid)
 
     def __repr__(self):
         return '<caffeine.Net %r: %d layers, %d blobs>' % (self.name, len(self._layers), len(self._blobs))

@@ -11,8 +11,10 @@ import re
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
-from .errors import PrototxtError, CaffeineError
+from .errors import CaffeineError, LayerError, PrototxtError
 from .proto import caffe_pb2
+from .upgrade import upgrade_net_param, upgrade_solver_param
+from .utils import atomic_write
 
 
 _PATH_SUFFIXES = ('.prototxt', '.pt', '.txt', '.solver', '.pbtxt')
@@ -45,16 +47,20 @@ def _decode(data, source):
     return text
 
 
-def read_text(path):
-    """The text of a prototxt file (UTF-8, a leading byte-order mark dropped)."""
+def _read_bytes(path, what):
+    """The bytes of a file; a missing file or a directory is a one-line error naming ``what`` was expected."""
     try:
         with open(path, 'rb') as f:
-            data = f.read()
+            return f.read()
     except FileNotFoundError:
         raise CaffeineError('%s: no such file' % os.fspath(path))
     except IsADirectoryError:
-        raise CaffeineError('%s: is a directory, not a prototxt file' % os.fspath(path))
-    return _decode(data, os.fspath(path))
+        raise CaffeineError('%s: is a directory, not %s' % (os.fspath(path), what))
+
+
+def read_text(path):
+    """The text of a prototxt file (UTF-8, a leading byte-order mark dropped)."""
+    return _decode(_read_bytes(path, 'a prototxt file'), os.fspath(path))
 
 
 def _scan_braces(text):
@@ -86,7 +92,7 @@ def _only_trivia(text, pos):
 
 
 def _offset(lines, line, col):
-    return sum(len(l) + 1 for l in lines[:line - 1]) + (col or 1) - 1
+    return sum(len(text_line) + 1 for text_line in lines[:line - 1]) + (col or 1) - 1
 
 
 def _parse_error(e, text, source):
@@ -124,6 +130,23 @@ def _parse_error(e, text, source):
     return PrototxtError('%s:%d:%d: %s' % (source, line, col, msg))
 
 
+def _unsupported_layers(text, source):
+    """For a net that does not parse: one error naming every layer whose type caffeine does
+    not support, or None.  A fork's layer brings its own ``*_param`` fields, which would
+    otherwise be reported as the first unknown field rather than as the layer it belongs to."""
+    lenient = caffe_pb2.NetParameter()
+    try:
+        text_format.Parse(text, lenient, allow_unknown_field=True)
+    except text_format.ParseError:
+        return None
+    from .layer import check_layer_types
+    try:
+        check_layer_types([lp for lp in lenient.layer if lp.type])   # a skipped `type` is the parse error
+    except LayerError as e:
+        return LayerError('%s: %s' % (source, e))
+    return None
+
+
 def parse_text(text, message, source='<string>'):
     """Merge prototxt ``text`` into ``message``; errors as ``source:line:col: msg``.
 
@@ -136,6 +159,10 @@ def parse_text(text, message, source='<string>'):
     try:
         text_format.Parse(text, parsed, allow_unknown_field=False)
     except text_format.ParseError as e:
+        if isinstance(parsed, caffe_pb2.NetParameter):
+            unsupported = _unsupported_layers(text, source)
+            if unsupported is not None:
+                raise unsupported from None
         raise _parse_error(e, text, source) from None
     if not parsed.IsInitialized():
         raise PrototxtError('%s: missing required field(s): %s'
@@ -153,43 +180,32 @@ def read_message(source, message):
     return parse_text(str(source), message, '<string>')
 
 
+def _read_param(source, message_type, upgrade):
+    """A copy of ``source`` (a message of ``message_type``, a path or text), upgraded by ``upgrade(param, name)``."""
+    param = message_type()
+    if isinstance(source, message_type):
+        param.CopyFrom(source)
+        name = '<%s>' % message_type.DESCRIPTOR.name
+    else:
+        read_message(source, param)
+        name = os.fspath(source) if _looks_like_path(source) else '<string>'
+    if upgrade is not None:
+        upgrade(param, name)
+    return param
+
+
 def read_net_param(source, upgrade=True):
     """A caffe_pb2.NetParameter from a path, text or message, upgraded."""
-    if isinstance(source, caffe_pb2.NetParameter):
-        param = caffe_pb2.NetParameter()
-        param.CopyFrom(source)
-        name = '<NetParameter>'
-    else:
-        param = read_message(source, caffe_pb2.NetParameter())
-        name = os.fspath(source) if _looks_like_path(source) else '<string>'
-    if upgrade:
-        from .upgrade import upgrade_net_param
-        upgrade_net_param(param, name)
-    return param
+    return _read_param(source, caffe_pb2.NetParameter, upgrade_net_param if upgrade else None)
 
 
 def read_solver_param(source, upgrade=True):
-    if isinstance(source, caffe_pb2.SolverParameter):
-        param = caffe_pb2.SolverParameter()
-        param.CopyFrom(source)
-        name = '<SolverParameter>'
-    else:
-        param = read_message(source, caffe_pb2.SolverParameter())
-        name = os.fspath(source) if _looks_like_path(source) else '<string>'
-    if upgrade:
-        from .upgrade import upgrade_solver_param
-        upgrade_solver_param(param, name)
-    return param
+    """A caffe_pb2.SolverParameter from a path, text or message, upgraded."""
+    return _read_param(source, caffe_pb2.SolverParameter, upgrade_solver_param if upgrade else None)
 
 
 def read_binary(path, message):
-    try:
-        with open(path, 'rb') as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise CaffeineError('%s: no such file' % os.fspath(path))
-    except IsADirectoryError:
-        raise CaffeineError('%s: is a directory, not a binary %s file' % (os.fspath(path), message.DESCRIPTOR.name))
+    data = _read_bytes(path, 'a binary %s file' % message.DESCRIPTOR.name)
     try:
         message.ParseFromString(data)
     except DecodeError as e:
@@ -205,6 +221,5 @@ def to_text(message):
 
 
 def write_text(path, message):
-    from .utils import atomic_write
     with atomic_write(path, 'w') as f:
         f.write(text_format.MessageToString(message))

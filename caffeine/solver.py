@@ -745,6 +745,18 @@ class SGDSolver(Solver):
             tmp *= decay
         diff += tmp
 
+    def _refuse_momentum(self, rule):
+        if self.param.momentum != 0:
+            raise self._err('momentum', 'momentum %g cannot be used with %s (remove it)' % (self.param.momentum, rule))
+
+    def _rms_scaled_step(self, diff, h, u, lr):
+        """diff = lr * diff / (sqrt(h) + delta), with ``u`` as scratch (AdaGrad's and RMSProp's last step)."""
+        xp = backend.get_xp()
+        xp.sqrt(h, out=u)
+        u += _F32(self.param.delta)
+        xp.divide(diff, u, out=u)
+        xp.multiply(u, lr, out=diff)
+
     def _local_rate(self, i, rate):
         return _F32(rate) * _F32(self.net.params_lr[i])
 
@@ -788,21 +800,15 @@ class AdaGradSolver(SGDSolver):
     """AdaGrad: h += g^2; w -= lr * g / (sqrt(h) + delta)."""
 
     def _sanity_check(self):
-        if self.param.momentum != 0:
-            raise self._err('momentum', 'momentum %g cannot be used with AdaGrad (remove it)' % self.param.momentum)
+        self._refuse_momentum('AdaGrad')
 
     def compute_update_value(self, i, rate):
         xp = backend.get_xp()
-        prm = self.net.learnable_params[i]
         (h,) = self._history(i)
-        diff, u = prm.xdiff, self.update_buffers[i].xdata
-        lr = self._local_rate(i, rate)
+        diff, u = self.net.learnable_params[i].xdiff, self.update_buffers[i].xdata
         xp.multiply(diff, diff, out=u)
         h += u
-        xp.sqrt(h, out=u)
-        u += _F32(self.param.delta)
-        xp.divide(diff, u, out=u)
-        xp.multiply(u, lr, out=diff)
+        self._rms_scaled_step(diff, h, u, self._local_rate(i, rate))
 
 
 @_solver_type('RMSProp')
@@ -810,27 +816,20 @@ class RMSPropSolver(SGDSolver):
     """RMSProp: h = d * h + (1 - d) * g^2; w -= lr * g / (sqrt(h) + delta)."""
 
     def _sanity_check(self):
-        p = self.param
-        if p.momentum != 0:
-            raise self._err('momentum', 'momentum %g cannot be used with RMSProp (remove it)' % p.momentum)
-        if not 0 <= p.rms_decay < 1:
-            raise self._err('rms_decay', 'must be in [0, 1), got %g' % p.rms_decay)
+        self._refuse_momentum('RMSProp')
+        if not 0 <= self.param.rms_decay < 1:
+            raise self._err('rms_decay', 'must be in [0, 1), got %g' % self.param.rms_decay)
 
     def compute_update_value(self, i, rate):
         xp = backend.get_xp()
-        prm = self.net.learnable_params[i]
         (h,) = self._history(i)
-        diff, u = prm.xdiff, self.update_buffers[i].xdata
+        diff, u = self.net.learnable_params[i].xdiff, self.update_buffers[i].xdata
         d = _F32(self.param.rms_decay)
-        lr = self._local_rate(i, rate)
         xp.multiply(diff, diff, out=u)
         h *= d
         u *= _F32(1) - d
         h += u
-        xp.sqrt(h, out=u)
-        u += _F32(self.param.delta)
-        xp.divide(diff, u, out=u)
-        xp.multiply(u, lr, out=diff)
+        self._rms_scaled_step(diff, h, u, self._local_rate(i, rate))
 
 
 @_solver_type('AdaDelta')

@@ -143,14 +143,9 @@ def parse_log(lines):
     return {'train': train, 'test': test, 'lr': lr, 'train_outputs': train_out}
 
 
-def plot_log(log_path, out_path):
-    """Draw training loss, test loss and test accuracy against iterations (matplotlib)."""
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise CaffeineError('caffeine plot needs matplotlib: pip install caffeine[plot]')
+def read_log(log_path):
+    """parse_log of the file ``log_path``; one-line errors for a missing file or one with no
+    training or test lines."""
     try:
         with open(log_path, errors='replace') as f:
             parsed = parse_log(f)
@@ -158,31 +153,83 @@ def plot_log(log_path, out_path):
         raise CaffeineError('%s: no such log file' % log_path)
     if not parsed['train'] and not parsed['test']:
         raise CaffeineError('%s: no training or test lines found (is it a Caffe/caffeine log?)' % log_path)
+    return parsed
+
+
+def _run_names(paths):
+    """Legend names for the runs: file names, or the paths as given where file names repeat."""
+    base = [os.path.basename(str(p)) for p in paths]
+    return base if len(set(base)) == len(base) else [str(p) for p in paths]
+
+
+def _pyplot():
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise CaffeineError('caffeine plot needs matplotlib: pip install caffeine[plot]')
+    return plt
+
+
+def draw_logs(runs, logy=False):
+    """A matplotlib figure of ``runs`` [(name, parse_log result)]: train loss (solid), test
+    losses (dashed, squares) against iterations on the left axis (logarithmic with ``logy``),
+    test accuracies (dotted, circles) on a right axis; one colour per run.  With one run the
+    legend says only what each curve is."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
-    if parsed['train']:
-        it, v = zip(*parsed['train'])
-        ax.plot(it, v, label='train loss', color='tab:blue', lw=1)
     acc_ax = None
-    for name, pts in parsed['test'].items():
-        it, v = zip(*pts)
-        if 'acc' in name.lower():
-            acc_ax = acc_ax or ax.twinx()
-            acc_ax.plot(it, v, 'o-', label='test ' + name, color='tab:green', ms=3)
-            acc_ax.set_ylabel('accuracy')
+    colours = plt.rcParams['axes.prop_cycle'].by_key()['color']
+    for k, (name, parsed) in enumerate(runs):
+        if len(runs) == 1:
+            prefix, c_train, c_test, c_acc = '', 'tab:blue', 'tab:red', 'tab:green'
         else:
-            ax.plot(it, v, 's-', label='test ' + name, color='tab:red', ms=3)
+            prefix, c_train = name + ': ', colours[k % len(colours)]
+            c_test = c_acc = c_train
+        if parsed['train']:
+            it, v = zip(*parsed['train'])
+            ax.plot(it, v, '-', label=prefix + 'train loss', color=c_train, lw=1)
+        for series, pts in parsed['test'].items():
+            it, v = zip(*pts)
+            if 'acc' in series.lower():
+                acc_ax = acc_ax or ax.twinx()
+                acc_ax.plot(it, v, 'o:', label=prefix + 'test ' + series, color=c_acc, ms=3)
+            else:
+                ax.plot(it, v, 's--', label=prefix + 'test ' + series, color=c_test, ms=3)
     ax.set_xlabel('iteration')
     ax.set_ylabel('loss')
+    if logy:
+        ax.set_yscale('log')
     handles, labels = ax.get_legend_handles_labels()
     if acc_ax is not None:
+        acc_ax.set_ylabel('accuracy')
         h2, l2 = acc_ax.get_legend_handles_labels()
         handles += h2
         labels += l2
-    ax.legend(handles, labels, loc='center right')
-    ax.set_title(str(log_path))
+    ax.legend(handles, labels, loc='center right', fontsize='small' if len(runs) > 2 else None)
+    ax.set_title(runs[0][0] if len(runs) == 1 else ' vs '.join(name for name, _ in runs))
     fig.tight_layout()
+    return fig
+
+
+def plot_logs(log_paths, out_path, logy=False):
+    """Draw the curves of one or several training logs (overlaid, to compare runs) into
+    ``out_path`` (png, svg, pdf: by its extension); returns their parse_log results."""
+    plt = _pyplot()
+    log_paths = list(log_paths)
+    parsed = [read_log(p) for p in log_paths]
+    names = [str(log_paths[0])] if len(log_paths) == 1 else _run_names(log_paths)
+    fig = draw_logs(list(zip(names, parsed)), logy=logy)
     ext = os.path.splitext(str(out_path))[1].lstrip('.') or 'png'
-    with atomic_write(out_path, 'wb') as f:
-        fig.savefig(f, format=ext, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_write(out_path, 'wb') as f:
+            fig.savefig(f, format=ext, dpi=100)
+    finally:
+        plt.close(fig)
     return parsed
+
+
+def plot_log(log_path, out_path, logy=False):
+    """Draw training loss, test loss and test accuracy of one log against iterations (matplotlib)."""
+    return plot_logs([log_path], out_path, logy=logy)[0]

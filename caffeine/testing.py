@@ -19,6 +19,10 @@ import numpy as np
 
 from . import backend
 from .proto import caffe_pb2
+from .backend import set_random_seed
+from .blob import Blob
+from .layer import create_layer
+from .net import Net
 
 
 # -- locating ../shared ------------------------------------------------------------
@@ -67,7 +71,6 @@ def load_golden(case, kind='layers'):
 def make_layer(layer_text, phase=caffe_pb2.TRAIN):
     """A layer from the text of one LayerParameter (name defaults to 'layer')."""
     from google.protobuf import text_format
-    from .layer import create_layer
     lp = caffe_pb2.LayerParameter()
     if isinstance(layer_text, caffe_pb2.LayerParameter):
         lp.CopyFrom(layer_text)
@@ -81,7 +84,6 @@ def make_layer(layer_text, phase=caffe_pb2.TRAIN):
 
 
 def blobs_from_arrays(*arrays):
-    from .blob import Blob
     out = []
     for a in arrays:
         a = np.asarray(a, dtype=np.float32)
@@ -95,7 +97,6 @@ def setup_layer(layer_text, *bottoms, ntop=1, phase=caffe_pb2.TRAIN, params=None
     """(layer, bottom, top): the layer of ``layer_text`` set up on Blobs holding the
     arrays ``bottoms``, with ``ntop`` new tops (or the bottoms themselves when
     ``in_place``), its parameter blobs set to ``params`` where given."""
-    from .blob import Blob
     layer = make_layer(layer_text, phase)
     bottom = blobs_from_arrays(*bottoms)
     top = bottom if in_place else [Blob() for _ in range(ntop)]
@@ -133,7 +134,6 @@ def assert_in_place_equals_out_of_place(layer_text, bottom, top_diff, phase=caff
     parameters (and random seed, when given), and assert the same top (within
     ``top_rtol``; exactly by default), bottom diff and parameter diffs (within
     ``rtol``/``atol``; exactly by default).  Returns the layer run in place."""
-    from . import set_random_seed
     runs, params = [], None
     for in_place in (False, True):
         if seed is not None:
@@ -270,7 +270,6 @@ class GradientChecker:
 # -- golden layer cases ------------------------------------------------------------
 def run_golden_layer(case):
     """Run one golden layer case in caffeine; returns (npz, net)."""
-    from .net import Net
     z = load_golden(case, 'layers')
     phase = caffe_pb2.TRAIN if str(z['phase']) == 'TRAIN' else caffe_pb2.TEST
     net = Net(str(z['prototxt']), phase)
@@ -331,7 +330,6 @@ def _golden_input(rng, shape, kind):
 
 def run_golden_net(case):
     """Build golden net ``case``, fill inputs and params as recorded, run forward (and backward)."""
-    from .net import Net
     z = load_golden(case, 'nets')
     meta = golden_index()['nets'][case]
     phase = caffe_pb2.TRAIN if meta['phase'] == 'TRAIN' else caffe_pb2.TEST

@@ -73,3 +73,17 @@ def test_lenet_solver_is_caffes():
     assert (sp.base_lr, sp.momentum, sp.weight_decay, sp.lr_policy, sp.gamma, sp.power) == \
         (pytest.approx(0.01), pytest.approx(0.9), pytest.approx(0.0005), 'inv', pytest.approx(1e-4), pytest.approx(0.75))
     assert (sp.test_iter[0], sp.test_interval, sp.max_iter, sp.display) == (100, 500, 10000, 100)
+
+
+# SSD detectors (deploy nets only, no train_val): model, classes with background, input shape
+DETECTORS = [('face_detector_res10', 2, (1, 3, 300, 300)), ('mobilenet_ssd', 21, (1, 3, 300, 300))]
+
+
+@pytest.mark.parametrize('model,classes,shape', DETECTORS, ids=[m for m, _, _ in DETECTORS])
+def test_detector_deploy_builds_and_detects(model, classes, shape):
+    net = caffeine.Net(os.path.join(ROOT, 'models', model, 'deploy.prototxt'), caffeine.TEST)
+    assert net.blobs['data'].data.shape == shape
+    det = [layer for layer in net.layers if layer.type == 'DetectionOutput'][0]
+    assert det.num_classes == classes
+    out = net.forward()['detection_out']
+    assert out.shape[:2] == (1, 1) and out.shape[3] == 7

@@ -26,6 +26,51 @@ needs_schema = pytest.mark.skipif(SCHEMA is None, reason='../shared/caffe-refere
 
 FD = caffe_pb2.DESCRIPTOR
 
+# Caffe forks' messages and fields, beyond BVLC's schema (see the note at the top of
+# protos/caffe.proto): message -> {field: number}; every BVLC field stays as BVLC has it.
+FORK_MESSAGES = {  # weiliu89/caffe (SSD), with its field numbers
+    'PermuteParameter': {'order': 1},
+    'NormalizeParameter': {'across_spatial': 1, 'scale_filler': 2, 'channel_shared': 3, 'eps': 4},
+    'PriorBoxParameter': {'min_size': 1, 'max_size': 2, 'aspect_ratio': 3, 'flip': 4, 'clip': 5,
+                          'variance': 6, 'img_size': 7, 'img_h': 8, 'img_w': 9, 'step': 10,
+                          'step_h': 11, 'step_w': 12, 'offset': 13},
+    'DetectionOutputParameter': {'num_classes': 1, 'share_location': 2, 'background_label_id': 3,
+                                 'nms_param': 4, 'save_output_param': 5, 'code_type': 6,
+                                 'keep_top_k': 7, 'variance_encoded_in_target': 8,
+                                 'confidence_threshold': 9, 'visualize': 10,
+                                 'visualize_threshold': 11, 'save_file': 12,
+                                 'clip': 1000, 'normalized_bbox': 1001},  # OpenCV's two
+    'NonMaximumSuppressionParameter': {'nms_threshold': 1, 'top_k': 2, 'eta': 3},
+    'MultiBoxLossParameter': {'loc_loss_type': 1, 'conf_loss_type': 2, 'loc_weight': 3, 'num_classes': 4,
+                              'share_location': 5, 'match_type': 6, 'overlap_threshold': 7,
+                              'use_prior_for_matching': 8, 'background_label_id': 9,
+                              'use_difficult_gt': 10, 'do_neg_mining': 11, 'neg_pos_ratio': 12,
+                              'neg_overlap': 13, 'code_type': 14, 'encode_variance_in_target': 16,
+                              'map_object_to_agnostic': 17, 'ignore_cross_boundary_bbox': 18,
+                              'bp_inside': 19, 'mining_type': 20, 'nms_param': 21, 'sample_size': 22,
+                              'use_prior_for_nms': 23},
+    'SaveOutputParameter': {'output_directory': 1, 'output_name_prefix': 2, 'output_format': 3,
+                            'label_map_file': 4, 'name_size_file': 5, 'num_test_image': 6,
+                            'resize_param': 7},
+    'ResizeParameter': {'prob': 1, 'resize_mode': 2, 'height': 3, 'width': 4, 'pad_mode': 5,
+                        'pad_value': 6, 'interp_mode': 7, 'height_scale': 8, 'width_scale': 9},
+}
+FORK_ENUMS = {'PriorBoxParameter.CodeType': {'CORNER': 1, 'CENTER_SIZE': 2, 'CORNER_SIZE': 3},
+              'MultiBoxLossParameter.LocLossType': {'L2': 0, 'SMOOTH_L1': 1},
+              'MultiBoxLossParameter.ConfLossType': {'SOFTMAX': 0, 'LOGISTIC': 1},
+              'MultiBoxLossParameter.MatchType': {'BIPARTITE': 0, 'PER_PREDICTION': 1},
+              'MultiBoxLossParameter.MiningType': {'NONE': 0, 'MAX_NEGATIVE': 1, 'HARD_EXAMPLE': 2},
+              'ResizeParameter.Resize_mode': {'WARP': 1, 'FIT_SMALL_SIZE': 2, 'FIT_LARGE_SIZE_AND_PAD': 3},
+              'ResizeParameter.Pad_mode': {'CONSTANT': 1, 'MIRRORED': 2, 'REPEAT_NEAREST': 3},
+              'ResizeParameter.Interp_mode': {'LINEAR': 1, 'AREA': 2, 'NEAREST': 3, 'CUBIC': 4,
+                                              'LANCZOS4': 5}}
+FORK_FIELDS = {  # fork fields added to BVLC messages
+    'LayerParameter': {'permute_param': 202, 'prior_box_param': 203,
+                       'detection_output_param': 204, 'norm_param': 206,
+                       'multibox_loss_param': 2201},   # weiliu89's 201 is OpenCV's proposal_param
+    'PoolingParameter': {'ceil_mode': 1001},  # OpenCV's, at its own number (13 is round_mode)
+}
+
 
 def _type_code(name):
     from google.protobuf.descriptor import FieldDescriptor as F
@@ -95,14 +140,16 @@ def test_schema_package_and_syntax():
 
 @needs_schema
 def test_schema_messages_are_exactly_caffes():
-    assert set(_all_messages()) == set(SCHEMA['messages'])
+    assert set(_all_messages()) == set(SCHEMA['messages']) | set(FORK_MESSAGES)
     assert len(SCHEMA['messages']) == 63
 
 
 @needs_schema
 def test_schema_enums_are_exactly_caffes():
     enums = _all_enums()
-    assert set(enums) == set(SCHEMA['enums'])
+    assert set(enums) == set(SCHEMA['enums']) | set(FORK_ENUMS)
+    for name, values in FORK_ENUMS.items():
+        assert {v.name: v.number for v in enums[name].values} == values, name
     for name, values in SCHEMA['enums'].items():
         assert {v.name: v.number for v in enums[name].values} == values, name
     # a few values spelled out
@@ -116,7 +163,7 @@ def test_schema_enums_are_exactly_caffes():
 def test_schema_fields(message):
     desc = _all_messages()[message]
     want = SCHEMA['messages'][message]
-    assert set(desc.fields_by_name) == set(want), message
+    assert set(desc.fields_by_name) == set(want) | set(FORK_FIELDS.get(message, {})), message
     for name, spec in want.items():
         fd = desc.fields_by_name[name]
         where = '%s.%s' % (message, name)
@@ -137,6 +184,19 @@ def test_schema_fields(message):
         opts = fd.GetOptions()
         packed = opts.packed if opts.HasField('packed') else None
         assert packed == spec.get('packed'), where
+
+
+def test_fork_messages_and_fields_have_the_forks_numbers():
+    msgs = _all_messages()
+    for message, fields in list(FORK_MESSAGES.items()) + list(FORK_FIELDS.items()):
+        desc = msgs[message]
+        got = {name: desc.fields_by_name[name].number for name in fields}
+        assert got == fields, message
+    for message in FORK_MESSAGES:
+        assert set(msgs[message].fields_by_name) == set(FORK_MESSAGES[message]), message
+    f = caffe_pb2.PriorBoxParameter.DESCRIPTOR.fields_by_name
+    assert f['clip'].default_value is False and f['flip'].default_value is True
+    assert _f32(caffe_pb2.NormalizeParameter.DESCRIPTOR.fields_by_name['eps'].default_value) == _f32(1e-10)
 
 
 @needs_schema

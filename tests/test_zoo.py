@@ -28,7 +28,8 @@ SHARED = REPO.parent / 'shared'
 
 EXPECTED_FOLDERS = ['bvlc_alexnet', 'bvlc_reference_caffenet', 'bvlc_googlenet',
                     'bvlc_reference_rcnn_ilsvrc13', 'finetune_flickr_style', 'vgg16', 'vgg19',
-                    'resnet50', 'resnet101', 'resnet152', 'squeezenet1.0', 'squeezenet1.1']
+                    'resnet50', 'resnet101', 'resnet152', 'squeezenet1.0', 'squeezenet1.1',
+                    'face_detector_res10', 'mobilenet_ssd']
 
 
 # ---------------------------------------------------------------------------

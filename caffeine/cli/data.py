@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 
 import click
+from ..data.tools import compute_mean, convert_cifar10, convert_imageset, convert_mnist, db_info
 
 
 def _progress():
@@ -40,7 +41,6 @@ def convert_imageset_cmd(root, listfile, db, resize_height, resize_width, gray, 
     ROOT is the folder the LISTFILE's names are relative to; each LISTFILE line is
     `name label`.  Keys are `%08d_name`.
     """
-    from ..data.tools import convert_imageset
     r = convert_imageset(root, listfile, db, resize_height, resize_width, gray, shuffle, encoded, encode_type,
                          db_backend, check_size, skip_bad, overwrite, progress=_progress(), limit=limit)
     extra = (', %d skipped' % r['skipped']) if r['skipped'] else ''
@@ -55,7 +55,6 @@ def convert_imageset_cmd(root, listfile, db, resize_height, resize_width, gray, 
               help='Database kind (default: detected).')
 def compute_mean_cmd(db, out, db_backend):
     """Mean image of DB, written to OUT (a .binaryproto), as Caffe's compute_image_mean."""
-    from ..data.tools import compute_mean
     r = compute_mean(db, out, db_backend, progress=_progress())
     means = ' '.join('%g' % m for m in r['channel_means'])
     c, h, w = r['mean'].shape
@@ -71,7 +70,6 @@ def compute_mean_cmd(db, out, db_backend):
 @click.option('--limit', type=int, default=None, help='Convert only the first N examples of each set.')
 def mnist_cmd(from_dir, out_dir, db_backend, limit):
     """MNIST to mnist_train_<backend> and mnist_test_<backend>, as Caffe's convert_mnist_data."""
-    from ..data.tools import convert_mnist
     rs = convert_mnist(from_dir, out_dir, db_backend, limit=limit, progress=_progress())
     click.echo('mnist: ' + ', '.join('%s %d -> %s' % (r['split'], r['count'], r['path']) for r in rs)
                + ' in %.1f s' % sum(r['seconds'] for r in rs))
@@ -84,7 +82,6 @@ def mnist_cmd(from_dir, out_dir, db_backend, limit):
 @click.option('--backend', 'db_backend', type=click.Choice(['lmdb', 'leveldb']), default='lmdb', show_default=True)
 def cifar10_cmd(from_dir, out_dir, db_backend):
     """CIFAR-10 to cifar10_train_<backend> and cifar10_test_<backend>, as Caffe's convert_cifar_data."""
-    from ..data.tools import convert_cifar10
     rs = convert_cifar10(from_dir, out_dir, db_backend, progress=_progress())
     click.echo('cifar10: ' + ', '.join('%s %d -> %s' % (r['split'], r['count'], r['path']) for r in rs)
                + ' in %.1f s' % sum(r['seconds'] for r in rs))
@@ -96,7 +93,6 @@ def cifar10_cmd(from_dir, out_dir, db_backend):
 @click.option('-n', '--show', type=int, default=1, show_default=True, help='Records to describe.')
 def info_cmd(db, db_backend, show):
     """Describe a database: backend, record count, the first records."""
-    from ..data.tools import db_info
     r = db_info(db, db_backend, show)
     for rec in r['records']:
         click.echo('  %s: label %d, %s' % (rec['key'], rec['label'], rec['datum']))

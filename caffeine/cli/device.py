@@ -8,6 +8,7 @@ import platform
 import click
 
 from ..errors import CaffeineError
+from .. import backend
 
 log = logging.getLogger('caffeine')
 
@@ -17,7 +18,6 @@ def parse_gpus(spec):
     spec = (spec or '').strip()
     if not spec:
         return []
-    from .. import backend
     if spec == 'all':
         n = backend.device_count()
         if n == 0:
@@ -38,7 +38,6 @@ def parse_gpus(spec):
 
 def use_gpus(gpus, command='train'):
     """Switch to the GPU ``gpus`` names (one id for now), or stay on the CPU for []."""
-    from .. import backend
     if not gpus:
         log.info('Use CPU.')
         backend.set_mode_cpu()
@@ -61,7 +60,6 @@ def use_gpus(gpus, command='train'):
 
 
 def _device_properties(device_id):
-    from .. import backend
     cp = backend._import_cupy()
     p = cp.cuda.runtime.getDeviceProperties(device_id)
 
@@ -95,7 +93,6 @@ def _device_properties(device_id):
 def device_query_cmd(gpu):
     """Show the GPU(s) caffeine can use (Caffe's device_query), or why there are none."""
     import numpy
-    from .. import backend
     if gpu:
         gpus = parse_gpus(gpu)
         backend._import_cupy()  # one clear line when there is no CuPy or no device

@@ -1,5 +1,7 @@
 """caffeine draw MODEL OUT.png: a picture of a net (pycaffe's draw_net.py)."""
 import click
+from ..draw import draw_net_to_file
+from ..prototxt import read_net_param
 
 
 @click.command('draw')
@@ -15,8 +17,6 @@ def draw_cmd(model, output, rankdir, phase, display_lrm):
 
     Needs pydot (pip install 'caffeine[draw]') and, except for .dot, Graphviz's dot program.
     """
-    from caffeine.draw import draw_net_to_file
-    from caffeine.prototxt import read_net_param
     net = read_net_param(model)
     draw_net_to_file(net, output, rankdir.upper(), None if phase.upper() == 'ALL' else phase.upper(),
                      display_lrm=display_lrm)

@@ -24,6 +24,7 @@ from ..proto import caffe_pb2
 from ..prototxt import _looks_like_path
 from ..solver import SignalHandler, load_solver_param, solver_class
 from ..summary import human_bytes, memory_report
+from ..tensorboard import TensorBoardListener
 from ..weights import check_weights_cover
 from ..zoo import resolve_weights
 from .device import parse_gpus, use_gpus
@@ -154,12 +155,20 @@ def progress_bar(solver, progress=None):
 @click.option('--allow-nan', '--allow_nan', 'allow_nan', is_flag=True,
               help='Keep training when the loss turns NaN or infinite.')
 @click.option('--progress/--no-progress', default=None, help='Live progress bar (default: on a terminal only).')
-def train_cmd(solver, weights, snapshot, gpu, level, stage, sigint_effect, sighup_effect, allow_nan, progress):
+@click.option('--tensorboard', 'tensorboard_dir', default='', metavar='DIR',
+              help='Write TensorBoard event files to DIR as training runs (a resumed run continues the curves).')
+@click.option('--tensorboard-histograms', is_flag=True,
+              help='With --tensorboard: also parameter and gradient norms and parameter histograms at each display.')
+def train_cmd(solver, weights, snapshot, gpu, level, stage, sigint_effect, sighup_effect, allow_nan, progress,
+              tensorboard_dir, tensorboard_histograms):
     """Train or fine-tune a model (Caffe's `caffe train`)."""
     if not solver:
         raise CaffeineError('train: need a solver definition (--solver solver.prototxt)')
     if snapshot and weights:
         raise CaffeineError('train: give --snapshot to resume training or --weights to fine-tune, not both')
+    if tensorboard_histograms and not tensorboard_dir:
+        raise CaffeineError('train: --tensorboard-histograms needs --tensorboard DIR')
+    board = TensorBoardListener(tensorboard_dir, tensorboard_histograms) if tensorboard_dir else None
     param, source = load_solver_param(solver)
     param.train_state.level = level
     param.train_state.stage.extend(_stages(stage))
@@ -188,8 +197,11 @@ def train_cmd(solver, weights, snapshot, gpu, level, stage, sigint_effect, sighu
             elif weights:
                 copy_layers(s, weights)
             log.info('Starting Optimization')
+            if board is not None:
+                s.add_listener(board)
             # a diverging loss is reported by the solver itself, naming the layer
-            with np.errstate(over='ignore', invalid='ignore', divide='ignore'), progress_bar(s, progress):
+            with np.errstate(over='ignore', invalid='ignore', divide='ignore'), progress_bar(s, progress), \
+                    (board or contextlib.nullcontext()):
                 s.solve()
 
 

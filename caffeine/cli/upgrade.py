@@ -7,6 +7,10 @@ it in the current one.  A file that is already current is written unchanged.
 import os
 
 import click
+from ..proto import caffe_pb2
+from ..prototxt import parse_text, read_binary, read_text, write_text
+from ..upgrade import apply_net_upgrades, apply_solver_upgrades
+from ..utils import atomic_write
 
 
 def _summary(kind, src, dst, steps, extra=''):
@@ -26,9 +30,6 @@ def upgrade():
 def net_cmd(src, dst):
     """Upgrade a net prototxt (V0/V1 layers, input fields, old transform and
     BatchNorm params) and write it to OUT."""
-    from caffeine.proto import caffe_pb2
-    from caffeine.prototxt import parse_text, read_text, write_text
-    from caffeine.upgrade import apply_net_upgrades
     param = parse_text(read_text(src), caffe_pb2.NetParameter(), os.fspath(src))
     steps = apply_net_upgrades(param, os.fspath(src))
     write_text(dst, param)
@@ -40,9 +41,6 @@ def net_cmd(src, dst):
 @click.argument('dst', metavar='OUT', type=click.Path())
 def solver_cmd(src, dst):
     """Upgrade a solver prototxt (solver_type enum to type string; inline nets) and write it to OUT."""
-    from caffeine.proto import caffe_pb2
-    from caffeine.prototxt import parse_text, read_text, write_text
-    from caffeine.upgrade import apply_solver_upgrades
     param = parse_text(read_text(src), caffe_pb2.SolverParameter(), os.fspath(src))
     steps = apply_solver_upgrades(param, os.fspath(src))
     write_text(dst, param)
@@ -54,10 +52,6 @@ def solver_cmd(src, dst):
 @click.argument('dst', metavar='OUT', type=click.Path())
 def weights_cmd(src, dst):
     """Upgrade a binary .caffemodel (V0/V1 layers, blobs kept) and write it to OUT."""
-    from caffeine.proto import caffe_pb2
-    from caffeine.prototxt import read_binary
-    from caffeine.upgrade import apply_net_upgrades
-    from caffeine.utils import atomic_write
     param = read_binary(src, caffe_pb2.NetParameter())
     steps = apply_net_upgrades(param, os.fspath(src))
     data = param.SerializeToString()

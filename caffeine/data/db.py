@@ -26,9 +26,11 @@ opening one environment twice in a process; LevelDB forbids it outright).
 from __future__ import annotations
 
 import os
+import struct
 import threading
 
 from ..errors import DataError
+from ..utils import atomic_path, remove_stale_temps
 
 BACKENDS = ('lmdb', 'leveldb')
 LMDB_INITIAL_MAP_SIZE = 64 << 20
@@ -129,7 +131,6 @@ def check_lmdb_file(path):
     Reading such a file would train on the part that survived and then die of SIGBUS when
     a read maps past its end.  Every reader opens LMDB through here.
     """
-    import struct
     data = lmdb_data_file(path)
     try:
         size = os.path.getsize(data)
@@ -295,15 +296,6 @@ class DB:
             except Exception as e:
                 raise read_error('leveldb', self.path, e) from None
         return n
-
-    def is_empty(self):
-        if self.backend == 'lmdb':
-            return len(self) == 0
-        c = self.cursor()
-        try:
-            return not c.valid()
-        finally:
-            c.close()
 
     def items(self, limit=None):
         """Every (key, value) in key order (a fresh cursor)."""
@@ -484,7 +476,6 @@ class DBWriter:
     """
 
     def __init__(self, path, backend='lmdb', commit_every=1000, overwrite=False):
-        from ..utils import atomic_path, remove_stale_temps
         self.path = os.fspath(path)
         self.backend = backend_name(backend)
         self.commit_every = int(commit_every)

@@ -21,6 +21,7 @@ from .. import backend
 from ..errors import DataError
 from ..proto import caffe_pb2
 from ..utils import atomic_write, log
+from ..zoo import ZooError, fetch_url
 from .datum import (Datum, datum_to_array, decode_datum_native, encode_image, encoded_datum_bytes,
                     image_extension, parse_datum, raw_datum_bytes, read_image)
 from .db import DBWriter, backend_name, open_db
@@ -187,7 +188,6 @@ def compute_mean(db, out=None, backend_=None, progress=False):
 def _download(urls, dest, what):
     """Fetch the first URL of ``urls`` that answers into ``dest`` (atomically, through
     ``dest.part``), with the zoo's retries and time limits; one-line error if none does."""
-    from ..zoo import ZooError, fetch_url
     errors = []
     for url in urls:
         log.info('Downloading %s', url)

@@ -2,7 +2,7 @@
 import importlib
 
 _FAMILIES = ('input', 'neuron', 'inner_product', 'shape', 'reduction', 'softmax', 'normalization',
-             'utility', 'vision', 'loss', 'recurrent', 'data', 'python')
+             'utility', 'vision', 'loss', 'recurrent', 'data', 'python', 'detection')
 
 for _f in _FAMILIES:
     importlib.import_module('.' + _f, __name__)

@@ -163,7 +163,6 @@ class ConvEngine:
         self.N = int(num)
         self.nd = len(self.kernel)
         self.K = shape_count(self.kernel)
-        self.IN = shape_count(self.in_sp)
         self.OUT = shape_count(self.out_sp)
         self.CK = self.in_ch * self.K
         self.Mg = self.out_ch // self.G

@@ -29,6 +29,8 @@ from ..data.db import open_db
 from ..data.listfile import read_label_list, read_text_lines
 from ..data.prefetch import DataSource, Prefetcher
 from ..data.transformer import DataTransformer, load_mean_file
+from .. import runtime
+from ..fillers import fill
 
 TRAIN = caffe_pb2.TRAIN
 
@@ -40,7 +42,6 @@ def _where(layer):
 def _solver_split():
     """(solver_count, solver_rank) for multi-GPU record skipping (1, 0 when unknown)."""
     try:
-        from .. import runtime
         return int(runtime.solver_count()), int(runtime.solver_rank())
     except Exception:
         return 1, 0
@@ -987,7 +988,6 @@ class DummyDataLayer(Layer):
         for t, s in zip(top, shapes):
             t.reshape(s)
         # constant tops are filled once, here (Caffe's refill_ trick)
-        from ..fillers import fill
         for i, t in enumerate(top):
             fid = i if len(self._fillers) > 1 else 0
             if not self._refill[fid]:
@@ -997,7 +997,6 @@ class DummyDataLayer(Layer):
         pass
 
     def forward(self, bottom, top):
-        from ..fillers import fill
         for i, t in enumerate(top):
             fid = i if len(self._fillers) > 1 else 0
             if self._refill[fid]:

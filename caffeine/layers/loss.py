@@ -19,6 +19,7 @@ from ..blob import Blob
 from ..layer import Layer, register
 from ..proto import caffe_pb2
 from ._util import canonical_axis, shape_count, sigmoid_tanh
+from ..weights import blob_proto_to_array
 
 FLT_MIN = float(np.finfo(np.float32).tiny)   # Caffe's clamp in SoftmaxWithLoss
 kLOG_THRESHOLD = 1e-20                       # Caffe's clamp in MultinomialLogistic/Infogain
@@ -112,17 +113,55 @@ class LossLayer(Layer):
     def read_labels(self, label_data, num_classes, ignore_label=None):
         return read_labels(self, label_data, num_classes, ignore_label)
 
+    def sample_labels(self, bottom):
+        """(labels, row indices) for predictions of ``self.num`` x ``self.dim`` with one label per sample."""
+        lab, _ = self.read_labels(bottom[1].xdata.ravel(), self.dim)
+        return lab, backend.get_xp().arange(self.num)
+
+
+# ---------------------------------------------------------------------------------
+class _SoftmaxOverClassesLoss(LossLayer):
+    """What SoftmaxWithLoss and InfogainLoss share: the scores seen as (outer x C x inner)
+    along the class axis, one label per (outer, inner) position, and the softmax
+    probabilities kept in ``self.prob`` (also top 1 when asked for)."""
+    max_top = 2
+
+    def _reshape_classes(self, bottom, top, axis, label_hint=''):
+        self.check_first_dim(bottom)
+        self.axis = canonical_axis(self, bottom[0], axis)
+        shape = bottom[0].shape
+        self.outer = shape_count(shape, 0, self.axis)
+        self.C = int(shape[self.axis])
+        self.inner = shape_count(shape, self.axis + 1)
+        if self.outer * self.inner != bottom[1].count:
+            raise self.error('number of labels must match number of predictions%s: scores %s, labels %s'
+                             % (label_hint, list(shape), list(bottom[1].shape)))
+        top[0].reshape(())
+        if self.prob.shape != shape:
+            self.prob.reshape(shape)
+        if len(top) > 1:
+            top[1].reshape(shape)
+
+    def _softmax(self, x, p):
+        """p = softmax of x over the class axis (both outer x C x inner in memory)."""
+        xp = backend.get_xp()
+        shape = (self.outer, self.C, self.inner)
+        x3 = x.reshape(shape)
+        p3 = p.reshape(shape)
+        xp.subtract(x3, x3.max(axis=1, keepdims=True), out=p3)
+        xp.exp(p3, out=p3)
+        p3 /= p3.sum(axis=1, keepdims=True)
+
 
 # ---------------------------------------------------------------------------------
 @register('SoftmaxWithLoss')
-class SoftmaxWithLossLayer(LossLayer):
+class SoftmaxWithLossLayer(_SoftmaxOverClassesLoss):
     """Softmax over ``softmax_param.axis`` then the multinomial logistic loss.
 
     bottom: scores (outer x C x inner), labels (outer*inner values in [0, C)).
     top: loss (scalar), optionally the probabilities (shape of the scores, loss weight 0).
     loss = -sum log(max(p[label], FLT_MIN)) / normalizer, skipping ignore_label.
     """
-    max_top = 2
 
     def setup(self, bottom, top):
         lp = self.layer_param.loss_param
@@ -132,22 +171,9 @@ class SoftmaxWithLossLayer(LossLayer):
         self._shape = None
 
     def reshape(self, bottom, top):
-        self.check_first_dim(bottom)
-        self.axis = canonical_axis(self, bottom[0], self.layer_param.softmax_param.axis)
-        shape = bottom[0].shape
-        self.outer = shape_count(shape, 0, self.axis)
-        self.C = int(shape[self.axis])
-        self.inner = shape_count(shape, self.axis + 1)
-        if self.outer * self.inner != bottom[1].count:
-            raise self.error('number of labels must match number of predictions; e.g., if softmax axis == 1 '
-                             'and prediction shape is (N, C, H, W), label count (number of labels) must be N*H*W, '
-                             'with integer values in {0, 1, ..., C-1}: scores %s, labels %s'
-                             % (list(shape), list(bottom[1].shape)))
-        top[0].reshape(())
-        if self.prob.shape != shape:
-            self.prob.reshape(shape)
-        if len(top) > 1:
-            top[1].reshape(shape)
+        self._reshape_classes(bottom, top, self.layer_param.softmax_param.axis,
+                              '; e.g., if softmax axis == 1 and prediction shape is (N, C, H, W), label count '
+                              '(number of labels) must be N*H*W, with integer values in {0, 1, ..., C-1}')
         if self._shape != (self.outer, self.C, self.inner):
             self._shape = (self.outer, self.C, self.inner)
             xp = backend.get_xp()
@@ -157,15 +183,6 @@ class SoftmaxWithLossLayer(LossLayer):
         elif self._base_mode != backend.mode():
             self._base_idx = backend.to_device(backend.to_host(self._base_idx))
             self._base_mode = backend.mode()
-
-    def _softmax(self, x, p):
-        xp = backend.get_xp()
-        x3 = x.reshape(self._shape)
-        p3 = p.reshape(self._shape)
-        m = x3.max(axis=1, keepdims=True)
-        xp.subtract(x3, m, out=p3)
-        xp.exp(p3, out=p3)
-        p3 /= p3.sum(axis=1, keepdims=True)
 
     def _indices(self, bottom):
         if self._base_mode != backend.mode():
@@ -335,8 +352,7 @@ class HingeLossLayer(LossLayer):
 
     def forward(self, bottom, top):
         xp = backend.get_xp()
-        lab, _ = self.read_labels(bottom[1].xdata.ravel(), self.dim)
-        rows = xp.arange(self.num)
+        lab, rows = self.sample_labels(bottom)
         d = self.diff.xdata
         d[...] = bottom[0].xdata.reshape(self.num, self.dim)
         d[rows, lab] *= np.float32(-1)
@@ -353,8 +369,7 @@ class HingeLossLayer(LossLayer):
         if not propagate_down[0]:
             return
         xp = backend.get_xp()
-        lab, _ = self.read_labels(bottom[1].xdata.ravel(), self.dim)
-        rows = xp.arange(self.num)
+        lab, rows = self.sample_labels(bottom)
         bd = bottom[0].xdiff.reshape(self.num, self.dim)
         bd[...] = self.diff.xdata
         bd[rows, lab] *= np.float32(-1)
@@ -381,8 +396,8 @@ class MultinomialLogisticLossLayer(LossLayer):
 
     def forward(self, bottom, top):
         xp = backend.get_xp()
-        lab, _ = self.read_labels(bottom[1].xdata.ravel(), self.dim)
-        p = bottom[0].xdata.reshape(self.num, self.dim)[xp.arange(self.num), lab]
+        lab, rows = self.sample_labels(bottom)
+        p = bottom[0].xdata.reshape(self.num, self.dim)[rows, lab]
         loss = -xp.log(xp.maximum(p, np.float32(kLOG_THRESHOLD))).sum(dtype=np.float32)
         top[0].xdata[...] = loss / np.float32(self.num)
 
@@ -391,8 +406,7 @@ class MultinomialLogisticLossLayer(LossLayer):
         if not propagate_down[0]:
             return
         xp = backend.get_xp()
-        lab, _ = self.read_labels(bottom[1].xdata.ravel(), self.dim)
-        rows = xp.arange(self.num)
+        lab, rows = self.sample_labels(bottom)
         p = bottom[0].xdata.reshape(self.num, self.dim)[rows, lab]
         bd = bottom[0].xdiff.reshape(self.num, self.dim)
         bd.fill(0)
@@ -402,7 +416,7 @@ class MultinomialLogisticLossLayer(LossLayer):
 
 # ---------------------------------------------------------------------------------
 @register('InfogainLoss')
-class InfogainLossLayer(LossLayer):
+class InfogainLossLayer(_SoftmaxOverClassesLoss):
     """Softmax over ``infogain_loss_param.axis``, then the infogain-weighted log loss.
 
     bottom: scores (outer x C x inner), labels (outer*inner), optionally H (C x C;
@@ -413,7 +427,6 @@ class InfogainLossLayer(LossLayer):
     exact_num_bottom = None
     min_bottom = 2
     max_bottom = 3
-    max_top = 2
     # Caffe fails on backward to the labels and to H; neither is forced.
     allow_force_backward_bottoms = frozenset([0])
     label_bottoms = (1,)
@@ -439,7 +452,6 @@ class InfogainLossLayer(LossLayer):
                 raise self.error('cannot read infogain matrix %r: %s' % (src, e.strerror or e))
             except Exception as e:  # protobuf DecodeError
                 raise self.error('infogain matrix %r is not a BlobProto: %s' % (src, e))
-            from ..weights import blob_proto_to_array
             try:
                 arr = blob_proto_to_array(proto)
             except Exception as e:
@@ -448,24 +460,11 @@ class InfogainLossLayer(LossLayer):
             self.infogain.data[...] = arr
 
     def reshape(self, bottom, top):
-        self.check_first_dim(bottom)
-        self.axis = canonical_axis(self, bottom[0], self.layer_param.infogain_loss_param.axis)
-        shape = bottom[0].shape
-        self.outer = shape_count(shape, 0, self.axis)
-        self.C = int(shape[self.axis])
-        self.inner = shape_count(shape, self.axis + 1)
-        if self.outer * self.inner != bottom[1].count:
-            raise self.error('number of labels must match number of predictions: scores %s, labels %s'
-                             % (list(shape), list(bottom[1].shape)))
+        self._reshape_classes(bottom, top, self.layer_param.infogain_loss_param.axis)
         H = bottom[2] if len(bottom) > 2 else self.infogain
         if H.count != self.C * self.C:
             raise self.error('infogain matrix H must have %d x %d = %d values, got shape %s'
                              % (self.C, self.C, self.C * self.C, list(H.shape)))
-        top[0].reshape(())
-        if self.prob.shape != shape:
-            self.prob.reshape(shape)
-        if len(top) > 1:
-            top[1].reshape(shape)
         self._shape = (self.outer, self.C, self.inner)
 
     def _H(self, bottom):
@@ -475,11 +474,8 @@ class InfogainLossLayer(LossLayer):
     def forward(self, bottom, top):
         xp = backend.get_xp()
         p = self.prob.xdata
-        x3 = bottom[0].xdata.reshape(self._shape)
+        self._softmax(bottom[0].xdata, p)
         p3 = p.reshape(self._shape)
-        xp.subtract(x3, x3.max(axis=1, keepdims=True), out=p3)
-        xp.exp(p3, out=p3)
-        p3 /= p3.sum(axis=1, keepdims=True)
         lab, valid = self.read_labels(bottom[1].xdata.reshape(self.outer, self.inner), self.C, self.ignore_label)
         H = self._H(bottom)
         # Hl[o, l, i] = H[label[o, i], l]

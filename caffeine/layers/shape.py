@@ -182,14 +182,29 @@ class SplitLayer(Layer):
             dx += t.xdiff
 
 
+class _ViewLayer(Layer):
+    """A top that is the bottom under another shape: data and diff shared, nothing to compute."""
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def _view(self, bottom, top, shape):
+        top[0].reshape(shape)
+        top[0].share_data(bottom[0])
+        top[0].share_diff(bottom[0])
+
+    def forward(self, bottom, top):
+        pass
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+
+
 @register('Flatten')
-class FlattenLayer(Layer):
+class FlattenLayer(_ViewLayer):
     """Merges axes ``axis`` .. ``end_axis`` into one; shares data and diff.
 
     bottom: x.  top: y.  flatten_param: axis (1), end_axis (-1).
     """
-    exact_num_bottom = 1
-    exact_num_top = 1
 
     def reshape(self, bottom, top):
         if top[0] is bottom[0]:
@@ -200,28 +215,17 @@ class FlattenLayer(Layer):
         end = canonical_axis(self, b, p.end_axis, 'end_axis')
         if end < start:
             raise self.error('end_axis %d comes before axis %d' % (p.end_axis, p.axis))
-        shape = list(b.shape[:start]) + [b.count_range(start, end + 1)] + list(b.shape[end + 1:])
-        top[0].reshape(shape)
-        top[0].share_data(b)
-        top[0].share_diff(b)
-
-    def forward(self, bottom, top):
-        pass
-
-    def backward(self, top, propagate_down, bottom):
-        pass
+        self._view(bottom, top, list(b.shape[:start]) + [b.count_range(start, end + 1)] + list(b.shape[end + 1:]))
 
 
 @register('Reshape')
-class ReshapeLayer(Layer):
+class ReshapeLayer(_ViewLayer):
     """Changes the shape, not the data; shares data and diff with the bottom.
 
     bottom: x.  top: y.
     reshape_param: shape (dim 0 copies the bottom's axis, dim -1 is inferred),
     axis (0) and num_axes (-1): the range of bottom axes the shape replaces.
     """
-    exact_num_bottom = 1
-    exact_num_top = 1
 
     def setup(self, bottom, top):
         if top[0] is bottom[0]:
@@ -271,15 +275,7 @@ class ReshapeLayer(Layer):
         if shape_count(shape) != b.count:
             raise self.error('new shape %s has %d values but the bottom %s has %d'
                              % (shape, shape_count(shape), list(b.shape), b.count))
-        top[0].reshape(shape)
-        top[0].share_data(b)
-        top[0].share_diff(b)
-
-    def forward(self, bottom, top):
-        pass
-
-    def backward(self, top, propagate_down, bottom):
-        pass
+        self._view(bottom, top, shape)
 
 
 @register('Tile')

@@ -348,7 +348,8 @@ class PoolingLayer(Layer):
 
     bottom: (N, C, H, W).  top: (N, C, PH, PW) and, for MAX, optionally the mask
     (the flat index h * W + w of each maximum in its input plane, as float).
-    PH = ceil((H + 2 pad - kernel) / stride) + 1 (floor with round_mode FLOOR), less one
+    PH = ceil((H + 2 pad - kernel) / stride) + 1 (floor with round_mode FLOOR, or
+    OpenCV's ceil_mode: false), less one
     when padding makes the last window start outside the input + pad.
     AVE divides by the window clipped to the padded input; MAX ignores padding.
     STOCHASTIC: TRAIN samples an element of each window with probability proportional to
@@ -398,6 +399,12 @@ class PoolingLayer(Layer):
             if not self.global_pooling and (self.pads[0] >= self.kernel[0] or self.pads[1] >= self.kernel[1]):
                 raise self.error('pad %s must be smaller than kernel %s' % (_sz(self.pads), _sz(self.kernel)))
         self.round_mode = int(p.round_mode)
+        if p.HasField('ceil_mode'):  # OpenCV's spelling of round_mode (see protos/caffe.proto)
+            mode = _PP.CEIL if p.ceil_mode else _PP.FLOOR
+            if p.HasField('round_mode') and mode != self.round_mode:
+                raise self.error('ceil_mode: %s contradicts round_mode: %s'
+                                 % (str(p.ceil_mode).lower(), _PP.RoundMode.Name(self.round_mode)))
+            self.round_mode = mode
         self._key = None
         self._c = _DeviceConsts()
         self._koff_valid = False
