@@ -29,8 +29,8 @@ _LAZY = {
     'Classifier': 'classifier', 'Detector': 'detector',
     'NetSpec': 'net_spec', 'params': 'net_spec', 'to_proto': 'net_spec',
     'solver_count': 'runtime', 'solver_rank': 'runtime', 'set_solver_count': 'runtime',
-    'set_solver_rank': 'runtime', 'set_multiprocess': 'runtime', 'has_nccl': 'runtime',
-    'Timer': 'runtime', 'NCCL': 'runtime', 'init_log': 'glog', 'log': 'glog',
+    'set_solver_rank': 'runtime', 'set_multiprocess': 'runtime', 'has_nccl': 'parallel',
+    'Timer': 'runtime', 'NCCL': 'parallel', 'init_log': 'glog', 'log': 'glog',
 }
 # `caffeine.layers` is the package of built-in layers; it also answers pycaffe's
 # `caffe.layers.Convolution(...)` (NetSpec) through its module __getattr__.

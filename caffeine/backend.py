@@ -169,6 +169,32 @@ def synchronize():
         _cupy.cuda.Stream.null.synchronize()
 
 
+def buffer_address(a) -> int:
+    """The address of a contiguous array's first value (device or host memory)."""
+    if is_device_array(a):
+        return int(a.data.ptr)
+    return int(a.ctypes.data)
+
+
+def nccl():
+    """CuPy's NCCL binding (``cupy.cuda.nccl``), or a BackendError saying what to install."""
+    _import_cupy()
+    try:
+        from cupy.cuda import nccl as _nccl
+        _nccl.get_version()
+    except Exception as e:  # ImportError, or a CuPy built without NCCL
+        raise BackendError('NCCL is not available to CuPy (%s): pip install nvidia-nccl-cu12 (or -cu13) '
+                           'beside cupy-cuda12x' % (str(e).splitlines()[0] if str(e) else type(e).__name__))
+    return _nccl
+
+
+def current_stream():
+    """CuPy's current CUDA stream (None on the CPU)."""
+    if _cupy is None or _mode != 'gpu':
+        return None
+    return _cupy.cuda.get_current_stream()
+
+
 # Random numbers --------------------------------------------------------------
 # One policy for every random choice in caffeine, so that a seed makes a run
 # repeatable:

@@ -74,6 +74,17 @@ class SyncedMemory:
         self._head = _DEVICE
         return self._dev
 
+    @classmethod
+    def over(cls, array):
+        """Memory whose current copy is ``array`` (a flat float buffer of the current
+        backend, e.g. a slice of a larger one), kept as is: no copy is made."""
+        m = cls(array.size, array.dtype)
+        if backend.is_device_array(array):
+            m._dev, m._head = array, _DEVICE
+        else:
+            m._host, m._head = array, _HOST
+        return m
+
 
 class Blob:
     """An N-D float32 array with its gradient, as Caffe's Blob."""
@@ -234,6 +245,20 @@ class Blob:
         if mem.capacity < self._count:
             raise CaffeineError('planned buffer of %d values too small for blob of %d' % (mem.capacity, self._count))
         self._data = mem
+        self._views = {}
+
+    def place_in(self, data, diff):
+        """Move values and gradient into ``data`` and ``diff`` (flat arrays of the current
+        backend, ``count`` long, usually views of one buffer for the whole net, as Caffe's
+        GPUParams lays out a net's parameters); the current contents are copied there."""
+        for arr in (data, diff):
+            if arr.ndim != 1 or arr.size != self._count or arr.dtype != self.dtype:
+                raise CaffeineError('place_in: need flat %s arrays of %d values, got %s %s'
+                                    % (numpy.dtype(self.dtype).name, self._count, arr.dtype, list(arr.shape)))
+        data[...] = self.xdata.reshape(-1)
+        diff[...] = self.xdiff.reshape(-1)
+        self._data = SyncedMemory.over(data)
+        self._diff = SyncedMemory.over(diff)
         self._views = {}
 
     def shares_data_with(self, other):

@@ -1,9 +1,9 @@
-"""pycaffe's process-wide settings: multi-GPU solver count/rank, NCCL, and Timer.
+"""pycaffe's process-wide settings: the data-parallel solver count/rank, and Timer.
 
-caffeine trains on one device per process.  ``solver_count``/``solver_rank``
-and ``set_multiprocess`` keep pycaffe's values so that scripts written for
-multi-GPU pycaffe run (as one solver); ``NCCL`` refuses clearly, and
-``has_nccl()`` is False.
+``solver_count``/``solver_rank``/``set_multiprocess`` are this process's place in
+data-parallel training (set by the launcher, or by a script as BVLC's
+python/train.py does); pycaffe's ``NCCL`` and ``has_nccl`` live with the
+data-parallel code (``caffeine.parallel``).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import time
 from .errors import CaffeineError
 
 __all__ = ['solver_count', 'solver_rank', 'set_solver_count', 'set_solver_rank',
-           'set_multiprocess', 'multiprocess', 'has_nccl', 'Timer', 'NCCL']
+           'set_multiprocess', 'multiprocess', 'Timer']
 
 _state = {'solver_count': 1, 'solver_rank': 0, 'multiprocess': False}
 
@@ -47,32 +47,12 @@ def set_solver_rank(rank):
 
 
 def set_multiprocess(multiprocess):
-    """Whether solvers run in separate processes (recorded; caffeine runs one)."""
+    """Whether solvers run in separate processes (one per GPU or MPI rank)."""
     _state['multiprocess'] = bool(multiprocess)
 
 
 def multiprocess():
     return _state['multiprocess']
-
-
-def has_nccl():
-    """False: caffeine has no NCCL multi-GPU training yet."""
-    return False
-
-
-_NCCL_MESSAGE = ('multi-GPU training with NCCL is not supported by caffeine yet; '
-                 'train on one device (caffe.set_device(i)) per run')
-
-
-class NCCL:
-    """pycaffe's ``caffe.NCCL(solver, uid)``: not supported; raises CaffeineError."""
-
-    def __init__(self, *args, **kwargs):
-        raise CaffeineError(_NCCL_MESSAGE)
-
-    @staticmethod
-    def new_uid():
-        raise CaffeineError(_NCCL_MESSAGE)
 
 
 class Timer:

@@ -287,13 +287,17 @@ class Solver:
         self.last_loss = None
         self.last_lr = None
         self._timer = (time.perf_counter(), 0)
+        # data-parallel training: every rank's snapshot state, gathered for rank 0's sidecar
+        self.gather_rank_states = None
         check_solver_param(p, self._source)
         self._sanity_check()
         log.info('Initializing solver from parameters: \n%s', to_text(p))
+        rank = runtime.solver_rank()
         if p.random_seed >= 0:
-            backend.set_random_seed(p.random_seed)
+            backend.set_random_seed(p.random_seed + rank)
         self.net = build_train_net(p, self._source)
-        self.test_nets = build_test_nets(p, self._source, self.net)
+        # only the root solver tests (Caffe's Solver::Init)
+        self.test_nets = build_test_nets(p, self._source, self.net) if rank == 0 else []
         for w in p.weights:
             self._load_weights(w)
         self._presolve()
@@ -587,8 +591,15 @@ class Solver:
         return state_io.snapshot_filename(self.param.snapshot_prefix, self.iter, extension)
 
     def snapshot(self):
-        """Write the weights and the solver state (Caffe's Snapshot); returns the state's path."""
+        """Write the weights and the solver state (Caffe's Snapshot); returns the state's path.
+        In data-parallel training only rank 0 writes; the other ranks hand it their state."""
         p = self.param
+        mine = state_io.rank_state(self._tagged_nets())
+        if runtime.solver_rank() > 0:
+            if self.gather_rank_states is not None:
+                self.gather_rank_states(mine)
+            return None
+        ranks = self.gather_rank_states(mine) if self.gather_rank_states is not None else None
         hdf5 = p.snapshot_format == caffe_pb2.SolverParameter.HDF5
         kind = 'HDF5 file' if hdf5 else 'binary proto file'
         model = self.snapshot_filename('.caffemodel.h5' if hdf5 else '.caffemodel')
@@ -598,7 +609,7 @@ class Solver:
             log.info('Snapshotting to %s %s', kind, model)
             (self.net.save_hdf5 if hdf5 else self.net.save)(model, write_diff=p.snapshot_diff)
             writing = state_file + state_io.SIDECAR_SUFFIX
-            state_io.write_sidecar(state_file, self.iter, state_io.layer_states(self._tagged_nets()))
+            state_io.write_sidecar(state_file, self.iter, mine['layers'], ranks)
             log.info('Snapshotting solver state to %s %s', kind, state_file)
             writing = state_file
             state_io.write_state(state_file, self._saved_state(model))
@@ -631,7 +642,8 @@ class Solver:
         log.info('SGDSolver: restoring history')
         for hb, arr in zip(self.history, saved.history):
             backend.copy_into(hb.xdata, arr.reshape(hb.shape))
-        state_io.apply_sidecar(state_file, self.iter, self._tagged_nets())
+        state_io.apply_sidecar(state_file, self.iter, self._tagged_nets(), runtime.solver_rank(),
+                               runtime.solver_count())
 
     def _restore_weights(self, state_file, model):
         try:

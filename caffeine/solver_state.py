@@ -16,7 +16,8 @@ The solver keeps its loop; this module keeps the files, as Caffe keeps
 - The sidecar ``<state>.caffeine.json`` holds caffeine's random-generator state
   and the ``get_state()`` of layers that offer one (a data layer's cursor), so a
   resumed run continues bit for bit: ``write_sidecar``, ``read_sidecar``,
-  ``layer_states(nets)``, ``set_layer_states(nets, states)``.
+  ``layer_states(nets)``, ``set_layer_states(nets, states)``.  In data-parallel
+  training rank 0's sidecar also lists every rank's ``rank_state`` under ``ranks``.
 
 Nothing here builds a Net: the layer-state helpers take ``(tag, net)`` pairs
 and read only ``net.layer_names`` and ``net.layers``.
@@ -275,10 +276,18 @@ def set_layer_states(nets, states):
                 layer.set_state(states[key])
 
 
-def write_sidecar(state_file, iteration, layers):
-    """Write ``<state_file>.caffeine.json``: the iteration, backend mode, random generator and layer states."""
+def rank_state(nets):
+    """This process's part of a sidecar: its random generator and its layers' states."""
+    return {'rng': backend.rng_state(), 'layers': layer_states(nets)}
+
+
+def write_sidecar(state_file, iteration, layers, ranks=None):
+    """Write ``<state_file>.caffeine.json``: the iteration, backend mode, random generator and layer
+    states, and with ``ranks`` (data-parallel training) every rank's ``rank_state``, in rank order."""
     extra = {'caffeine_sidecar': 1, 'iter': iteration, 'mode': backend.mode(),
              'rng': backend.rng_state(), 'layers': layers}
+    if ranks is not None:
+        extra['ranks'] = ranks
     try:
         text = json.dumps(extra)
     except TypeError as e:
@@ -307,11 +316,18 @@ def read_sidecar(state_file, iteration):
     return extra
 
 
-def apply_sidecar(state_file, iteration, nets):
-    """Restore the random generator and the layer states saved beside ``state_file``, if any."""
+def apply_sidecar(state_file, iteration, nets, rank=0, count=1):
+    """Restore the random generator and the layer states saved beside ``state_file``, if any
+    (rank ``rank``'s of ``count``: the run must have as many ranks as the one that saved them)."""
     extra = read_sidecar(state_file, iteration)
     if extra is None:
         return
+    ranks = extra.get('ranks') or [extra]
+    if len(ranks) != count:
+        log.warning('%s was written by %d rank(s), this run has %d: the data positions and random streams '
+                    'start afresh', state_file + SIDECAR_SUFFIX, len(ranks), count)
+        return
+    extra = ranks[rank]
     if extra.get('rng'):
         try:
             backend.set_rng_state(extra['rng'])

@@ -4,7 +4,11 @@
 #   1. the device and CuPy versions,
 #   2. every test parametrized over the backends, on the GPU (`-m gpu`): the
 #      layers' golden cases and gradient checks, golden nets, blobs, data layers,
-#   3. benchmarks/bench_gpu.py (caffeine on CuPy against PyTorch CUDA).
+#   3. benchmarks/bench_gpu.py (caffeine on CuPy against PyTorch CUDA),
+#   4. data-parallel training (tools/gpu_parallel_check.py): NCCL of one rank,
+#      pycaffe's NCCL flow (python/train.py) at N=1 against the plain solver,
+#      2 processes on one GPU against 1 process with twice the batch, and with
+#      2 GPUs `caffeine train --gpu 0,1` against one GPU (needs the mpi extra).
 # Logs go to $OUT (default /tmp/gpu_check).  Each part has its own time limit
 # so that the whole stays under ten minutes.
 #   bash tools/gpu_check.sh [--quick]
@@ -22,3 +26,5 @@ timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$O
 echo "tests exit status: $?" | tee -a "$OUT/tests.log"
 timeout 240 python3 benchmarks/bench_gpu.py $quick 2>&1 | tee "$OUT/bench.log"
 echo "bench exit status: $?" | tee -a "$OUT/bench.log"
+timeout 180 python3 tools/gpu_parallel_check.py "$OUT" 2>&1 | tee "$OUT/parallel.log"
+echo "parallel exit status: $?" | tee -a "$OUT/parallel.log"

@@ -43,9 +43,6 @@ def use_gpus(gpus, command='train'):
         backend.set_mode_cpu()
         return None
     if len(gpus) > 1:
-        if command == 'train':
-            raise CaffeineError('--gpu %s: multi-GPU training is not supported yet; give one GPU id (--gpu %d)'
-                                % (','.join(str(g) for g in gpus), gpus[0]))
         log.info('Use GPU with device ID %d (only the first of %s is used)', gpus[0], gpus)
     gpu = gpus[0]
     backend.set_mode_gpu()

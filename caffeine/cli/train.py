@@ -18,6 +18,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .. import backend
 from ..data.db import DBWriter
+from ..parallel.comm import NCCLCommunicator, nccl_unique_id
+from ..parallel.launch import fail, mpi_launch, rank_setup, spawn
+from ..parallel.sync import AgreedActions, DataParallel
 from ..errors import CaffeineError
 from ..net import TEST, TRAIN, Net
 from ..proto import caffe_pb2
@@ -145,7 +148,8 @@ def progress_bar(solver, progress=None):
 @click.option('--solver', default='', help='The solver definition (solver.prototxt).')
 @click.option('--weights', default='', help='Weights to fine-tune from: a.caffemodel[,b.caffemodel], or zoo:NAME.')
 @click.option('--snapshot', default='', help='A .solverstate (or .solverstate.h5) to resume from.')
-@click.option('--gpu', default='', help='GPU id to train on (default: the solver\'s solver_mode, else the CPU).')
+@click.option('--gpu', default='', help='GPU id(s) to train on: 0, 0,1 (one process per GPU) or all '
+              '(default: the solver\'s solver_mode, else the CPU).')
 @click.option('--level', type=int, default=0, show_default=True, help='The train net state level.')
 @click.option('--stage', multiple=True, help='Train net state stage(s): a,b or repeated.')
 @click.option('--sigint-effect', '--sigint_effect', 'sigint_effect', type=_EFFECTS, default='stop',
@@ -161,18 +165,18 @@ def progress_bar(solver, progress=None):
               help='With --tensorboard: also parameter and gradient norms and parameter histograms at each display.')
 def train_cmd(solver, weights, snapshot, gpu, level, stage, sigint_effect, sighup_effect, allow_nan, progress,
               tensorboard_dir, tensorboard_histograms):
-    """Train or fine-tune a model (Caffe's `caffe train`)."""
+    """Train or fine-tune a model (Caffe's `caffe train`); under mpiexec/srun, one model on every rank."""
     if not solver:
         raise CaffeineError('train: need a solver definition (--solver solver.prototxt)')
     if snapshot and weights:
         raise CaffeineError('train: give --snapshot to resume training or --weights to fine-tune, not both')
     if tensorboard_histograms and not tensorboard_dir:
         raise CaffeineError('train: --tensorboard-histograms needs --tensorboard DIR')
-    board = TensorBoardListener(tensorboard_dir, tensorboard_histograms) if tensorboard_dir else None
     param, source = load_solver_param(solver)
     param.train_state.level = level
     param.train_state.stage.extend(_stages(stage))
     gpus = parse_gpus(gpu)
+    comm = mpi_launch()
     if not gpus and param.HasField('solver_mode') and param.solver_mode == caffe_pb2.SolverParameter.GPU:
         dev = param.device_id if param.HasField('device_id') else 0
         if backend.gpu_available():
@@ -182,20 +186,92 @@ def train_cmd(solver, weights, snapshot, gpu, level, stage, sigint_effect, sighu
                 backend.set_mode_gpu()
             except backend.BackendError as e:
                 log.warning('%s asks for solver_mode: GPU, but %s; training on the CPU', source, e)
-    use_gpus(gpus, 'train')
-    if gpus:
-        param.device_id = gpus[0]
+    opts = dict(snapshot=snapshot, weights=weights, sigint_effect=sigint_effect, sighup_effect=sighup_effect,
+                allow_nan=allow_nan, progress=progress, tensorboard=(tensorboard_dir, tensorboard_histograms))
+    if comm is not None:
+        _train_mpi(comm, gpus, param, source, opts)
+    elif len(gpus) > 1:
+        use_gpus(gpus[:1], 'train')       # checks CuPy and the devices before starting the ranks
+        n = backend.device_count()
+        if max(gpus) >= n or len(set(gpus)) != len(gpus):
+            raise CaffeineError('--gpu %s: give distinct ids of the %d device(s) found'
+                                % (','.join(str(g) for g in gpus), n))
+        uid = nccl_unique_id()
+        log.info('Using GPUs %s: one process each', ', '.join(str(g) for g in gpus))
+        spawn(_gpu_rank, len(gpus), (gpus, uid, param.SerializeToString(), source, opts))
+    else:
+        use_gpus(gpus, 'train')
+        if gpus:
+            param.device_id = gpus[0]
+        _train(param, source, opts)
+
+
+def _train_mpi(comm, gpus, param, source, opts):
+    """One rank of ``mpiexec -n N caffeine train``: MPI reduces on CPUs; with GPUs, MPI carries NCCL's id."""
+    try:
+        local_rank, local_size = comm.local_rank_and_size()
+        rank_setup(comm.size, comm.rank, local_size)
+        reducer = comm
+        if gpus:
+            gpu = gpus[local_rank % len(gpus)]
+            use_gpus([gpu], 'train')
+            param.device_id = gpu
+            # NCCL takes one rank per GPU; ranks sharing a GPU reduce over MPI through host memory
+            shared = comm.allreduce_max(int(local_size > len(gpus)))
+            if shared:
+                if comm.rank == 0:
+                    log.warning('%d ranks share %d GPU(s) on a machine: reducing over MPI through host memory, '
+                                'not NCCL', local_size, len(gpus))
+            else:
+                uid = comm.bcast_object(nccl_unique_id() if comm.rank == 0 else None)
+                reducer = NCCLCommunicator(uid, comm.size, comm.rank)
+        else:
+            use_gpus([], 'train')
+        log.info('Data-parallel training on %d ranks (%s)', comm.size, reducer.name)
+        _train(param, source, opts, reducer)
+    except BaseException as e:
+        fail(comm, e, debug=os.environ.get('CAFFEINE_DEBUG') == '1')
+
+
+def _gpu_rank(rank, gpus, uid, param_bytes, source, opts):
+    """One spawned process of ``caffeine train --gpu 0,1,...``."""
+    logging.basicConfig(level=logging.INFO, format='%(message)s', stream=sys.stderr)
+    rank_setup(len(gpus), rank, len(gpus))
+    use_gpus([gpus[rank]], 'train')
+    param = caffe_pb2.SolverParameter()
+    param.ParseFromString(param_bytes)
+    param.device_id = gpus[rank]
+    _train(param, source, opts, NCCLCommunicator(uid, len(gpus), rank))
+
+
+def _train(param, source, opts, comm=None):
+    """Build the solver, resume or fine-tune, and solve; with ``comm``, as one of its ranks."""
     cls = solver_class(param.type, source)
-    with SignalHandler(sigint_effect, sighup_effect) as handler:
+    tb_dir, tb_histograms = opts['tensorboard']
+    # in data-parallel training rank 0 alone writes, as it alone logs and snapshots
+    board = TensorBoardListener(tb_dir, tb_histograms) if tb_dir and (comm is None or comm.rank == 0) else None
+    with SignalHandler(opts['sigint_effect'], opts['sighup_effect']) as handler:
         s = cls(param, source=source)
         with s:   # the data layers' prefetch threads stop however training ends
-            s.set_action_function(handler.action)
-            s.allow_nan = allow_nan
-            if snapshot:
-                log.info('Resuming from %s', snapshot)
-                s.restore(snapshot)
-            elif weights:
-                copy_layers(s, weights)
+            s.allow_nan = opts['allow_nan']
+            if opts['snapshot']:
+                log.info('Resuming from %s', opts['snapshot'])
+                s.restore(opts['snapshot'])
+            elif opts['weights']:
+                copy_layers(s, opts['weights'])
+            action = handler.action
+            progress = opts['progress']
+            if comm is not None:
+                dp = DataParallel(s, comm)
+                dp.bcast()
+                s.add_callback(dp)
+                if s.param.layer_wise_reduce:
+                    s.net.after_backward(dp)
+                s.gather_rank_states = dp.gather_states
+                action = AgreedActions(dp, handler.action)
+                s.add_callback(action)
+                progress = progress if comm.rank == 0 else False
+            s.set_action_function(action)
             log.info('Starting Optimization')
             if board is not None:
                 s.add_listener(board)

@@ -40,11 +40,8 @@ def _where(layer):
 
 
 def _solver_split():
-    """(solver_count, solver_rank) for multi-GPU record skipping (1, 0 when unknown)."""
-    try:
-        return int(runtime.solver_count()), int(runtime.solver_rank())
-    except Exception:
-        return 1, 0
+    """(solver_count, solver_rank): rank r of N reads the TRAIN records at r modulo N."""
+    return runtime.solver_count(), runtime.solver_rank()
 
 
 def _resolve_relative(path, base_file):
@@ -369,6 +366,8 @@ class ImageDataLayer(BasePrefetchingDataLayer):
         src.rng = backend.child_rng()
         if p.shuffle:
             src.shuffle_lines()
+        elif self.phase == TRAIN and _solver_split()[1] > 0 and not p.rand_skip:
+            log.warning('%sShuffling or skipping recommended for multi-GPU', where)
         log.info('%sA total of %d images.', where, len(entries))
         if p.rand_skip:
             skip = int(backend.rng().integers(0, p.rand_skip))
@@ -636,7 +635,8 @@ class HDF5DataLayer(Layer):
 
     hdf5_data_param: source (a text file, one .h5 path per line), batch_size, shuffle
     (the file order at each pass and the rows of each file).  Batches cross file
-    boundaries; every file is read whole, as Caffe does.
+    boundaries; every file is read whole, as Caffe does.  With N solvers in TRAIN,
+    rank r reads the rows whose position in the stream is r modulo N.
     """
     exact_num_bottom = 0
     min_top = 1
@@ -670,6 +670,7 @@ class HDF5DataLayer(Layer):
         if self.shuffle:
             backend.rng().shuffle(self.file_perm)
         self.current_file = 0
+        self.offset = 0      # rows read or skipped so far, as Caffe's offset_ (for the ranks' shards)
         self._load(self.files[self.file_perm[0]])
         for t, arr in zip(top, self.arrays):
             t.reshape((self.batch_size,) + arr.shape[1:])
@@ -679,7 +680,7 @@ class HDF5DataLayer(Layer):
         """The file order, the file and row being read, and the row order (JSON values)."""
         return {'type': self.type, 'file_perm': [int(i) for i in self.file_perm],
                 'current_file': int(self.current_file), 'current_row': int(self.current_row),
-                'data_perm': [int(i) for i in self.data_perm]}
+                'data_perm': [int(i) for i in self.data_perm], 'offset': int(self.offset)}
 
     def set_state(self, st):
         if not st or st.get('type') != self.type or len(st['file_perm']) != len(self.files):
@@ -692,6 +693,7 @@ class HDF5DataLayer(Layer):
                                   % self.files[self.file_perm[self.current_file]][0])
         self.data_perm = np.asarray(st['data_perm'])
         self.current_row = int(st['current_row'])
+        self.offset = int(st.get('offset', 0))
 
     def _load(self, entry, shuffle=True):
         h5py = _h5py()
@@ -752,16 +754,26 @@ class HDF5DataLayer(Layer):
             t.reshape((self.batch_size,) + s)
 
     def forward(self, bottom, top):
+        size, rank = _solver_split() if self.phase == TRAIN else (1, 0)
         filled = 0
         chunks = [[] for _ in top]
         while filled < self.batch_size:
-            k = min(self.batch_size - filled, self.rows - self.current_row)
-            rows = self.data_perm[self.current_row:self.current_row + k]
+            need, avail = self.batch_size - filled, self.rows - self.current_row
+            if size > 1:
+                # this rank's rows of the file's rest, then the row after the last one taken
+                keep = np.arange((rank - self.offset) % size, avail, size)[:need]
+                k = len(keep)
+                step = int(keep[-1]) + 1 if k == need else avail
+                rows = self.data_perm[self.current_row + keep]
+            else:
+                k = step = min(need, avail)
+                rows = self.data_perm[self.current_row:self.current_row + k]
             for j in range(len(top)):
                 a = self.arrays[j]
-                chunks[j].append(a[rows] if self.shuffle else a[self.current_row:self.current_row + k])
+                chunks[j].append(a[rows] if self.shuffle or size > 1 else a[self.current_row:self.current_row + k])
             filled += k
-            self.current_row += k
+            self.current_row += step
+            self.offset += step
             if self.current_row == self.rows:
                 self._next_file()
         for j, t in enumerate(top):
