@@ -43,6 +43,8 @@ def filler_values(param, shape):
             setattr(p, k, v)
         param = p
     shape = tuple(int(s) for s in shape)
+    if 0 in shape:      # nothing to fill (and no fan to divide by)
+        return np.zeros(shape, dtype=np.float32)
     rng = backend.rng()
     t = param.type
     if t == 'constant':

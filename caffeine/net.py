@@ -23,8 +23,8 @@ from .layer import check_layer_types, create_layer
 from .proto import caffe_pb2
 from .prototxt import read_net_param
 from .pycaffe import PycaffeNet
-from .weights import (copy_trained_layers_from, load_hdf5, net_to_proto, save_caffemodel,
-                      save_hdf5)
+from .weights import (check_weights_cover, copy_trained_layers_from, layers_without_weights, load_hdf5,
+                      net_to_proto, save_caffemodel, save_hdf5)
 
 log = logging.getLogger('caffeine')
 
@@ -186,7 +186,8 @@ class Net(PycaffeNet):
     ``Net(model, phase, weights=..., level=..., stages=...)``; ``model`` is a
     prototxt path, prototxt text, or a caffe_pb2.NetParameter."""
 
-    def __init__(self, model, *args, level=0, stages=(), state=None, memory_plan=False, **kwargs):
+    def __init__(self, model, *args, level=0, stages=(), state=None, memory_plan=False, allow_missing=False,
+                 **kwargs):
         phase, weights = _parse_net_args(args, kwargs)
         in_param = _read_with_state(model, phase, level, stages, state)
         self.phase = in_param.state.phase
@@ -235,8 +236,27 @@ class Net(PycaffeNet):
         if memory_plan:
             self.plan_memory()
         if weights is not None:
-            for w in weights if isinstance(weights, (list, tuple)) else [weights]:
-                self.copy_from(w)
+            self._copy_weights(weights if isinstance(weights, (list, tuple)) else [weights], allow_missing)
+
+    def _copy_weights(self, files, allow_missing):
+        """Net(..., weights): copy each file; in the TEST phase a layer with parameters that
+        no file fills is an error (it would score with random weights) unless
+        ``allow_missing``.  Weights made for another net (some of their layers are not in
+        this one: net surgery, fine-tuning) fill what matches and the rest is logged."""
+        copied, ignored = [], []
+        for w in files:
+            res = self.copy_from(w)
+            copied += res['copied']
+            ignored += res['ignored_weights']
+        if self.phase != TEST or allow_missing:
+            return
+        if ignored:
+            missing = layers_without_weights(self, copied)
+            if missing:
+                log.info('Layers of %r left as initialized (the weights are for another net): %s',
+                         self.name, ', '.join(missing))
+            return
+        check_weights_cover(self, copied, [os.fspath(w) for w in files])
 
     # -- construction (Caffe's Net::Init) ---------------------------------------
     def _init_layers(self):
@@ -325,7 +345,11 @@ class Net(PycaffeNet):
         except LayerError:
             raise
         except CaffeineError as e:
-            raise LayerError('layer %r (%s): %s' % (lp.name, lp.type, e))
+            # errors of data layers and helpers often name the layer already: name it once
+            prefix = 'layer %r (%s): ' % (lp.name, lp.type)
+            if str(e).startswith(prefix):
+                raise
+            raise LayerError(prefix + str(e))
         for j, tid in enumerate(self.top_id_vecs[layer_id]):
             w = layer.loss(j)
             if w:

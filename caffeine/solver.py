@@ -51,6 +51,7 @@ so a resumed run continues bit for bit) are ``solver_state``.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -491,9 +492,13 @@ class Solver:
             log.info('Restoring previous solver status from %s', resume_file)
             self.restore(resume_file)
         start_iter = self.iter
-        self.step(p.max_iter - self.iter)
-        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
-            self.snapshot()
+        # one lock per prefix: the root solver's (the other ranks of a multi-GPU run share its prefix)
+        snapshots = (bool(p.snapshot_prefix) and bool(p.snapshot or p.snapshot_after_train)
+                     and runtime.solver_rank() == 0)
+        with state_io.snapshot_lock(p.snapshot_prefix) if snapshots else contextlib.nullcontext():
+            self.step(p.max_iter - self.iter)
+            if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+                self.snapshot()
         if self.requested_early_exit:
             log.info('Optimization stopped early.')
         else:
@@ -598,12 +603,21 @@ class Solver:
         hdf5 = p.snapshot_format == caffe_pb2.SolverParameter.HDF5
         kind = 'HDF5 file' if hdf5 else 'binary proto file'
         model = self.snapshot_filename('.caffemodel.h5' if hdf5 else '.caffemodel')
-        log.info('Snapshotting to %s %s', kind, model)
-        (self.net.save_hdf5 if hdf5 else self.net.save)(model, write_diff=p.snapshot_diff)
         state_file = self.snapshot_filename('.solverstate.h5' if hdf5 else '.solverstate')
-        state_io.write_sidecar(state_file, self.iter, mine['layers'], ranks)
-        log.info('Snapshotting solver state to %s %s', kind, state_file)
-        state_io.write_state(state_file, self._saved_state(model))
+        writing = model
+        try:
+            log.info('Snapshotting to %s %s', kind, model)
+            (self.net.save_hdf5 if hdf5 else self.net.save)(model, write_diff=p.snapshot_diff)
+            writing = state_file + state_io.SIDECAR_SUFFIX
+            state_io.write_sidecar(state_file, self.iter, mine['layers'], ranks)
+            log.info('Snapshotting solver state to %s %s', kind, state_file)
+            writing = state_file
+            state_io.write_state(state_file, self._saved_state(model))
+        except OSError as e:      # a full disk; every file is written atomically, so nothing is half-written
+            if writing == state_file:     # the sidecar means nothing without its state
+                with contextlib.suppress(OSError):
+                    os.unlink(state_file + state_io.SIDECAR_SUFFIX)
+            raise state_io.snapshot_write_error(writing, self.iter, p.snapshot_prefix, e) from None
         self._notify('on_snapshot', model, state_file)
         return state_file
 

@@ -96,7 +96,9 @@ def check_solver_param(p, source):
     if p.regularization_type not in REGULARIZATION_TYPES:
         raise field_error(source, 'regularization_type',
                           'unknown regularization type %r (L1 or L2)' % p.regularization_type)
-    for name, least in (('average_loss', 1), ('iter_size', 1), ('display', 0), ('snapshot', 0)):
+    if p.base_lr < 0:
+        raise field_error(source, 'base_lr', 'must be >= 0, got %g (a negative rate climbs the loss)' % p.base_lr)
+    for name, least in (('max_iter', 0), ('average_loss', 1), ('iter_size', 1), ('display', 0), ('snapshot', 0)):
         value = getattr(p, name)
         if value < least:
             raise field_error(source, name, ('must be at least 1, got %d' if least else 'must be >= 0, got %d')
@@ -210,9 +212,14 @@ def eval_net_specs(p, source):
 def build_net(net_param, state, what, source):
     """A Net, its errors naming which of the solver's nets failed."""
     try:
-        return Net(net_param, state=state)
+        net = Net(net_param, state=state)
     except CaffeineError as e:
         raise type(e)('%s (%s of %s)' % (e, what, source))
+    if not net.layers:
+        net.close()
+        raise SolverError('%s: %s %r has no layers in the %s phase: nothing to run'
+                          % (source, what, net.name, caffe_pb2.Phase.Name(net.phase)))
+    return net
 
 
 def build_train_net(p, source):

@@ -24,9 +24,12 @@ and read only ``net.layer_names`` and ``net.layers``.
 """
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 
 import h5py
@@ -35,7 +38,7 @@ import numpy as np
 from . import backend
 from .errors import CaffeineError, SolverError
 from .proto import caffe_pb2
-from .utils import atomic_write
+from .utils import atomic_write, remove_stale_temps
 from .weights import array_to_blob_proto, blob_proto_to_array
 
 log = logging.getLogger('caffeine')
@@ -55,6 +58,76 @@ class SavedState:
 def snapshot_filename(prefix, iteration, extension):
     """Caffe's SnapshotFilename: ``<prefix>_iter_<N><extension>``."""
     return '%s_iter_%d%s' % (prefix, iteration, extension)
+
+
+def latest_snapshot(prefix):
+    """The solverstate of ``prefix`` with the highest iteration on disk, or None."""
+    best, best_iter = None, -1
+    for path in glob.glob(glob.escape(prefix) + '_iter_*.solverstate*'):
+        m = re.match(r'.*_iter_(\d+)\.solverstate(\.h5)?$', path)
+        if m and int(m.group(1)) > best_iter:
+            best, best_iter = path, int(m.group(1))
+    return best
+
+
+def snapshot_write_error(path, iteration, prefix, e):
+    """The one-line SolverError for a snapshot that could not be written (a full disk)."""
+    why = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines() or [type(e).__name__])[0]
+    prev = latest_snapshot(prefix)
+    kept = ('the previous snapshot %s is intact' % prev) if prev else 'there is no earlier snapshot'
+    return SolverError('cannot write the snapshot of iteration %d: %s: %s; training stopped, %s'
+                       % (iteration, path, why, kept))
+
+
+try:
+    import fcntl
+except ImportError:      # not on Windows: no lock
+    fcntl = None
+
+
+@contextlib.contextmanager
+def snapshot_lock(prefix):
+    """Hold ``<prefix>.lock`` while a training may write snapshots under ``prefix``: a second
+    training on the same prefix refuses with one line.  Temporary files that killed
+    writers left under the prefix are removed once the lock is held.  The lock file
+    goes when the training ends (a killed process leaves it unlocked: it is reused).
+    """
+    if fcntl is None:
+        yield
+        return
+    path = prefix + '.lock'
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            yield          # an unwritable folder: check_snapshot_writable has spoken, or no snapshots
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.read(fd, 32).decode('ascii', 'replace').strip() or '?'
+            finally:
+                os.close(fd)
+            raise SolverError('snapshot_prefix %s is in use by another training (process %s holds %s): '
+                              'give each training its own snapshot_prefix' % (prefix, holder, path))
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except OSError:
+            same = False
+        if same:
+            break
+        os.close(fd)       # the holder removed the file as we opened it: take the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, b'%d\n' % os.getpid())
+        folder, base = os.path.split(os.path.abspath(prefix))
+        remove_stale_temps(folder, base + '_iter_')
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
 
 
 def is_hdf5_state(path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 
@@ -20,7 +21,8 @@ def atomic_write(path, mode='wb'):
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=d)
+    # '.<name>.<pid>.<random>.tmp': remove_stale_temps() knows whose it is
+    fd, tmp = tempfile.mkstemp(prefix='.%s.%d.' % (os.path.basename(path), os.getpid()), suffix='.tmp', dir=d)
     try:
         # mkstemp makes the file 0600; give it the mode a plain open() would
         # (or the mode of the file it replaces)
@@ -36,6 +38,13 @@ def atomic_write(path, mode='wb'):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if e.filename not in (None, tmp) or not e.strerror:
+            raise
+        # a write error (a full disk): name the file being written, not its temporary
+        raise OSError(e.errno, e.strerror, path) from e
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -68,3 +77,50 @@ def atomic_path(path):
         elif os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def pid_alive(pid):
+    """True if process ``pid`` exists (on this machine)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder, stem):
+    """Remove what killed writers left in ``folder``: the temporary files and folders of
+    atomic_write (``.<name>.<pid>.<random>.tmp``) and atomic_path (``.<name>.tmp<pid>``,
+    ``...old``) whose ``<name>`` starts with ``stem`` and whose process is gone.
+
+    Returns the paths removed.  A temp of a live process (another writer) is kept.
+    """
+    folder = folder or '.'
+    pat = re.compile(r'^\.(?P<name>.+?)(?:\.(?P<pid1>\d+)\.[^.]+\.tmp|\.tmp(?P<pid2>\d+)(?:\.old)?)$')
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for n in sorted(names):
+        m = pat.match(n)
+        if not m or not m.group('name').startswith(stem):
+            continue
+        pid = int(m.group('pid1') or m.group('pid2'))
+        if pid == os.getpid() or pid_alive(pid):
+            continue
+        full = os.path.join(folder, n)
+        try:
+            if os.path.isdir(full) and not os.path.islink(full):
+                shutil.rmtree(full)
+            else:
+                os.unlink(full)
+        except OSError:
+            continue
+        log.info('Removed %s, left by an interrupted write (process %d is gone)', full, pid)
+        removed.append(full)
+    return removed

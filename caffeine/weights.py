@@ -115,6 +115,8 @@ def read_caffemodel(path):
         raise WeightsError('%s: no such weights file' % path)
     except IsADirectoryError:
         raise WeightsError('%s: is a directory, not a weights file' % path)
+    if not data:
+        raise WeightsError('%s: the weights file is empty (0 bytes)' % path)
     try:
         param.ParseFromString(data)
     except Exception as e:
@@ -135,14 +137,16 @@ def copy_trained_layers_from(net, path):
 def copy_trained_layers_from_param(net, param, source='<weights>'):
     """Copy each source layer's blobs into the net's layer of the same name.
 
-    Returns a dict with the lists 'copied' and 'ignored' (source layers the net lacks).
+    Returns a dict with the lists 'copied', 'ignored' (source layers the net lacks) and
+    'ignored_weights' (those of them that hold weights).
     """
-    copied, ignored = [], []
+    copied, ignored, ignored_weights = [], [], []
     for sl in param.layer:
         name = sl.name
         if name not in net.layer_dict:
             if len(sl.blobs):
                 log.info('Ignoring source layer %s', name)
+                ignored_weights.append(name)
             ignored.append(name)
             continue
         target = net.layer_dict[name].blobs
@@ -159,7 +163,37 @@ def copy_trained_layers_from_param(net, param, source='<weights>'):
                     "rename the layer to learn it from scratch" % (source, j, name, list(blob_proto_shape(bp)), list(tb.shape)))
             tb.data[...] = blob_proto_to_array(bp).reshape(tb.shape)
         copied.append(name)
-    return {'copied': copied, 'ignored': ignored}
+    return {'copied': copied, 'ignored': ignored, 'ignored_weights': ignored_weights}
+
+
+def layers_without_weights(net, copied):
+    """Names of the net's layers with parameters that none of ``copied`` (layer names the
+    weights filled) covers; a parameter shared from another layer counts as its owner's."""
+    copied = set(copied)
+    names = net.layer_names
+    missing = []
+    for i, layer in enumerate(net.layers):
+        if not layer.blobs or names[i] in copied:
+            continue
+        for pid in net.param_id_vecs[i]:
+            owner = net.param_owners[pid]
+            owner_layer = names[net.param_layer_indices[owner if owner >= 0 else pid][0]]
+            if owner_layer not in copied:
+                missing.append(names[i])
+                break
+    return missing
+
+
+def check_weights_cover(net, copied, sources, how='pass allow_missing=True'):
+    """Raise a one-line WeightsError when a layer with parameters got no weights from
+    ``sources`` (file names): scoring it would use its random initialization."""
+    missing = layers_without_weights(net, copied)
+    if missing:
+        shown = ', '.join('%s (%s)' % (n, net.layer_dict[n].type) for n in missing[:6])
+        more = ' and %d more' % (len(missing) - 6) if len(missing) > 6 else ''
+        raise WeightsError('%s: no weights for %d layer(s) of net %r that have parameters: %s%s (the file covers '
+                           'part of the net or was cut short; %s to use them as initialized)'
+                           % (', '.join(sources), len(missing), net.name, shown, more, how))
 
 
 # -- writing ------------------------------------------------------------------
@@ -271,7 +305,7 @@ def save_hdf5(net, filename, write_diff=False):
 
 def load_hdf5(net, filename):
     import h5py
-    copied, ignored = [], []
+    copied, ignored, ignored_weights = [], [], []
     try:
         h = h5py.File(filename, 'r')
     except (OSError, FileNotFoundError) as e:
@@ -284,6 +318,8 @@ def load_hdf5(net, filename):
             if name not in net.layer_dict:
                 log.info('Ignoring source layer %s', name)
                 ignored.append(name)
+                if len(data[name]):
+                    ignored_weights.append(name)
                 continue
             layer_id = net.layer_names.index(name)
             target = net.layer_dict[name].blobs
@@ -306,4 +342,4 @@ def load_hdf5(net, filename):
                                        % (filename, j, name, list(arr.shape), list(tb.shape)))
                 tb.data[...] = arr
             copied.append(name)
-    return {'copied': copied, 'ignored': ignored}
+    return {'copied': copied, 'ignored': ignored, 'ignored_weights': ignored_weights}

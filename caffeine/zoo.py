@@ -66,7 +66,10 @@ ENV_MIRROR = 'CAFFEINE_ZOO_MIRROR'
 #: retry policy for transient failures (connection errors, timeouts, 5xx, 408, 429)
 RETRIES = 3
 BACKOFF = 0.5          # seconds before the first retry; doubles each time
-TIMEOUT = 60.0         # socket timeout in seconds
+TIMEOUT = 20.0         # seconds one connect or read may wait ($CAFFEINE_DOWNLOAD_TIMEOUT)
+MAX_WAIT = 90.0        # seconds in all without receiving a byte before giving up ($CAFFEINE_DOWNLOAD_MAX_WAIT)
+ENV_TIMEOUT = 'CAFFEINE_DOWNLOAD_TIMEOUT'
+ENV_MAX_WAIT = 'CAFFEINE_DOWNLOAD_MAX_WAIT'
 CHUNK = 1 << 20
 
 _REQUIRED = ('name', 'caffemodel', 'caffemodel_url', 'sha1', 'license')
@@ -468,14 +471,37 @@ def _fetch_once(url, part, progress, timeout, desc, known_size):
             raise _Transient('connection closed after %d of %d bytes' % (have + got, total))
 
 
-def _fetch(url, part, progress, retries, backoff, timeout, desc, known_size, final):
+def _seconds(value, env, default, what):
+    """A time limit: the argument, else the environment variable, else the default."""
+    if value is None:
+        value = os.environ.get(env) or default
+    try:
+        value = float(value)
+    except ValueError:
+        raise ZooError('%s must be a number of seconds, got %r (%s)' % (what, value, env))
+    if value <= 0:
+        raise ZooError('%s must be positive, got %g (%s)' % (what, value, env))
+    return value
+
+
+def _fetch(url, part, progress, retries, backoff, timeout, desc, known_size, final, max_wait, hint=None):
+    """Fetch ``url`` into ``part``, resuming and retrying.  Each connect and read waits at
+    most ``timeout`` s; the time spent without receiving a byte (waits, retries and their
+    pauses together) is bounded by ``max_wait`` s.  Every wait that ends is logged."""
+    host = urllib.parse.urlsplit(url).netloc
     failures = 0
     restarts = 0
+    attempts = 0
+    idle_since = time.monotonic()       # the last time bytes arrived (or the start)
     while True:
         before = part.stat().st_size if part.exists() else 0
         limit = retries
+        left = max_wait - (time.monotonic() - idle_since)
+        attempts += 1
+        if attempts > 1:
+            log.info('zoo: connecting to %s (attempt %d)', host, attempts)
         try:
-            _fetch_once(url, part, progress, timeout, desc, known_size)
+            _fetch_once(url, part, progress, min(timeout, max(left, 0.1)), desc, known_size)
             return
         except _Restart as e:
             restarts += 1
@@ -488,10 +514,15 @@ def _fetch(url, part, progress, retries, backoff, timeout, desc, known_size, fin
             reason = str(e)
         except urllib.error.URLError as e:
             r = e.reason
-            reason = r if isinstance(r, str) else (getattr(r, 'strerror', None) or str(r))
+            if isinstance(r, (socket.timeout, TimeoutError)):
+                reason = 'no answer within %g s' % min(timeout, max(left, 0.1))
+            else:
+                reason = r if isinstance(r, str) else (getattr(r, 'strerror', None) or str(r))
             if isinstance(r, socket.gaierror):
                 limit = min(retries, 1)  # no name resolution: most likely offline
-        except (http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError) as e:
+        except (socket.timeout, TimeoutError):
+            reason = 'no answer within %g s' % min(timeout, max(left, 0.1))
+        except (http.client.HTTPException, ConnectionError) as e:
             reason = '%s: %s' % (type(e).__name__, e) if str(e) else type(e).__name__
         except OSError as e:
             if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)) or e.errno == errno.ENOSPC:
@@ -500,19 +531,41 @@ def _fetch(url, part, progress, retries, backoff, timeout, desc, known_size, fin
         after = part.stat().st_size if part.exists() else 0
         if after > before:
             failures = 0  # progress was made: a flaky link is not a dead one
+            idle_since = time.monotonic()
         failures += 1
-        if failures > limit:
-            host = urllib.parse.urlsplit(url).netloc
-            raise ZooError('cannot download %s from %s: %s (after %d attempts; offline? '
-                           'try --mirror URL or %s, or copy the file to %s)'
-                           % (desc, host, reason, failures, ENV_MIRROR, final))
+        waited = time.monotonic() - idle_since
         delay = backoff * (2 ** (failures - 1))
-        log.info('zoo: %s (%s); retrying in %.3g s', desc, reason, delay)
+        if failures > limit or waited + delay >= max_wait:
+            bound = ('' if failures > limit else
+                     '; gave up after %.1f s without data (limit %g s, %s)' % (waited, max_wait, ENV_MAX_WAIT))
+            hint = hint or ('try --mirror URL or %s, or copy the file to %s' % (ENV_MIRROR, final))
+            raise ZooError('cannot download %s from %s: %s (after %d attempts%s; offline? %s)'
+                           % (desc, host, reason, failures, bound, hint))
+        log.info('zoo: %s from %s: %s; retrying in %.3g s (%.1f of %g s without data)',
+                 desc, host, reason, delay, waited, max_wait)
         time.sleep(delay)
 
 
+def fetch_url(url, dest, desc=None, size=None, progress=False, retries=None, backoff=None, timeout=None,
+              max_wait=None, hint=None):
+    """Download ``url`` to ``dest`` through ``<dest>.part`` (resumed if present), renamed
+    when whole.  ``timeout``: seconds one connect or read may wait; ``max_wait``: seconds
+    in all without data before giving up (defaults: TIMEOUT, MAX_WAIT, or the
+    CAFFEINE_DOWNLOAD_TIMEOUT / CAFFEINE_DOWNLOAD_MAX_WAIT variables).  ``hint`` ends the
+    error when giving up (default: the zoo's --mirror advice).  Returns the whole ``.part``
+    file; the caller verifies it and renames it."""
+    dest = Path(dest)
+    retries = RETRIES if retries is None else int(retries)
+    backoff = BACKOFF if backoff is None else float(backoff)
+    timeout = _seconds(timeout, ENV_TIMEOUT, TIMEOUT, 'the download timeout')
+    max_wait = _seconds(max_wait, ENV_MAX_WAIT, MAX_WAIT, 'the download wait limit')
+    part = dest.with_name(dest.name + '.part')
+    _fetch(url, part, progress, retries, backoff, timeout, desc or dest.name, size, dest, max_wait, hint)
+    return part
+
+
 def download(name_or_folder, dir=None, mirror=None, progress=True, *, force=False,
-             retries=None, backoff=None, timeout=None) -> Path:
+             retries=None, backoff=None, timeout=None, max_wait=None) -> Path:
     """Fetch a zoo model's caffemodel; return its local path.
 
     ``name_or_folder``: a catalogue name (``bvlc_alexnet``) or a folder with a
@@ -524,9 +577,6 @@ def download(name_or_folder, dir=None, mirror=None, progress=True, *, force=Fals
     """
     e = _resolve(name_or_folder)
     dest = weights_path(e, dir)
-    retries = RETRIES if retries is None else int(retries)
-    backoff = BACKOFF if backoff is None else float(backoff)
-    timeout = TIMEOUT if timeout is None else float(timeout)
     sha1 = e.sha1
     if dest.is_file() and not force:
         if sha1 is None:
@@ -551,7 +601,7 @@ def download(name_or_folder, dir=None, mirror=None, progress=True, *, force=Fals
     if force:
         part.unlink(missing_ok=True)
     log.info('zoo: downloading %s from %s', e.caffemodel, url)
-    _fetch(url, part, progress, retries, backoff, timeout, e.caffemodel, e.size, dest)
+    fetch_url(url, dest, e.caffemodel, e.size, progress, retries, backoff, timeout, max_wait)
     if sha1 is not None:
         actual = _sha1_file(part)
         if actual != sha1:

@@ -28,6 +28,7 @@ from ..prototxt import _looks_like_path
 from ..solver import SignalHandler, load_solver_param, solver_class
 from ..summary import human_bytes, memory_report
 from ..tensorboard import TensorBoardListener
+from ..weights import check_weights_cover
 from ..zoo import resolve_weights
 from .device import parse_gpus, use_gpus
 
@@ -280,14 +281,25 @@ def _train(param, source, opts, comm=None):
                 s.solve()
 
 
-def _load_net(model, phase, weights, level, stage, memory_plan=False):
+def _load_net(model, phase, weights, level, stage, memory_plan=False, require_all=False):
+    """The net with its --weights; ``require_all``: every layer with parameters must get
+    weights (``test``: scoring random weights is never what was meant)."""
     if _looks_like_path(model) and not os.path.exists(model):
         raise CaffeineError('--model %s: no such file' % model)
     net = Net(model, phase, level=level, stages=_stages(stage), memory_plan=memory_plan)
-    for w, path in _weight_files(weights):
+    if not net.layers:
+        raise CaffeineError('--model %s: net %r has no layers in the %s phase: nothing to run'
+                            % (model if _looks_like_path(model) else '<text>', net.name,
+                               caffe_pb2.Phase.Name(phase)))
+    files = _weight_files(weights)
+    copied = []
+    for w, path in files:
         res = net.copy_from(path)
         if not res['copied']:
             raise CaffeineError('--weights %s: no layer name matches a layer of net %r' % (w, net.name))
+        copied += res['copied']
+    if require_all:
+        check_weights_cover(net, copied, [w for w, _ in files], 'give --allow-missing-weights')
     return net
 
 
@@ -298,14 +310,16 @@ def _load_net(model, phase, weights, level, stage, memory_plan=False):
 @click.option('--gpu', default='', help='GPU id (default: CPU).')
 @click.option('--level', type=int, default=0)
 @click.option('--stage', multiple=True)
-def test_cmd(model, weights, iterations, gpu, level, stage):
+@click.option('--allow-missing-weights', '--allow_missing_weights', 'allow_missing_weights', is_flag=True,
+              help='Score even when the weights leave layers with parameters at their initialization.')
+def test_cmd(model, weights, iterations, gpu, level, stage, allow_missing_weights):
     """Score a trained model on its TEST-phase data (Caffe's `caffe test`)."""
     if not model:
         raise CaffeineError('test: need a model definition to score (--model)')
     if not weights:
         raise CaffeineError('test: need model weights to score (--weights)')
     use_gpus(parse_gpus(gpu), 'test')
-    net = _load_net(model, TEST, weights, level, stage)
+    net = _load_net(model, TEST, weights, level, stage, require_all=not allow_missing_weights)
     log.info('Running for %d iterations.', iterations)
     scores, names = None, []
     loss = np.float32(0)

@@ -78,9 +78,15 @@ def info_cmd(name):
               help='Fetch URL/<caffemodel file name> instead of the published URL (or set CAFFEINE_ZOO_MIRROR).')
 @click.option('--force', is_flag=True, help='Download again even if a verified file is there.')
 @click.option('--no-progress', is_flag=True, help='No progress bar.')
-def download_cmd(name, dir_, mirror, force, no_progress):
+@click.option('--timeout', type=float, default=None, metavar='SECONDS',
+              help='How long one connect or read may wait (default %g, or $%s).' % (_zoo.TIMEOUT, _zoo.ENV_TIMEOUT))
+@click.option('--max-wait', type=float, default=None, metavar='SECONDS',
+              help='Give up after this long without data, retries included (default %g, or $%s).'
+              % (_zoo.MAX_WAIT, _zoo.ENV_MAX_WAIT))
+def download_cmd(name, dir_, mirror, force, no_progress, timeout, max_wait):
     """Download a model's weights (resumable, sha1-verified); print the path."""
-    path = _zoo.download(name, dir=dir_, mirror=mirror, progress=not no_progress, force=force)
+    path = _zoo.download(name, dir=dir_, mirror=mirror, progress=not no_progress, force=force,
+                         timeout=timeout, max_wait=max_wait)
     click.echo(str(path))
 
 

@@ -26,10 +26,11 @@ opening one environment twice in a process; LevelDB forbids it outright).
 from __future__ import annotations
 
 import os
+import struct
 import threading
 
 from ..errors import DataError
-from ..utils import atomic_path
+from ..utils import atomic_path, remove_stale_temps
 
 BACKENDS = ('lmdb', 'leveldb')
 LMDB_INITIAL_MAP_SIZE = 64 << 20
@@ -59,7 +60,12 @@ def detect_backend(path):
             return 'leveldb'
         return None
     if os.path.isfile(path):
-        return 'lmdb'   # an LMDB opened with subdir=False is a single file
+        # an LMDB opened with subdir=False is a single file: known by its header
+        try:
+            check_lmdb_file(path)
+        except DataError:
+            return None
+        return 'lmdb'
     return None
 
 
@@ -75,6 +81,23 @@ def _plyvel(what=''):
 def _first_line(e):
     s = str(e).strip()
     return s.splitlines()[0] if s else type(e).__name__
+
+
+def db_error_text(e):
+    """A database library's error as one line of text: plyvel's arguments are bytes
+    (``b'IO error: ...'``); LMDB's and the OS's are text."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    args = getattr(e, 'args', ())
+    if len(args) == 1 and isinstance(args[0], bytes):
+        text = args[0].decode('utf-8', 'backslashreplace').strip()
+        return text.splitlines()[0] if text else type(e).__name__
+    return _first_line(e)
+
+
+def read_error(backend, path, e):
+    """The DataError for a failure while reading database ``path``."""
+    return DataError('cannot read %s database %s: %s' % (backend.upper(), path, db_error_text(e)))
 
 
 # -- shared read handles -----------------------------------------------------------------
@@ -93,20 +116,84 @@ class _Handle:
         self.lock = threading.Lock()
 
 
+LMDB_MAGIC = 0xBEEFC0DE
+
+
+def lmdb_data_file(path):
+    """The file holding an LMDB's pages: ``path/data.mdb``, or ``path`` itself (subdir=False)."""
+    return os.path.join(path, 'data.mdb') if os.path.isdir(path) else path
+
+
+def check_lmdb_file(path):
+    """Refuse an LMDB whose data file is not one (wrong magic), or is shorter than its own
+    metadata says it must be (a copy or download cut short), before anything maps it.
+
+    Reading such a file would train on the part that survived and then die of SIGBUS when
+    a read maps past its end.  Every reader opens LMDB through here.
+    """
+    data = lmdb_data_file(path)
+    try:
+        size = os.path.getsize(data)
+        with open(data, 'rb') as f:
+            head = f.read(44)
+    except OSError as e:
+        raise DataError('cannot open LMDB database %s: %s' % (path, e.strerror or e))
+    if size == 0:
+        raise DataError('LMDB database %s is damaged: %s is empty (0 bytes)' % (path, data))
+    # page 0: a 16-byte page header, then MDB_meta: mm_magic, mm_version, mm_address,
+    # mm_mapsize, then the free-page DB whose first field holds the page size
+    if len(head) < 20 and os.path.isdir(path):
+        raise DataError('LMDB database %s is damaged: %s is %d bytes, shorter than its two metadata pages '
+                        '(the file was cut short: copy or build it again)' % (path, data, size))
+    if len(head) < 20 or struct.unpack_from('<I', head, 16)[0] != LMDB_MAGIC:
+        raise DataError('%s is not an LMDB database (%s does not start with an LMDB header)' % (path, data))
+    psize = struct.unpack_from('<I', head, 40)[0] if len(head) >= 44 else 0
+    if len(head) < 44 or size < 2 * psize:
+        raise DataError('LMDB database %s is damaged: %s is %d bytes, shorter than its two metadata pages '
+                        '(the file was cut short: copy or build it again)' % (path, data, size))
+    return data, size
+
+
+def check_lmdb_size(env, path, data, size):
+    """The data file must hold every page the metadata counts: (last_pgno + 1) * page size."""
+    need = (int(env.info()['last_pgno']) + 1) * int(env.stat()['psize'])
+    if size < need:
+        raise DataError('LMDB database %s is damaged: %s is %d bytes but its metadata needs %d '
+                        '(the file was cut short: copy or build it again)' % (path, data, size, need))
+
+
 def _open_lmdb_reader(path):
     import lmdb
     subdir = os.path.isdir(path)
+    data, size = check_lmdb_file(path)
     kw = dict(readonly=True, subdir=subdir, max_readers=512, readahead=True, meminit=False)
+    lock_file = os.path.join(path, 'lock.mdb') if subdir else path + '-lock'
+    had_lock = os.path.exists(lock_file)
+    env = None
     try:
-        return lmdb.open(path, lock=True, **kw)
-    except lmdb.Error as e:
-        # Caffe's ALLOW_LMDB_NOLOCK: a read-only folder cannot hold the lock file
-        if 'ermission' in str(e) or 'Read-only' in str(e) or 'EACCES' in str(e):
+        try:
+            env = lmdb.open(path, lock=True, **kw)
+        except lmdb.Error as e:
+            # Caffe's ALLOW_LMDB_NOLOCK: a read-only folder cannot hold the lock file
+            if 'ermission' in str(e) or 'Read-only' in str(e) or 'EACCES' in str(e):
+                try:
+                    env = lmdb.open(path, lock=False, **kw)
+                except lmdb.Error as e2:
+                    e = e2
+            if env is None:
+                raise DataError('cannot open LMDB database %s: %s' % (path, _first_line(e)))
+        check_lmdb_size(env, path, data, size)
+        return env
+    except BaseException:
+        if env is not None:
+            env.close()
+        if not had_lock and not subdir:
+            # opening a single-file LMDB creates '<file>-lock' beside it: leave nothing behind
             try:
-                return lmdb.open(path, lock=False, **kw)
-            except lmdb.Error as e2:
-                e = e2
-        raise DataError('cannot open LMDB database %s: %s' % (path, _first_line(e)))
+                os.unlink(lock_file)
+            except OSError:
+                pass
+        raise
 
 
 def _open_leveldb_reader(path, what):
@@ -114,7 +201,7 @@ def _open_leveldb_reader(path, what):
     try:
         return plyvel.DB(path, create_if_missing=False)
     except Exception as e:  # plyvel.Error, IOError (locked by another process)
-        raise DataError('cannot open LEVELDB database %s: %s' % (path, _first_line(e)))
+        raise DataError('cannot open LEVELDB database %s: %s' % (path, db_error_text(e)))
 
 
 def _acquire(path, backend, what=''):
@@ -159,6 +246,8 @@ def open_db(path, backend=None, what=''):
         kind = (backend_name(backend).upper() + ' ') if backend is not None else ''
         raise DataError('%scannot open %sdatabase %s: no such file or directory' % (what, kind, path))
     found = detect_backend(path)
+    if found is None and os.path.isfile(path):
+        raise DataError('%s%s is a plain file, not an LMDB or LEVELDB database' % (what, path))
     if backend is None:
         if found is None:
             raise DataError('%s%s is not an LMDB or LEVELDB database' % (what, path))
@@ -201,8 +290,11 @@ class DB:
             return int(self._h.obj.stat()['entries'])
         n = 0
         with self._h.lock:
-            for _ in self._h.obj.iterator(include_value=False):
-                n += 1
+            try:
+                for _ in self._h.obj.iterator(include_value=False):
+                    n += 1
+            except Exception as e:
+                raise read_error('leveldb', self.path, e) from None
         return n
 
     def items(self, limit=None):
@@ -277,15 +369,24 @@ class Cursor:
 class LMDBCursor(Cursor):
     def __init__(self, handle, path):
         self.path = path
-        self._txn = handle.obj.begin(write=False, buffers=False)
-        self._cur = self._txn.cursor()
-        self._valid = self._cur.first()
+        try:
+            self._txn = handle.obj.begin(write=False, buffers=False)
+            self._cur = self._txn.cursor()
+            self._valid = self._cur.first()
+        except Exception as e:     # lmdb.CorruptedError, lmdb.Error: a damaged page
+            raise read_error('lmdb', path, e) from None
 
     def seek_to_first(self):
-        self._valid = self._cur.first()
+        try:
+            self._valid = self._cur.first()
+        except Exception as e:
+            raise read_error('lmdb', self.path, e) from None
 
     def next(self):
-        self._valid = self._cur.next()
+        try:
+            self._valid = self._cur.next()
+        except Exception as e:
+            raise read_error('lmdb', self.path, e) from None
 
     def valid(self):
         return self._valid
@@ -319,9 +420,14 @@ class LevelDBCursor(Cursor):
             self._kv = next(self._it)
         except StopIteration:
             self._kv = None
+        except Exception as e:     # plyvel.CorruptionError, IOError: bytes, no path
+            raise read_error('leveldb', self.path, e) from None
 
     def seek_to_first(self):
-        self._it.seek_to_start()
+        try:
+            self._it.seek_to_start()
+        except Exception as e:
+            raise read_error('leveldb', self.path, e) from None
         self._advance()
 
     def next(self):
@@ -347,6 +453,19 @@ class LevelDBCursor(Cursor):
 
 
 # -- writing ------------------------------------------------------------------------------
+def _disk_full_hint(path):
+    """' (the disk is full: N bytes free in FOLDER)' when little room is left there, else ''."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return ''
+    free = st.f_bavail * st.f_frsize
+    if free < (1 << 20):
+        return ' (the disk is full: %d bytes free in %s)' % (free, folder)
+    return ''
+
+
 class DBWriter:
     """A new database, written under a temporary name beside ``path`` and renamed
     into place by ``close()`` (or the end of a ``with`` block without error).
@@ -366,6 +485,7 @@ class DBWriter:
             raise DataError('%s already exists: give a new database name (or remove it)' % self.path)
         if self.backend == 'leveldb':
             _plyvel()
+        remove_stale_temps(os.path.dirname(os.path.abspath(self.path)), os.path.basename(self.path))
         self._ctx = atomic_path(self.path)
         self.tmp = self._ctx.__enter__()
         self._done = False
@@ -385,7 +505,8 @@ class DBWriter:
             raise
         except Exception as e:
             self._abort()
-            raise DataError('cannot create %s database %s: %s' % (self.backend.upper(), self.path, _first_line(e)))
+            raise DataError('cannot create %s database %s: %s%s'
+                            % (self.backend.upper(), self.path, db_error_text(e), _disk_full_hint(self.tmp)))
 
     def put(self, key, value):
         if isinstance(key, str):
@@ -400,6 +521,24 @@ class DBWriter:
     def commit(self):
         if not self._pending:
             return
+        try:
+            self._commit()
+        except DataError:
+            raise
+        except Exception as e:     # lmdb.Error (a full disk can surface as EIO), plyvel's, OSError
+            raise self._failed(e) from None
+
+    def _failed(self, e):
+        """Remove the temporary database; the one-line error naming the file and the cause."""
+        self._pending = []
+        hint = _disk_full_hint(self.tmp)     # before the temporary files are removed
+        self._abort()
+        kept = ('the existing %s is unchanged' % self.path if os.path.exists(self.path)
+                else 'nothing was left under that name')
+        return DataError('cannot write %s database %s: %s%s; %s'
+                         % (self.backend.upper(), self.path, db_error_text(e), hint, kept))
+
+    def _commit(self):
         if self.backend == 'lmdb':
             import lmdb
             while True:
@@ -444,8 +583,11 @@ class DBWriter:
             if self.backend == 'lmdb':
                 self._db.sync(True)
             self._db.close()
+        except DataError:
+            raise
+        except Exception as e:
+            raise self._failed(e) from None
         except BaseException:
-            self._db = None
             self._abort()
             raise
         self._done = True

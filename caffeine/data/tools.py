@@ -12,7 +12,6 @@ import os
 import struct
 import tarfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,9 +21,11 @@ from .. import backend
 from ..errors import DataError
 from ..proto import caffe_pb2
 from ..utils import atomic_write, log
+from ..zoo import ZooError, fetch_url
 from .datum import (Datum, datum_to_array, decode_datum_native, encode_image, encoded_datum_bytes,
                     image_extension, parse_datum, raw_datum_bytes, read_image)
 from .db import DBWriter, backend_name, open_db
+from .listfile import read_label_list
 
 REPO_DATA = Path(__file__).resolve().parents[2] / 'data'
 
@@ -42,25 +43,7 @@ def _default_dir(name):
 # -- convert_imageset ---------------------------------------------------------------------
 def read_list_file(path):
     """convert_imageset's list file: ``name label`` per line, split at the last space."""
-    try:
-        with open(path, 'r', encoding='utf-8', errors='surrogateescape') as f:
-            text = f.read()
-    except OSError as e:
-        raise DataError('cannot read list file %s (%s)' % (path, e.strerror or e))
-    out = []
-    for no, line in enumerate(text.splitlines(), 1):
-        line = line.rstrip()
-        if not line.strip():
-            continue
-        pos = line.rfind(' ')
-        if pos < 0:
-            raise DataError("%s:%d: expected 'filename label', got %r" % (path, no, line[:80]))
-        try:
-            label = int(line[pos + 1:])
-        except ValueError:
-            raise DataError('%s:%d: label %r is not an integer' % (path, no, line[pos + 1:][:40]))
-        out.append((line[:pos], label, no))
-    return out
+    return read_label_list(path)
 
 
 def _match_ext(name, enc):
@@ -202,23 +185,19 @@ def compute_mean(db, out=None, backend_=None, progress=False):
 
 
 # -- downloads -------------------------------------------------------------------------------
-def _download(urls, dest, what, timeout=30):
-    """Fetch the first URL of ``urls`` that answers into ``dest`` (atomically); one-line error if none."""
+def _download(urls, dest, what):
+    """Fetch the first URL of ``urls`` that answers into ``dest`` (atomically, through
+    ``dest.part``), with the zoo's retries and time limits; one-line error if none does."""
     errors = []
     for url in urls:
+        log.info('Downloading %s', url)
         try:
-            log.info('Downloading %s', url)
-            with urllib.request.urlopen(url, timeout=timeout) as r:
-                with atomic_write(dest) as f:
-                    while True:
-                        b = r.read(1 << 20)
-                        if not b:
-                            break
-                        f.write(b)
+            part = fetch_url(url, dest, os.path.basename(os.fspath(dest)),
+                             hint='copy the file to %s' % os.fspath(dest))
+            os.replace(part, dest)
             return dest
-        except Exception as e:
-            reason = getattr(e, 'reason', None) or e
-            errors.append('%s: %s' % (url, str(reason).splitlines()[0] if str(reason) else type(e).__name__))
+        except ZooError as e:
+            errors.append(str(e))
     raise DataError('%s is missing and could not be downloaded (%s)' % (what, '; '.join(errors) or 'no URL'))
 
 

@@ -75,6 +75,14 @@ class Rand:
         self.u = u
 
 
+def _first(what):
+    """', <the batch's first example>' for messages about an example that differs from it."""
+    if what is None:
+        return ''
+    text = what(0).strip().rstrip(':').strip()
+    return (', ' + text) if text else ''
+
+
 class DataTransformer:
     """``DataTransformer(transform_param, phase, where='')``; ``where`` prefixes errors."""
 
@@ -174,7 +182,8 @@ class DataTransformer:
             if (ci, h, w) != checked:
                 label = what(i) if what is not None else ''
                 if ci != c:
-                    raise DataError('%s%sthe image has %d channels, the batch %d' % (self.where, label, ci, c))
+                    raise DataError('%s%sthe image has %d channels, but the batch has %d (set by its first image%s)'
+                                    % (self.where, label, ci, c, _first(what)))
                 self.check_example(ci, h, w, label)
                 checked = (ci, h, w)
             if crop:
@@ -185,10 +194,10 @@ class DataTransformer:
                 src = x[:, ho:ho + crop, wo:wo + crop]
             else:
                 if (h, w) != tuple(out.shape[2:]):
-                    raise DataError('%s%sthe image is %dx%d but the batch is %dx%d (its first image); '
+                    raise DataError('%s%sthe image is %dx%d, but the batch is %dx%d (set by its first image%s); '
                                     'images of several sizes need crop_size'
                                     % (self.where, what(i) if what is not None else '', h, w,
-                                       out.shape[2], out.shape[3]))
+                                       out.shape[2], out.shape[3], _first(what)))
                 ho = wo = 0
                 src = x
             o = out[i]

@@ -26,6 +26,7 @@ from ..proto import caffe_pb2
 from ..utils import log
 from ..data.datum import datum_to_array, parse_datum, read_image, resize, decode_image, value_to_array
 from ..data.db import open_db
+from ..data.listfile import read_label_list, read_text_lines
 from ..data.prefetch import DataSource, Prefetcher
 from ..data.transformer import DataTransformer, load_mean_file
 from .. import runtime
@@ -275,32 +276,6 @@ class DataLayer(BasePrefetchingDataLayer):
 
 
 # -- ImageData ---------------------------------------------------------------------------------
-def _read_list_file(path, where):
-    """Caffe's ``path label`` lines (split at the last space); [(path, label, line_number)]."""
-    try:
-        with open(path, 'r', encoding='utf-8', errors='surrogateescape') as f:
-            text = f.read()
-    except OSError as e:
-        raise DataError('%scannot read list file %s (%s)' % (where, path, e.strerror or e))
-    entries = []
-    for no, line in enumerate(text.splitlines(), 1):
-        line = line.rstrip('\r\n').rstrip()
-        if not line.strip():
-            continue
-        pos = line.rfind(' ')
-        if pos < 0:
-            pos = line.rfind('\t')
-        if pos < 0:
-            raise DataError("%s%s:%d: expected 'path label', got %r" % (where, path, no, line[:80]))
-        name, lab = line[:pos].strip(), line[pos + 1:].strip()
-        try:
-            label = int(lab)
-        except ValueError:
-            raise DataError("%s%s:%d: label %r is not an integer" % (where, path, no, lab[:40]))
-        entries.append((name, label, no))
-    return entries
-
-
 class _ImageListSource(DataSource):
     """The lines of an ImageData list file, read in order (shuffled at each pass if asked)."""
 
@@ -383,7 +358,7 @@ class ImageDataLayer(BasePrefetchingDataLayer):
         if p.batch_size <= 0:
             raise self.data_error('image_data_param.batch_size must be positive')
         tf = DataTransformer(self.layer_param.transform_param, self.phase, where)
-        entries = _read_list_file(p.source, where)
+        entries = read_label_list(p.source, where)
         if not entries:
             raise self.data_error('list file %s is empty' % p.source)
         src = _ImageListSource(where, p.source, entries, p.root_folder, int(p.batch_size),
@@ -411,13 +386,9 @@ class ImageDataLayer(BasePrefetchingDataLayer):
 # -- WindowData (R-CNN) --------------------------------------------------------------------------
 def _read_window_file(path, root, fg_threshold, bg_threshold, where):
     """The R-CNN window file: '# index / path / channels / height / width / n / n window lines'."""
-    try:
-        with open(path, 'r') as f:
-            text = f.read()
-    except OSError as e:
-        raise DataError('%scannot read window file %s (%s)' % (where, path, e.strerror or e))
     toks = []
-    for no, line in enumerate(text.splitlines(), 1):
+    for no, line in read_text_lines(path, 'window file', where, "R-CNN windows ('# index', image path, "
+                                    "channels, height, width, count, window lines)"):
         for t in line.split():
             toks.append((t, no))
     if not toks:
@@ -682,13 +653,9 @@ class HDF5DataLayer(Layer):
         self.batch_size = int(p.batch_size)
         self.shuffle = bool(p.shuffle)
         self.names = list(self.layer_param.top)
-        try:
-            with open(p.source, 'r') as f:
-                text = f.read()
-        except OSError as e:
-            raise self.data_error('cannot read HDF5 list file %s (%s)' % (p.source, e.strerror or e))
         files = []
-        for no, line in enumerate(text.splitlines(), 1):
+        for no, line in read_text_lines(p.source, 'HDF5 list file', where,
+                                        'the paths of HDF5 files, one per line'):
             for tok in line.split():
                 path = _resolve_relative(tok, p.source)
                 if not os.path.isfile(path):

@@ -33,6 +33,9 @@ class InnerProductLayer(Layer):
         self.transpose = bool(p.transpose)
         self.axis = canonical_axis(self, bottom[0], p.axis)
         self.K = bottom[0].count_range(self.axis)
+        if self.K == 0:
+            raise self.error('bottom %r is %s: it has no values from axis %d to connect (K = 0)'
+                             % (self.layer_param.bottom[0], shape_str(bottom[0].shape), self.axis))
         if self.blobs:
             pass  # weights given (loaded or shared): keep them
         else:
