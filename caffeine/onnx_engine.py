@@ -169,3 +169,30 @@ def compare(net, model, inputs, threads=None):
         diff = float(np.max(np.abs(value.astype(np.float64) - ref))) if ref.size else 0.0
         report[blob] = (diff, float(np.max(np.abs(ref))) if ref.size else 0.0)
     return report
+
+
+def seeded_weights(net, seed=0, scale=0.1):
+    """Fill every parameter of ``net`` with ``randn * scale`` from one seeded
+    RandomState, in the net's order; BatchNorm gets positive variances and a
+    scale factor of 1 so that its statistics are valid."""
+    rng = np.random.RandomState(seed)
+    for layer in net.layers:
+        for j, b in enumerate(layer.blobs):
+            v = rng.randn(*b.shape) * scale
+            if layer.type == 'BatchNorm' and j == 1:
+                v = 0.5 + np.abs(v)
+            elif layer.type == 'BatchNorm' and j == 2:
+                v = np.ones(b.shape)
+            b.data[...] = v
+
+
+def random_inputs(net, batch=None, seed=0):
+    """{input: standard normal array of its shape (batch ``batch`` if given)}."""
+    rng = np.random.RandomState(seed)
+    out = {}
+    for name in net.inputs:
+        shape = list(net.blobs[name].shape)
+        if batch is not None and shape:
+            shape[0] = batch
+        out[name] = rng.randn(*shape).astype(np.float32)
+    return out

@@ -91,7 +91,7 @@ class Graph:
 
     def const(self, hint, array, dtype=np.float32):
         name = self.fresh(hint)
-        self.inits.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array, dtype=dtype), name))
+        self.inits.append(self.onnx.numpy_helper.from_array(np.array(array, dtype=dtype, order='C'), name))
         return name
 
     def ints(self, hint, values):
@@ -137,8 +137,8 @@ def _last_writers(net):
     """ONNX name of every top of every layer: a blob's last writer gets the
     blob's own name, earlier (in-place) versions get ``blob@layer``."""
     last = {}
-    for i, tops in enumerate(net.top_names.values()):
-        for t in tops:
+    for i, layer in enumerate(net.layers):
+        for t in layer.layer_param.top:
             last[t] = i
     return last
 
@@ -168,10 +168,10 @@ def export_onnx(net, path=None, opset=DEFAULT_OPSET, dynamic_batch=False, keep=(
     last = _last_writers(net)
     tensor = {}          # Caffe blob name -> current ONNX tensor name
     inputs = []
-    for i, (lname, layer) in enumerate(zip(net.layer_names, net.layers)):
+    input_tops = {t for layer in net.layers if layer.type == 'Input' for t in layer.layer_param.top}
+    for i, layer in enumerate(net.layers):
         lp = layer.layer_param
-        tops = net.top_names[lname]
-        bots = net.bottom_names[lname]
+        lname, tops, bots = lp.name, list(lp.top), list(lp.bottom)
         if lp.type == 'Input':
             for t in tops:
                 tensor[t] = t
@@ -181,7 +181,7 @@ def export_onnx(net, path=None, opset=DEFAULT_OPSET, dynamic_batch=False, keep=(
         if fn is None:
             raise OnnxExportError('layer %r (%s): no ONNX export for layer type %s'
                                   % (lname, lp.type, lp.type))
-        outs = [t if last[t] == i else g.fresh('%s@%s' % (t, lname)) for t in tops]
+        outs = [t if last[t] == i and t not in input_tops else g.fresh('%s@%s' % (t, lname)) for t in tops]
         view = LayerView(g, lp, layer, [tensor[b] for b in bots],
                          [tuple(net.blobs[b].shape) for b in bots],
                          [tuple(net.blobs[t].shape) for t in tops], outs)
