@@ -145,10 +145,11 @@ def engine_net(engine, *args, **kwargs):
 
 
 def compare(net, model, inputs, threads=None):
-    """Run caffeine's ``net`` and the ONNX ``model`` (exported from it) on the
-    same ``inputs`` ({name: array}; the batch may differ from the net's when the
-    model has a dynamic batch); returns {blob: (largest |difference|, largest
-    |caffeine value|)} for every output of the model."""
+    """Run caffeine's ``net`` and the ONNX ``model`` exported from it (a
+    ModelProto, a path or an InferenceSession) on the same ``inputs`` ({name:
+    array}; the batch may differ from the net's when the model has a dynamic
+    batch); returns {blob: (largest |difference|, largest |caffeine value|)}
+    for every output of the model."""
     for name, arr in inputs.items():
         if tuple(net.blobs[name].shape) != np.shape(arr):
             net.blobs[name].reshape(np.shape(arr))
@@ -156,7 +157,7 @@ def compare(net, model, inputs, threads=None):
     for name, arr in inputs.items():
         net.blobs[name].data[...] = arr
     net.forward()
-    sess = make_session(model, threads=threads)
+    sess = model if hasattr(model, 'run') else make_session(model, threads=threads)
     names = [o.name for o in sess.get_outputs()]
     got = sess.run(names, {k: np.ascontiguousarray(v, np.float32) for k, v in inputs.items()})
     report = {}
@@ -172,17 +173,18 @@ def compare(net, model, inputs, threads=None):
 
 
 def seeded_weights(net, seed=0, scale=0.1):
-    """Fill every parameter of ``net`` with ``randn * scale`` from one seeded
-    RandomState, in the net's order; BatchNorm gets positive variances and a
-    scale factor of 1 so that its statistics are valid."""
-    rng = np.random.RandomState(seed)
+    """Fill every parameter of ``net`` with standard normal values times ``scale``
+    from one seeded generator, in the net's order; BatchNorm gets positive
+    variances and a scale factor of 1 so that its statistics are valid."""
+    rng = np.random.default_rng(seed)
     for layer in net.layers:
         for j, b in enumerate(layer.blobs):
-            v = rng.randn(*b.shape) * scale
+            v = rng.standard_normal(b.shape, dtype=np.float32)
+            v *= np.float32(scale)
             if layer.type == 'BatchNorm' and j == 1:
                 v = 0.5 + np.abs(v)
             elif layer.type == 'BatchNorm' and j == 2:
-                v = np.ones(b.shape)
+                v = np.ones(b.shape, np.float32)
             b.data[...] = v
 
 

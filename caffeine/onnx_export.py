@@ -214,8 +214,10 @@ def export_onnx(net, path=None, opset=DEFAULT_OPSET, dynamic_batch=False, keep=(
                                    opset_imports=[onnx.helper.make_opsetid('', opset)])
     model.ir_version = min(model.ir_version, _max_ir(onnx, opset))
     if dynamic_batch:
-        _infer_output_shapes(onnx, model)
-    if check:
+        _infer_output_shapes(onnx, model)        # strict shape inference: the full check's
+        if check:
+            onnx.checker.check_model(model)
+    elif check:
         onnx.checker.check_model(model, full_check=True)
     if path is not None:
         onnx.save(model, path)
