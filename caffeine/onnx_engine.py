@@ -54,7 +54,16 @@ class OrtNet:
     def __init__(self, model, *args, keep=(), dynamic_batch=True, providers=None, threads=None,
                  opset=DEFAULT_OPSET, **kwargs):
         from .net import Net
-        net = Net(model, *args, **kwargs)
+        self._init_from(Net(model, *args, **kwargs), keep, dynamic_batch, providers, threads, opset)
+
+    @classmethod
+    def from_net(cls, net, keep=(), dynamic_batch=True, providers=None, threads=None, opset=DEFAULT_OPSET):
+        """The engine for a caffeine Net already built (TEST phase, weights loaded)."""
+        self = cls.__new__(cls)
+        self._init_from(net, keep, dynamic_batch, providers, threads, opset)
+        return self
+
+    def _init_from(self, net, keep, dynamic_batch, providers, threads, opset):
         if net.phase != caffe_pb2.TEST:
             raise CaffeineError('the onnxruntime engine runs TEST-phase nets (pass caffeine.TEST)')
         try:
@@ -198,3 +207,18 @@ def random_inputs(net, batch=None, seed=0):
             shape[0] = batch
         out[name] = rng.randn(*shape).astype(np.float32)
     return out
+
+
+def time_forward(net, iterations, log):
+    """``caffeine time --engine onnxruntime``: whole forward passes of ``net``
+    (an OrtNet) on its current inputs; logs and returns the mean in ms."""
+    import time
+    net.forward()                                  # warm up
+    t0 = time.perf_counter()
+    for j in range(iterations):
+        t = time.perf_counter()
+        net.forward()
+        log.info('Iteration: %d forward time: %g ms.', j + 1, (time.perf_counter() - t) * 1000)
+    mean = (time.perf_counter() - t0) * 1000 / iterations
+    log.info('Average Forward pass (onnxruntime): %g ms.', mean)
+    return mean
