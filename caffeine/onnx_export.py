@@ -815,6 +815,106 @@ def _log(g, L):
 
 
 # ---------------------------------------------------------------------------
+# Recurrent layers
+# ---------------------------------------------------------------------------
+def _lstm_cell(g, name, gates, c_prev, cont, H, axis):
+    """Caffe's LSTMUnit: gates (i, f, o, g along ``axis``) -> (c, h) with
+    c = cont f c_prev + i g, h = o tanh(c); ``cont`` broadcasts over the units."""
+    i, f, o, gg = g.node('Split', [gates, g.ints(name + '/split', [H] * 4)], nout=4, name=name, axis=axis)
+    i, f, o = (g.node('Sigmoid', [v], name=name) for v in (i, f, o))
+    gg = g.node('Tanh', [gg], name=name)
+    kept = g.node('Mul', [cont, g.node('Mul', [f, c_prev], name=name)], name=name)
+    c = g.node('Add', [kept, g.node('Mul', [i, gg], name=name)], name=name)
+    h = g.node('Mul', [o, g.node('Tanh', [c], name=name)], name=name)
+    return c, h
+
+
+@converter('LSTMUnit')
+def _lstm_unit(g, L):
+    H = L.bshapes[0][2]
+    cont = g.node('Unsqueeze', [L.bottoms[2], g.ints(L.name + '/axis2', [2])], name=L.name)
+    c, h = _lstm_cell(g, L.name, L.bottoms[1], L.bottoms[0], cont, H, 2)
+    return [g.node('Identity', [c], L.out(0), name=L.name), g.node('Identity', [h], L.out(1), name=L.name)]
+
+
+def _subgraph(g):
+    """A graph for a Scan body: its own nodes, the outer graph's names and initializers."""
+    sub = Graph(g.onnx, g.opset, g.dynamic, ())
+    sub.used, sub.inits = g.used, g.inits
+    return sub
+
+
+@converter('LSTM', 'RNN')
+def _recurrent(g, L):
+    """Caffe's unrolled recurrence as one ONNX Scan over the T steps, with the
+    sequence-continuation input: LSTM h_t = LSTMUnit(W_xc x_t + b_c (+ W_xc_static
+    x_static) + W_hc (cont_t h_{t-1})); RNN h_t = tanh(W_xh x_t + b_h (+ static) +
+    W_hh (cont_t h_{t-1})), o_t = tanh(W_ho h_t + b_o).  The state starts at zero
+    (or at the exposed h_0, c_0 bottoms): Caffe's first forward pass; Caffe carries
+    h_T into the next call, which a stateless graph does not (use expose_hidden)."""
+    onnx = g.onnx
+    rp = L.lp.recurrent_param
+    lstm = L.type == 'LSTM'
+    nrec = 2 if lstm else 1
+    H = int(rp.num_output)
+    T, N = L.bshapes[0][:2]
+    exposed = nrec if rp.expose_hidden else 0
+    static = len(L.bottoms) > 2 + exposed
+    P = L.params
+    G = P[1].shape[0]
+    x = g.reshape(L.bottoms[0], [0, 0, -1], name=L.name)
+    gx = g.node('MatMul', [x, g.const(L.name + '/W_x', P[0].T)], name=L.name)
+    gx = g.node('Add', [gx, g.const(L.name + '/b_x', P[1])], name=L.name)
+    if static:
+        xs = g.reshape(L.bottoms[2], [0, -1], name=L.name)
+        gx = g.node('Add', [gx, g.node('MatMul', [xs, g.const(L.name + '/W_static', P[2].T)], name=L.name)],
+                    name=L.name)
+    k = 3 if static else 2
+    if exposed:
+        axis0 = g.ints(L.name + '/axis0', [0])
+        init = [g.node('Squeeze', [b, axis0], name=L.name) for b in L.bottoms[k:k + nrec]]
+    else:
+        init = [g.const(L.name + '/zero_state', np.zeros((N, H), np.float32)) for _ in range(nrec)]
+    W_h = g.const(L.name + '/W_h', P[k].T)
+    flt = onnx.TensorProto.FLOAT
+    b = _subgraph(g)
+    states = [b.fresh('%s/%s_prev' % (L.name, s)) for s in ('h', 'c')[:nrec]]
+    gx_t, cont_t = b.fresh(L.name + '/gates_x_t'), b.fresh(L.name + '/cont_t')
+    cont = b.node('Unsqueeze', [cont_t, b.ints(L.name + '/axis1', [1])], name=L.name)
+    hc = b.node('Mul', [states[0], cont], name=L.name)
+    pre = b.node('Add', [gx_t, b.node('MatMul', [hc, W_h], name=L.name)], name=L.name)
+    if lstm:
+        c, h = _lstm_cell(b, L.name, pre, states[1], cont, H, 1)
+        outs = [h, c, b.node('Identity', [h], name=L.name)]
+        out_shapes = [[N, H]] * 3
+    else:
+        h = b.node('Tanh', [pre], name=L.name)
+        o = b.node('MatMul', [h, b.const(L.name + '/W_o', P[k + 1].T)], name=L.name)
+        o = b.node('Tanh', [b.node('Add', [o, b.const(L.name + '/b_o', P[k + 2])], name=L.name)], name=L.name)
+        outs = [h, o]
+        out_shapes = [[N, H], [N, P[k + 1].shape[0]]]
+    body = onnx.helper.make_graph(
+        b.nodes, L.name + '/step',
+        [onnx.helper.make_tensor_value_info(s, flt, [N, H]) for s in states]
+        + [onnx.helper.make_tensor_value_info(gx_t, flt, [N, G]), onnx.helper.make_tensor_value_info(cont_t, flt, [N])],
+        [onnx.helper.make_tensor_value_info(o, flt, s) for o, s in zip(outs, out_shapes)])
+    got = g.node('Scan', init + [gx, L.bottoms[1]], nout=nrec + 1, name=L.name, body=body, num_scan_inputs=2)
+    seq = g.node('Identity', [got[-1]], L.out(0), name=L.name)
+    if not exposed:
+        return [seq]
+    axis0 = g.ints(L.name + '/axis0', [0])
+    return [seq] + [g.node('Unsqueeze', [s, axis0], L.out(1 + j), name=L.name) for j, s in enumerate(got[:nrec])]
+
+
+@converter('Filter')
+def _filter(g, L):
+    """The items (along axis 0) whose selector (the last bottom) is non-zero."""
+    sel = g.reshape(L.bottoms[-1], [-1], name=L.name)
+    keep = g.node('Not', [g.node('Equal', [sel, g.scalar(L.name + '/zero', 0.0)], name=L.name)], name=L.name)
+    return [g.node('Compress', [x, keep], L.out(j), name=L.name, axis=0) for j, x in enumerate(L.bottoms[:-1])]
+
+
+# ---------------------------------------------------------------------------
 # Losses and accuracy (a TEST-phase net's scores)
 # ---------------------------------------------------------------------------
 FLT_MIN = float(np.finfo(np.float32).tiny)

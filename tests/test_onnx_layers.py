@@ -457,3 +457,59 @@ def test_dynamic_batch_refuses_a_reshape_that_fixes_the_batch():
     with pytest.raises(OnnxExportError, match="layer 'r' \\(Reshape\\).*dynamic batch"):
         export_onnx(net, dynamic_batch=True)
     export_onnx(net)
+
+
+# -- recurrent ---------------------------------------------------------------------
+def _cont(T, N):
+    cont = np.ones((T, N), np.float32)
+    cont[0] = 0
+    cont[3, 1] = 0          # stream 1 starts a new sequence at t = 3
+    return cont
+
+
+@pytest.mark.parametrize('kind', ['LSTM', 'RNN'])
+@pytest.mark.parametrize('extra', ['', 'static', 'expose'])
+def test_recurrent(kind, extra):
+    T, N, H = 5, 2, 3
+    inputs = {'x': (T, N, 2, 2), 'cont': (T, N)}
+    bottoms = 'bottom: "x" bottom: "cont"'
+    tops = 'top: "h"'
+    values = {'cont': _cont(T, N)}
+    param = 'num_output: %d' % H
+    if extra == 'static':
+        inputs['s'] = (N, 3)
+        bottoms += ' bottom: "s"'
+    if extra == 'expose':
+        param += ' expose_hidden: true'
+        states = ('h0', 'c0') if kind == 'LSTM' else ('h0',)
+        for st in states:
+            inputs[st] = (1, N, H)
+            bottoms += ' bottom: "%s"' % st
+            tops += ' top: "%sT"' % st[0]
+        values['cont'][0] = 1              # carry the given state into step 0
+    net, model, _ = check(inputs, 'layer { name: "r" type: "%s" %s %s recurrent_param { %s } }'
+                          % (kind, bottoms, tops, param), values=values, scale=0.7)
+    assert [n.op_type for n in model.graph.node].count('Scan') == 1
+    assert net.blobs['h'].shape == (T, N, H)
+
+
+def test_recurrent_dynamic_number_of_steps():
+    T, N = 4, 2
+    check({'x': (T, N, 3), 'cont': (T, N)}, 'layer { name: "r" type: "LSTM" bottom: "x" bottom: "cont" top: "h" '
+                                           'recurrent_param { num_output: 3 } }',
+          values={'cont': _cont(7, N)}, dynamic=True, batch=7)
+
+
+def test_lstm_unit():
+    cont = np.array([[1, 0, 1]], np.float32)
+    check({'c_prev': (1, 3, 4), 'gates': (1, 3, 16), 'cont': (1, 3)},
+          'layer { name: "u" type: "LSTMUnit" bottom: "c_prev" bottom: "gates" bottom: "cont" top: "c" top: "h" }',
+          values={'cont': cont})
+
+
+def test_filter():
+    sel = np.array([1, 0, 1, 1], np.float32)
+    net, _, _ = check({'a': (4, 3), 'b': (4, 2, 2), 'sel': (4,)},
+                      'layer { name: "f" type: "Filter" bottom: "a" bottom: "b" bottom: "sel" top: "fa" top: "fb" }',
+                      values={'sel': sel})
+    assert net.blobs['fa'].shape == (3, 3)
