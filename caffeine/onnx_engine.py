@@ -17,6 +17,7 @@ import numpy as np
 
 from .blob import Blob
 from .errors import CaffeineError
+from .net import Net
 from .onnx_export import DEFAULT_OPSET, OnnxExportError, export_onnx
 from .proto import caffe_pb2
 
@@ -53,7 +54,6 @@ class OrtNet:
 
     def __init__(self, model, *args, keep=(), dynamic_batch=True, providers=None, threads=None,
                  opset=DEFAULT_OPSET, **kwargs):
-        from .net import Net
         self._init_from(Net(model, *args, **kwargs), keep, dynamic_batch, providers, threads, opset)
 
     @classmethod

@@ -6,6 +6,10 @@ import os
 import click
 
 from ..errors import CaffeineError
+from ..net import TEST, Net
+from ..onnx_engine import compare, random_inputs
+from ..onnx_export import DEFAULT_OPSET, export_onnx
+from ..prototxt import read_net_param
 
 
 def _input_shapes(specs):
@@ -68,14 +72,11 @@ def export_group():
 def onnx_cmd(model, weights, output, opset, inputs, dynamic_batch, keep, check, level, stage):
     """Export MODEL (a deploy prototxt) with WEIGHTS (.caffemodel, .h5 or zoo:NAME)
     as OUTPUT (.onnx): the TEST-phase graph, inputs and outputs named after its blobs."""
-    import caffeine
-    from ..onnx_export import DEFAULT_OPSET, export_onnx
-    from ..prototxt import read_net_param
     if not os.path.exists(model):
         raise CaffeineError('%s: no such file' % model)
     param = _with_input_shapes(read_net_param(model), _input_shapes(inputs))
     stages = [x for s in stage for x in s.split(',') if x]
-    net = caffeine.Net(param, caffeine.TEST, level=level, stages=stages)
+    net = Net(param, TEST, level=level, stages=stages)
     res = net.copy_from(weights)
     if not res['copied']:
         raise CaffeineError('%s: no layer name matches a layer of net %r' % (weights, net.name))
@@ -86,7 +87,6 @@ def onnx_cmd(model, weights, output, opset, inputs, dynamic_batch, keep, check, 
                   ', '.join(o.name for o in m.graph.output), len(m.graph.node),
                   sum(len(t.raw_data) for t in m.graph.initializer) / 1e6))
     if check:
-        from ..onnx_engine import compare, random_inputs
         report = compare(net, output, random_inputs(net, seed=0))
         worst = 0.0
         for blob, (diff, top) in report.items():

@@ -23,6 +23,7 @@ from ..parallel.launch import fail, mpi_launch, rank_setup, spawn
 from ..parallel.sync import AgreedActions, DataParallel
 from ..errors import CaffeineError
 from ..net import TEST, TRAIN, Net
+from ..onnx_engine import OrtNet, time_forward
 from ..proto import caffe_pb2
 from ..prototxt import _looks_like_path
 from ..solver import SignalHandler, load_solver_param, solver_class
@@ -349,8 +350,7 @@ def time_cmd(model, weights, iterations, gpu, phase, level, stage, engine):
     if iterations < 1:
         raise CaffeineError('time: --iterations must be at least 1')
     if engine == 'onnxruntime':
-        from ..onnx_engine import OrtNet, time_forward
-        return time_forward(OrtNet.from_net(_load_net(model, caffeine.TEST, weights, level, stage)), iterations, log)
+        return time_forward(OrtNet.from_net(_load_net(model, TEST, weights, level, stage)), iterations, log)
     use_gpus(parse_gpus(gpu), 'time')
     # a TEST net without a backward pass runs with the memory planner, as deployed
     net = _load_net(model, TRAIN if phase == 'TRAIN' else TEST, weights, level, stage,
