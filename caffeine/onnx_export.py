@@ -25,6 +25,14 @@ MIN_OPSET = 13
 
 CONVERTERS = {}
 
+_DATA = 'a data layer reads its own files; export the deploy net, whose data comes in through Input layers'
+NO_EXPORT = {          # why a type has no export, where there is more to say than "none"
+    'Data': _DATA, 'ImageData': _DATA, 'WindowData': _DATA, 'HDF5Data': _DATA, 'MemoryData': _DATA,
+    'DummyData': _DATA,
+    'HDF5Output': 'it writes files, which an ONNX graph cannot',
+    'Python': 'a Python layer runs arbitrary code, which has no ONNX form',
+}
+
 
 class OnnxExportError(CaffeineError):
     """A net, a layer or an option the ONNX export cannot write faithfully."""
@@ -179,8 +187,8 @@ def export_onnx(net, path=None, opset=DEFAULT_OPSET, dynamic_batch=False, keep=(
             continue
         fn = CONVERTERS.get(lp.type)
         if fn is None:
-            raise OnnxExportError('layer %r (%s): no ONNX export for layer type %s'
-                                  % (lname, lp.type, lp.type))
+            raise OnnxExportError('layer %r (%s): %s' % (lname, lp.type, NO_EXPORT.get(
+                lp.type, 'no ONNX export for layer type %s' % lp.type)))
         outs = [t if last[t] == i and t not in input_tops else g.fresh('%s@%s' % (t, lname)) for t in tops]
         view = LayerView(g, lp, layer, [tensor[b] for b in bots],
                          [tuple(net.blobs[b].shape) for b in bots],

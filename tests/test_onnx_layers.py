@@ -442,6 +442,10 @@ def test_unsupported_layer_is_one_line_naming_it():
     with pytest.raises(OnnxExportError) as e:
         export_onnx(net)
     assert str(e.value) == "layer 'cols' (Im2col): no ONNX export for layer type Im2col"
+    net = caffeine.Net('layer { name: "d" type: "DummyData" top: "d" dummy_data_param { shape { dim: 1 dim: 2 } } }'
+                       'layer { name: "r" type: "ReLU" bottom: "d" top: "r" }', caffeine.TEST)
+    with pytest.raises(OnnxExportError, match="^layer 'd' \\(DummyData\\): a data layer reads its own files"):
+        export_onnx(net)
 
 
 def test_train_phase_net_is_refused():
