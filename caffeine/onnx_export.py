@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from . import __version__
 from .errors import CaffeineError
 from .proto import caffe_pb2
 
@@ -158,69 +159,17 @@ def export_onnx(net, path=None, opset=DEFAULT_OPSET, dynamic_batch=False, keep=(
     opset: the ONNX opset (13 or newer).  dynamic_batch: the inputs' first
     dimension is symbolic (``N``).  keep: names of intermediate blobs to expose
     as extra outputs (their value after the whole forward pass, as
-    ``net.blobs[name]`` holds it).  Returns the ``onnx.ModelProto``; writes it
-    to ``path`` when given."""
+    ``net.blobs[name]`` holds it).  check: run ``onnx.checker`` (with shape
+    inference).  Returns the ``onnx.ModelProto``; writes it to ``path`` when given."""
     onnx = _import_onnx()
-    if net.phase != caffe_pb2.TEST:
-        raise OnnxExportError('export needs a TEST-phase net (build it with caffeine.TEST)')
-    if opset < MIN_OPSET:
-        raise OnnxExportError('opset %d is too old: the export writes opset %d or newer' % (opset, MIN_OPSET))
-    if opset > onnx.defs.onnx_opset_version():
-        raise OnnxExportError('opset %d is newer than the installed onnx package knows (%d)'
-                              % (opset, onnx.defs.onnx_opset_version()))
-    keep = list(keep)
-    for k in keep:
-        if k not in net.blobs:
-            raise OnnxExportError('--keep-intermediate: no blob named %r in the net' % k)
+    _check_request(onnx, net, opset, keep)
     g = Graph(onnx, opset, dynamic_batch, reserved=list(net.blobs))
-    last = _last_writers(net)
-    tensor = {}          # Caffe blob name -> current ONNX tensor name
-    inputs = []
-    input_tops = {t for layer in net.layers if layer.type == 'Input' for t in layer.layer_param.top}
-    for i, layer in enumerate(net.layers):
-        lp = layer.layer_param
-        lname, tops, bots = lp.name, list(lp.top), list(lp.bottom)
-        if lp.type == 'Input':
-            for t in tops:
-                tensor[t] = t
-                inputs.append(t)
-            continue
-        fn = CONVERTERS.get(lp.type)
-        if fn is None:
-            raise OnnxExportError('layer %r (%s): %s' % (lname, lp.type, NO_EXPORT.get(
-                lp.type, 'no ONNX export for layer type %s' % lp.type)))
-        outs = [t if last[t] == i and t not in input_tops else g.fresh('%s@%s' % (t, lname)) for t in tops]
-        view = LayerView(g, lp, layer, [tensor[b] for b in bots],
-                         [tuple(net.blobs[b].shape) for b in bots],
-                         [tuple(net.blobs[t].shape) for t in tops], outs)
-        got = fn(g, view)
-        if len(got) != len(tops):
-            raise view.error('the export wrote %d tops, the layer has %d' % (len(got), len(tops)))
-        for t, name in zip(tops, got):
-            tensor[t] = name
-    out_names = list(net.outputs) + [k for k in keep if k not in net.outputs]
-    for name in out_names:
-        if tensor.get(name, name) != name or name in inputs:
-            g.node('Identity', [tensor[name]], name if name not in inputs else g.fresh(name + '_out'),
-                   name=name)
-    outputs = []
-    for name in out_names:
-        oname = name if name not in inputs else name + '_out'
-        shape = list(net.blobs[name].shape)
-        outputs.append(onnx.helper.make_tensor_value_info(
-            oname, onnx.TensorProto.FLOAT, None if dynamic_batch else shape))
-    graph_inputs = []
-    for name in inputs:
-        shape = list(net.blobs[name].shape)
-        if dynamic_batch and shape:
-            shape[0] = 'N'
-        graph_inputs.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape))
-    graph = onnx.helper.make_graph(g.nodes, graph_name or net.name or 'caffeine', graph_inputs, outputs,
-                                   initializer=g.inits)
-    from . import __version__
+    tensor, inputs = _convert_layers(g, net)
+    graph = onnx.helper.make_graph(g.nodes, graph_name or net.name or 'caffeine', _graph_inputs(g, net, inputs),
+                                   _graph_outputs(g, net, tensor, inputs, keep), initializer=g.inits)
+    opsets = [onnx.helper.make_opsetid('', opset)]
     model = onnx.helper.make_model(graph, producer_name='caffeine', producer_version=__version__,
-                                   opset_imports=[onnx.helper.make_opsetid('', opset)])
-    model.ir_version = min(model.ir_version, _max_ir(onnx, opset))
+                                   opset_imports=opsets, ir_version=onnx.helper.find_min_ir_version_for(opsets))
     if dynamic_batch:
         _infer_output_shapes(onnx, model)        # strict shape inference: the full check's
         if check:
@@ -232,6 +181,67 @@ def export_onnx(net, path=None, opset=DEFAULT_OPSET, dynamic_batch=False, keep=(
     return model
 
 
+def _check_request(onnx, net, opset, keep):
+    if net.phase != caffe_pb2.TEST:
+        raise OnnxExportError('export needs a TEST-phase net (build it with caffeine.TEST)')
+    if opset < MIN_OPSET:
+        raise OnnxExportError('opset %d is too old: the export writes opset %d or newer' % (opset, MIN_OPSET))
+    if opset > onnx.defs.onnx_opset_version():
+        raise OnnxExportError('opset %d is newer than the installed onnx package knows (%d)'
+                              % (opset, onnx.defs.onnx_opset_version()))
+    for k in keep:
+        if k not in net.blobs:
+            raise OnnxExportError('--keep-intermediate: no blob named %r in the net' % k)
+
+
+def _convert_layers(g, net):
+    """Every layer through its converter; returns ({blob: its last ONNX tensor}, [input blobs])."""
+    last = _last_writers(net)
+    tensor = {}
+    inputs = [t for layer in net.layers if layer.type == 'Input' for t in layer.layer_param.top]
+    for i, layer in enumerate(net.layers):
+        lp = layer.layer_param
+        tops, bots = list(lp.top), list(lp.bottom)
+        if lp.type == 'Input':
+            tensor.update((t, t) for t in tops)
+            continue
+        fn = CONVERTERS.get(lp.type)
+        if fn is None:
+            raise OnnxExportError('layer %r (%s): %s' % (lp.name, lp.type, NO_EXPORT.get(
+                lp.type, 'no ONNX export for layer type %s' % lp.type)))
+        outs = [t if last[t] == i and t not in inputs else g.fresh('%s@%s' % (t, lp.name)) for t in tops]
+        view = LayerView(g, lp, layer, [tensor[b] for b in bots], [tuple(net.blobs[b].shape) for b in bots],
+                         [tuple(net.blobs[t].shape) for t in tops], outs)
+        got = fn(g, view)
+        if len(got) != len(tops):
+            raise view.error('the export wrote %d tops, the layer has %d' % (len(got), len(tops)))
+        tensor.update(zip(tops, got))
+    return tensor, inputs
+
+
+def _graph_inputs(g, net, inputs):
+    out = []
+    for name in inputs:
+        shape = list(net.blobs[name].shape)
+        if g.dynamic and shape:
+            shape[0] = 'N'
+        out.append(g.onnx.helper.make_tensor_value_info(name, g.onnx.TensorProto.FLOAT, shape))
+    return out
+
+
+def _graph_outputs(g, net, tensor, inputs, keep):
+    """The net's outputs, then the kept blobs, each under its blob's name (an
+    input blob, which ONNX cannot name twice, as ``name_out``)."""
+    out = []
+    for name in list(net.outputs) + [k for k in keep if k not in net.outputs]:
+        oname = name if name not in inputs else g.fresh(name + '_out')
+        if tensor[name] != oname:
+            g.node('Identity', [tensor[name]], oname, name=name)
+        shape = None if g.dynamic else list(net.blobs[name].shape)
+        out.append(g.onnx.helper.make_tensor_value_info(oname, g.onnx.TensorProto.FLOAT, shape))
+    return out
+
+
 def _infer_output_shapes(onnx, model):
     """Give the outputs of a dynamic-batch graph the shapes ONNX infers (``N`` x ...)."""
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
@@ -240,14 +250,6 @@ def _infer_output_shapes(onnx, model):
         v = known.get(o.name)
         if v is not None and v.type.tensor_type.HasField('shape'):
             o.type.CopyFrom(v.type)
-
-
-def _max_ir(onnx, opset):
-    """The IR version that goes with ``opset`` (runtimes refuse newer IR)."""
-    for ir, _, op in reversed([(v[1], v[0], v[2]) for v in onnx.helper.VERSION_TABLE]):
-        if op == opset:
-            return ir
-    return onnx.IR_VERSION
 
 
 # ---------------------------------------------------------------------------
