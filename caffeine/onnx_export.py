@@ -591,41 +591,39 @@ def _batch_norm(g, L):
     return [g.node('Div', [d, sd], L.out(0), name=L.name)]
 
 
-def _scale_like(g, L, op, param_index_of_value, bias_index):
-    """Scale / Bias: y = x (op) v, v laid along axes axis..axis+num_axes of x;
-    v is bottom[1] or the layer's first parameter."""
-    p = L.lp.scale_param if L.type == 'Scale' else L.lp.bias_param
-    nd = len(L.bshapes[0])
-    a = L.axis(p.axis) if nd else 0
-    x = L.bottoms[0]
-    if len(L.bottoms) > 1:
-        vshape = L.bshapes[1]
-        v = L.bottoms[1]
-        if len(vshape) + a < nd:
-            v = g.reshape(v, [0] * len(vshape) + [1] * (nd - a - len(vshape)), name=L.name)
-    else:
-        val = L.params[param_index_of_value]
-        v = g.const(L.name + ('/scale' if op == 'Mul' else '/bias'),
-                    val.reshape(_broadcast(val.shape, a, nd)) if val.ndim else val.reshape(()))
-    y = g.node(op, [x, v], None if bias_index is not None else L.out(0), name=L.name)
-    if bias_index is None:
-        return [y]
-    b = L.params[bias_index]
-    bv = g.const(L.name + '/bias', b.reshape(_broadcast(b.shape, a, nd)) if b.ndim else b.reshape(()))
-    return [g.node('Add', [y, bv], L.out(0), name=L.name)]
+def _param_along(g, L, j, axis, hint):
+    """Parameter ``j`` as a constant laid along the bottom's axes from ``axis`` on."""
+    val = L.params[j]
+    return g.const(L.name + hint, val.reshape(_broadcast(val.shape, axis, len(L.bshapes[0]))))
+
+
+def _bottom_along(g, L, axis):
+    """bottom[1] laid along bottom[0]'s axes from ``axis`` on (trailing ones added)."""
+    nd, vshape = len(L.bshapes[0]), L.bshapes[1]
+    if len(vshape) + axis == nd:
+        return L.bottoms[1]
+    return g.reshape(L.bottoms[1], [0] * len(vshape) + [1] * (nd - axis - len(vshape)), name=L.name)
 
 
 @converter('Scale')
 def _scale(g, L):
-    has_bias = L.lp.scale_param.bias_term
-    own = 0 if len(L.bottoms) == 1 else None
-    bias = (1 if own == 0 else 0) if has_bias else None
-    return _scale_like(g, L, 'Mul', own, bias)
+    """y = x * s (+ b), s (bottom[1] or a parameter) and b along axes axis..axis+num_axes."""
+    p = L.lp.scale_param
+    a = L.axis(p.axis)
+    two = len(L.bottoms) > 1
+    s = _bottom_along(g, L, a) if two else _param_along(g, L, 0, a, '/scale')
+    if not p.bias_term:
+        return [g.node('Mul', [L.bottoms[0], s], L.out(0), name=L.name)]
+    y = g.node('Mul', [L.bottoms[0], s], name=L.name)
+    return [g.node('Add', [y, _param_along(g, L, 0 if two else 1, a, '/bias')], L.out(0), name=L.name)]
 
 
 @converter('Bias')
 def _bias(g, L):
-    return _scale_like(g, L, 'Add', 0, None)
+    """y = x + b, b (bottom[1] or a parameter) along axes axis..axis+num_axes."""
+    a = L.axis(L.lp.bias_param.axis)
+    b = _bottom_along(g, L, a) if len(L.bottoms) > 1 else _param_along(g, L, 0, a, '/bias')
+    return [g.node('Add', [L.bottoms[0], b], L.out(0), name=L.name)]
 
 
 @converter('MVN')
