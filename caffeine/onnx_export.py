@@ -143,8 +143,8 @@ class Graph:
 
 
 def _last_writers(net):
-    """ONNX name of every top of every layer: a blob's last writer gets the
-    blob's own name, earlier (in-place) versions get ``blob@layer``."""
+    """{blob: index of the last layer that writes it}: that layer's top gets the
+    blob's own name in the graph, earlier (in-place) versions ``blob@layer``."""
     last = {}
     for i, layer in enumerate(net.layers):
         for t in layer.layer_param.top:

@@ -15,7 +15,7 @@ pytest.importorskip('onnxruntime', reason='onnxruntime (caffeine[onnx]) is not i
 import onnx  # noqa: E402
 
 import caffeine  # noqa: E402
-from caffeine.onnx_engine import compare, make_session, random_inputs, seeded_weights  # noqa: E402
+from caffeine.onnx_engine import OrtNet, compare, make_session, random_inputs, seeded_weights  # noqa: E402
 from caffeine.onnx_export import export_onnx  # noqa: E402
 from caffeine.prototxt import read_net_param  # noqa: E402
 from caffeine.testing import golden_cases, golden_index, load_golden, _golden_input  # noqa: E402
@@ -69,6 +69,22 @@ def test_model_library_deploy_net(model, chw, batch):
     if batch:
         _assert_report(compare(net, sess, random_inputs(net, batch=batch, seed=2)), net.outputs + keep,
                        '%s batch %d' % (model, batch))
+
+
+@pytest.mark.parametrize('model,chw', [('lenet', None), ('cifar10_quick', None), ('cifar10_full', None),
+                                       ('squeezenet1.1', (3, 67, 67))])
+def test_onnxruntime_engine_runs_the_deploy_net(model, chw):
+    """The engine a user gets with Net(..., engine='onnxruntime'): the same outputs as caffeine's."""
+    net = _deploy(model, chw)
+    seeded_weights(net, seed=7, scale=0.05)
+    ort = OrtNet.from_net(net)
+    x = random_inputs(net, seed=3)
+    want = {k: v.copy() for k, v in net.forward(**x).items()}
+    got = ort.forward(**x)
+    assert list(got) == net.outputs
+    for k, v in want.items():
+        assert np.abs(got[k] - v).max() <= 1e-4 * np.abs(v).max(), k
+        assert v.std() > 0, k                      # outputs that are not constant
 
 
 GOLDEN = golden_cases(kind='nets')
