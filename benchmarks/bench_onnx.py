@@ -45,7 +45,7 @@ def build(model, batch):
             lp.input_param.shape[0].dim[0] = batch
     net = caffeine.Net(param, caffeine.TEST, memory_plan=True)
     seeded_weights(net, seed=0)
-    return net, OrtNet.from_net(net)
+    return net, OrtNet(net)
 
 
 def bench(name, batch, iters, warmup):

@@ -1,12 +1,12 @@
 """ONNX Runtime as an inference engine for Caffe models.
 
-``OrtNet(model, weights, caffeine.TEST)`` (also reached as
-``caffeine.Net(model, weights, caffeine.TEST, engine='onnxruntime')``) builds
-the net with caffeine, exports it (``caffeine.onnx_export``) and runs it with
-ONNX Runtime behind pycaffe's surface: ``net.blobs[name].data`` for the inputs
-and outputs, ``net.forward(**inputs)`` returning ``{output: array}``,
-``net.forward_all``.  ``compare`` runs one net on both engines and reports the
-largest difference per blob.
+``caffeine.Net(model, weights, caffeine.TEST, engine='onnxruntime')`` (or
+``OrtNet(net)`` on a built TEST-phase Net) exports the net
+(``caffeine.onnx_export``) and runs it with ONNX Runtime behind pycaffe's
+surface: ``net.blobs[name].data`` for the inputs and outputs,
+``net.forward(**inputs)`` returning ``{output: array}``, ``net.forward_all``.
+``compare`` runs one net on both engines and reports the largest difference
+per blob.
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import numpy as np
 
 from .blob import Blob
 from .errors import CaffeineError
-from .net import Net
 from .onnx_export import DEFAULT_OPSET, OnnxExportError, export_onnx
 from .proto import caffe_pb2
 
@@ -47,23 +46,13 @@ def make_session(model, providers=None, threads=None):
 class OrtNet:
     """A deploy net run by ONNX Runtime, with pycaffe's Net surface for inference.
 
-    Arguments as ``caffeine.Net`` (model, weights, phase; the phase must be TEST),
-    plus: keep (intermediate blob names to expose in ``blobs``), dynamic_batch
-    (True: the inputs may change their batch size), providers (ORT execution
-    providers, default CPU), threads (ORT intra-op threads), opset."""
+    ``OrtNet(net)`` takes a caffeine Net built in the TEST phase with its weights
+    (``caffeine.Net(model, weights, caffeine.TEST, engine='onnxruntime')`` builds
+    both).  keep: intermediate blob names to expose in ``blobs``; dynamic_batch
+    (True): the inputs may change their batch size; providers: ORT execution
+    providers (default CPU); threads: ORT intra-op threads; opset."""
 
-    def __init__(self, model, *args, keep=(), dynamic_batch=True, providers=None, threads=None,
-                 opset=DEFAULT_OPSET, **kwargs):
-        self._init_from(Net(model, *args, **kwargs), keep, dynamic_batch, providers, threads, opset)
-
-    @classmethod
-    def from_net(cls, net, keep=(), dynamic_batch=True, providers=None, threads=None, opset=DEFAULT_OPSET):
-        """The engine for a caffeine Net already built (TEST phase, weights loaded)."""
-        self = cls.__new__(cls)
-        self._init_from(net, keep, dynamic_batch, providers, threads, opset)
-        return self
-
-    def _init_from(self, net, keep, dynamic_batch, providers, threads, opset):
+    def __init__(self, net, keep=(), dynamic_batch=True, providers=None, threads=None, opset=DEFAULT_OPSET):
         if net.phase != caffe_pb2.TEST:
             raise CaffeineError('the onnxruntime engine runs TEST-phase nets (pass caffeine.TEST)')
         try:
@@ -146,11 +135,12 @@ class OrtNet:
         return {k: np.concatenate(v) for k, v in outs.items()}
 
 
-def engine_net(engine, *args, **kwargs):
-    """``caffeine.Net(..., engine=...)``: the net for an engine other than caffeine's own."""
-    if engine == 'onnxruntime':
-        return OrtNet(*args, **kwargs)
-    raise CaffeineError('unknown engine %r: choose one of %s' % (engine, ', '.join(ENGINES)))
+def engine_net(engine, build, **options):
+    """``caffeine.Net(..., engine=...)``: ``build()`` (the caffeine Net) run by
+    another engine; ``options`` go to that engine."""
+    if engine != 'onnxruntime':
+        raise CaffeineError('unknown engine %r: choose one of %s' % (engine, ', '.join(ENGINES)))
+    return OrtNet(build(), **options)
 
 
 def compare(net, model, inputs, threads=None):

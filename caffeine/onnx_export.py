@@ -17,7 +17,6 @@ import math
 
 import numpy as np
 
-from . import __version__
 from .errors import CaffeineError
 from .proto import caffe_pb2
 
@@ -168,7 +167,7 @@ def export_onnx(net, path=None, opset=DEFAULT_OPSET, dynamic_batch=False, keep=(
     graph = onnx.helper.make_graph(g.nodes, graph_name or net.name or 'caffeine', _graph_inputs(g, net, inputs),
                                    _graph_outputs(g, net, tensor, inputs, keep), initializer=g.inits)
     opsets = [onnx.helper.make_opsetid('', opset)]
-    model = onnx.helper.make_model(graph, producer_name='caffeine', producer_version=__version__,
+    model = onnx.helper.make_model(graph, producer_name='caffeine',
                                    opset_imports=opsets, ir_version=onnx.helper.find_min_ir_version_for(opsets))
     if dynamic_batch:
         _infer_output_shapes(onnx, model)        # strict shape inference: the full check's

@@ -63,7 +63,8 @@ def test_net_with_engine_onnxruntime_is_pycaffe_shaped(model):
 def test_engine_keeps_blobs_and_runs_forward_all(model):
     proto, weights = model
     ref = caffeine.Net(proto, weights, caffeine.TEST)
-    net = OrtNet(proto, weights, caffeine.TEST, keep=['conv', 'pool'])
+    net = caffeine.Net(proto, weights, caffeine.TEST, engine='onnxruntime', engine_options={'keep': ['conv', 'pool']})
+    assert isinstance(net, OrtNet)
     x = _x(5, seed=1)
     out = net.forward_all(data=x, blobs=['pool'])      # batches of 2: the last one holds 1 item
     assert out['prob'].shape == (5, 5) and out['pool'].shape == (5, 4, 4, 4)

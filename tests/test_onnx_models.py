@@ -77,7 +77,7 @@ def test_onnxruntime_engine_runs_the_deploy_net(model, chw):
     """The engine a user gets with Net(..., engine='onnxruntime'): the same outputs as caffeine's."""
     net = _deploy(model, chw)
     seeded_weights(net, seed=7, scale=0.05)
-    ort = OrtNet.from_net(net)
+    ort = OrtNet(net)
     x = random_inputs(net, seed=3)
     want = {k: v.copy() for k, v in net.forward(**x).items()}
     got = ort.forward(**x)

@@ -350,7 +350,7 @@ def time_cmd(model, weights, iterations, gpu, phase, level, stage, engine):
     if iterations < 1:
         raise CaffeineError('time: --iterations must be at least 1')
     if engine == 'onnxruntime':
-        return time_forward(OrtNet.from_net(_load_net(model, TEST, weights, level, stage)), iterations, log)
+        return time_forward(OrtNet(_load_net(model, TEST, weights, level, stage)), iterations, log)
     use_gpus(parse_gpus(gpu), 'time')
     # a TEST net without a backward pass runs with the memory planner, as deployed
     net = _load_net(model, TRAIN if phase == 'TRAIN' else TEST, weights, level, stage,
