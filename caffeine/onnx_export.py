@@ -64,7 +64,7 @@ class LayerView:
         self.name, self.type = lp.name, lp.type
         self.bottoms, self.bshapes, self.tshapes = bottoms, bshapes, tshapes
         self._outs = outs
-        self.params = [np.array(b.data, dtype=np.float32) for b in layer.blobs]
+        self.params = [np.asarray(b.data, dtype=np.float32) for b in layer.blobs]
 
     def out(self, j=0):
         """The ONNX name top ``j`` is written under."""
@@ -427,10 +427,12 @@ def _pool_geometry(L, p, H, W):
     return tuple(k), tuple(s), tuple(pad)
 
 
-def pool2d(g, L, x, in_shape, out_hw, method, kernel, stride, pad, out=None):
+def pool2d(g, L, x, in_shape, out_hw, method, kernel, stride, pad, out=None, mask=None):
     """Caffe's 2-D pooling of ``x`` into ``out_hw``: the end padding is chosen so
     that ONNX's floor rule gives Caffe's (ceil) output size, MAX ignores padding,
-    AVE divides by the window clipped to the padded input (Caffe's divisor)."""
+    AVE divides by the window clipped to the padded input (Caffe's divisor).
+    ``mask``: MAX also writes Caffe's mask top there (the argmax's h * W + w as a
+    float; ONNX's indices run over the whole N x C x H x W input)."""
     P = caffe_pb2.PoolingParameter
     H, W = in_shape[2:]
     ends = []
@@ -441,8 +443,14 @@ def pool2d(g, L, x, in_shape, out_hw, method, kernel, stride, pad, out=None):
                           % (o, n, k, s, p))
         ends.append(e)
     attrs = dict(kernel_shape=list(kernel), strides=list(stride), pads=list(pad) + ends)
-    if method == P.MAX:
+    if method == P.MAX and mask is None:
         return g.node('MaxPool', [x], out, name=L.name, **attrs)
+    if method == P.MAX:
+        y, idx = g.node('MaxPool', [x], [out or g.fresh(L.name + '/maxpool'), g.fresh(L.name + '/indices')],
+                        name=L.name, **attrs)
+        plane = g.node('Mod', [idx, g.ints(L.name + '/plane', [H * W])], name=L.name)
+        g.node('Cast', [plane], mask, name=L.name, to=g.onnx.TensorProto.FLOAT)
+        return y
     if method == P.AVE:
         corr = np.outer(kernel[0] / _window_sizes(H, kernel[0], stride[0], pad[0], out_hw[0]),
                         kernel[1] / _window_sizes(W, kernel[1], stride[1], pad[1], out_hw[1]))
@@ -464,16 +472,16 @@ def pool2d(g, L, x, in_shape, out_hw, method, kernel, stride, pad, out=None):
 @converter('Pooling')
 def _pooling(g, L):
     p = L.lp.pooling_param
-    if len(L.tshapes) > 1:
-        raise L.error('the MAX pooling mask top has no ONNX form')
     if len(L.bshapes[0]) != 4:
         raise L.error('pooling of a %d-axis bottom; ONNX export handles N x C x H x W' % len(L.bshapes[0]))
     H, W = L.bshapes[0][2:]
     k, s, pad = _pool_geometry(L, p, H, W)
-    if p.global_pooling and p.pool in (p.MAX, p.AVE):
+    mask = L.out(1) if len(L.tshapes) > 1 else None
+    if p.global_pooling and p.pool in (p.MAX, p.AVE) and mask is None:
         op = 'GlobalMaxPool' if p.pool == p.MAX else 'GlobalAveragePool'
         return [g.node(op, [L.bottoms[0]], L.out(0), name=L.name)]
-    return [pool2d(g, L, L.bottoms[0], L.bshapes[0], L.tshapes[0][2:], p.pool, k, s, pad, L.out(0))]
+    y = pool2d(g, L, L.bottoms[0], L.bshapes[0], L.tshapes[0][2:], p.pool, k, s, pad, L.out(0), mask)
+    return [y] if mask is None else [y, mask]
 
 
 @converter('SPP')

@@ -93,6 +93,14 @@ def test_pooling(pool, geom, shape, expect):
     assert net.blobs['p'].shape[2:] == expect
 
 
+@pytest.mark.parametrize('geom', ['kernel_size: 3 stride: 2 pad: 1', 'kernel_size: 2 stride: 2', 'global_pooling: true'])
+def test_max_pooling_mask_top(geom):
+    net, _, _ = check({'data': (2, 3, 5, 6)}, 'layer { name: "p" type: "Pooling" bottom: "data" top: "p" top: "mask" '
+                                              'pooling_param { pool: MAX %s } }' % geom)
+    m = net.blobs['mask'].data
+    assert m.max() > 6 and np.all(m == np.round(m))   # plane offsets h * W + w, beyond the first row
+
+
 def test_ave_pooling_divisor_counts_padding_but_not_the_ceil_overhang():
     # 1x1x3x3 of ones, kernel 2, stride 2, pad 1: windows [-1,0], [1,2] and, per
     # axis, Caffe divides by the window clipped to the padded input: 2 x 2 = 4
