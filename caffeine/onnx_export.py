@@ -1070,10 +1070,9 @@ def _contrastive_loss(g, L):
 
 @converter('Accuracy')
 def _accuracy(g, L):
-    """The share of samples with fewer than top_k classes scoring >= their label's."""
+    """The share of samples with fewer than top_k classes scoring >= their label's;
+    top 1: that share among the samples of each class (0 for a class absent)."""
     p = L.lp.accuracy_param
-    if len(L.tshapes) > 1:
-        raise L.error('the per-class accuracy top has no ONNX export')
     a = L.axis(p.axis)
     shape = L.bshapes[0]
     inner = int(np.prod(shape[a + 1:], dtype=np.int64))
@@ -1088,12 +1087,28 @@ def _accuracy(g, L):
     better = g.reduce('ReduceSum', ge, [1], True, name=L.name)
     correct = g.node('Cast', [g.node('Less', [better, g.scalar(L.name + '/k', p.top_k + 1)], name=L.name)],
                      name=L.name, to=g.onnx.TensorProto.FLOAT)
-    if mask is None:
-        return [g.reduce('ReduceMean', correct, [0, 1, 2], False, L.out(0), name=L.name)]
-    hits = g.reduce('ReduceSum', g.node('Mul', [correct, mask], name=L.name), [0, 1, 2], False, name=L.name)
-    count = g.reduce('ReduceSum', mask, [0, 1, 2], False, name=L.name)
-    count = g.node('Max', [count, g.scalar(L.name + '/one', 1.0)], name=L.name)
-    return [g.node('Div', [hits, count], L.out(0), name=L.name)]
+    if mask is not None:
+        correct = g.node('Mul', [correct, mask], name=L.name)
+    tops = [_share(g, L, correct, mask, [0, 1, 2], L.out(0))]
+    if len(L.tshapes) > 1:
+        classes = g.const(L.name + '/classes', np.arange(shape[a]).reshape(1, -1, 1), np.int64)
+        onehot = g.node('Cast', [g.node('Equal', [lab, classes], name=L.name)], name=L.name,
+                        to=g.onnx.TensorProto.FLOAT)            # outer x C x inner
+        hits = g.node('Mul', [onehot, correct], name=L.name)
+        valid = onehot if mask is None else g.node('Mul', [onehot, mask], name=L.name)
+        tops.append(_share(g, L, hits, valid, [0, 2], L.out(1)))
+    return tops
+
+
+def _share(g, L, hits, valid, axes, out):
+    """sum(hits) / sum(valid) over ``axes`` (valid None: all), 0 where nothing is valid."""
+    if valid is None:
+        return g.reduce('ReduceMean', hits, axes, False, out, name=L.name)
+    n = g.reduce('ReduceSum', valid, axes, False, name=L.name)
+    ratio = g.node('Div', [g.reduce('ReduceSum', hits, axes, False, name=L.name),
+                           g.node('Max', [n, g.scalar(L.name + '/one', 1.0)], name=L.name)], name=L.name)
+    return g.node('Where', [g.node('Greater', [n, g.scalar(L.name + '/zero', 0.0)], name=L.name), ratio,
+                            g.scalar(L.name + '/zero', 0.0)], out, name=L.name)
 
 
 def supported_types():

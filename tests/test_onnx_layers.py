@@ -397,10 +397,15 @@ def test_euclidean_and_contrastive_loss():
 
 @pytest.mark.parametrize('param', ['', 'accuracy_param { top_k: 2 }', 'accuracy_param { ignore_label: 1 }',
                                    'accuracy_param { axis: 2 top_k: 3 }'])
-def test_accuracy(param):
-    check({'data': (4, 5, 6), 'label': (4, 6) if 'axis' not in param else (4, 5)},
-          'layer { name: "a" type: "Accuracy" bottom: "data" bottom: "label" top: "a" %s }' % param,
-          values={'label': _labels((4, 6) if 'axis' not in param else (4, 5), 5 if 'axis' not in param else 6)})
+@pytest.mark.parametrize('per_class', [False, True])
+def test_accuracy(param, per_class):
+    classes = 5 if 'axis' not in param else 6
+    lab = _labels((4, 6) if 'axis' not in param else (4, 5), classes - 1)   # the last class absent
+    net, _, _ = check({'data': (4, 5, 6), 'label': lab.shape},
+                      'layer { name: "a" type: "Accuracy" bottom: "data" bottom: "label" top: "a" %s %s }'
+                      % ('top: "per_class"' if per_class else '', param), values={'label': lab})
+    if per_class:
+        assert net.blobs['per_class'].shape == (classes,) and net.blobs['per_class'].data[-1] == 0
 
 
 # -- the graph: dynamic batch, names, errors ---------------------------------------------
