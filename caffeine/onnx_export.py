@@ -1068,6 +1068,39 @@ def _contrastive_loss(g, L):
     return [g.node('Mul', [mean, g.scalar(L.name + '/half', 0.5)], L.out(0), name=L.name)]
 
 
+def _per_sample(g, L):
+    """(scores as N x dim, labels as int64 N x 1)."""
+    n = L.bshapes[0][0]
+    x = g.reshape(L.bottoms[0], g.batch_shape([n, -1], True), name=L.name)
+    return x, _labels(g, L, L.bottoms[1], g.batch_shape([n, 1], True))
+
+
+@converter('MultinomialLogisticLoss')
+def _multinomial_logistic_loss(g, L):
+    """-sum log(max(p[label], 1e-20)) / N, on probabilities."""
+    p, lab = _per_sample(g, L)
+    picked = g.node('GatherElements', [p, lab], name=L.name, axis=1)
+    logp = g.node('Log', [g.node('Max', [picked, g.scalar(L.name + '/threshold', 1e-20)], name=L.name)],
+                  name=L.name)
+    mean = g.reduce('ReduceMean', logp, [0, 1], False, name=L.name)
+    return [g.node('Neg', [mean], L.out(0), name=L.name)]
+
+
+@converter('HingeLoss')
+def _hinge_loss(g, L):
+    """sum max(0, 1 - t x)^p / N, t = 1 at the label and -1 elsewhere; p = 1 (L1) or 2 (L2)."""
+    x, lab = _per_sample(g, L)
+    dim = int(np.prod(L.bshapes[0][1:], dtype=np.int64))
+    at_label = g.node('Equal', [lab, g.const(L.name + '/classes', np.arange(dim).reshape(1, -1), np.int64)],
+                      name=L.name)
+    tx = g.node('Where', [at_label, x, g.node('Neg', [x], name=L.name)], name=L.name)
+    d = g.node('Relu', [g.node('Sub', [g.scalar(L.name + '/one', 1.0), tx], name=L.name)], name=L.name)
+    if L.lp.hinge_loss_param.norm == caffe_pb2.HingeLossParameter.L2:
+        d = g.node('Mul', [d, d], name=L.name)
+    per = g.reduce('ReduceSum', d, [1], False, name=L.name)
+    return [g.reduce('ReduceMean', per, [0], False, L.out(0), name=L.name)]
+
+
 @converter('Accuracy')
 def _accuracy(g, L):
     """The share of samples with fewer than top_k classes scoring >= their label's;

@@ -395,6 +395,16 @@ def test_euclidean_and_contrastive_loss():
               'contrastive_loss_param { margin: 2 legacy_version: %s } }' % legacy, values={'y': y})
 
 
+@pytest.mark.parametrize('layer', ['type: "MultinomialLogisticLoss"', 'type: "HingeLoss"',
+                                   'type: "HingeLoss" hinge_loss_param { norm: L2 }'])
+def test_per_sample_losses(layer):
+    p = np.random.RandomState(1).dirichlet(np.ones(5), 4).astype(np.float32).reshape(4, 5, 1, 1)
+    p[0, 0] = 0                                           # log's threshold (1e-20)
+    lab = np.array([0, 4, 2, 2], np.float32).reshape(4, 1, 1, 1)
+    check({'data': p.shape, 'label': lab.shape}, 'layer { name: "l" %s bottom: "data" bottom: "label" top: "l" }'
+          % layer, values={'data': p, 'label': lab})
+
+
 @pytest.mark.parametrize('param', ['', 'accuracy_param { top_k: 2 }', 'accuracy_param { ignore_label: 1 }',
                                    'accuracy_param { axis: 2 top_k: 3 }'])
 @pytest.mark.parametrize('per_class', [False, True])
