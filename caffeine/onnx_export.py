@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import CaffeineError
 from .proto import caffe_pb2
+from .weights import blob_proto_to_array
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13
@@ -1010,6 +1011,42 @@ def _softmax_with_loss(g, L):
                   name=L.name)
     loss = _normalized(g, L, logp, mask, _normalization(L.lp, caffe_pb2.LossParameter.VALID), L.out(0))
     return [loss, prob] if len(L.tshapes) > 1 else [loss]
+
+
+@converter('InfogainLoss')
+def _infogain_loss(g, L):
+    """-sum_i sum_l H[label_i, l] log(max(softmax(x)_il, 1e-20)) / normalizer; H is
+    bottom[2] or the BlobProto file infogain_loss_param.source; top 1: the softmax."""
+    a = L.axis(L.lp.infogain_loss_param.axis)
+    shape = L.bshapes[0]
+    C = shape[a]
+    outer = int(np.prod(shape[:a], dtype=np.int64))
+    inner = int(np.prod(shape[a + 1:], dtype=np.int64))
+    prob = g.node('Softmax', [L.bottoms[0]], L.out(1) if len(L.tshapes) > 1 else None, name=L.name, axis=a)
+    logp = g.node('Log', [g.node('Max', [_outer_c_inner(g, L, prob, a), g.scalar(L.name + '/threshold', 1e-20)],
+                                 name=L.name)], name=L.name)
+    if len(L.bottoms) > 2:
+        H = g.reshape(L.bottoms[2], [C, C], name=L.name)
+    else:
+        H = g.const(L.name + '/infogain', _read_blob_proto(L, L.lp.infogain_loss_param.source).reshape(C, C))
+    lab = _labels(g, L, L.bottoms[1], g.batch_shape([outer, inner], a > 0))
+    mask = None
+    if L.lp.loss_param.HasField('ignore_label'):
+        lab, mask = _ignore_mask(g, L, lab, L.lp.loss_param.ignore_label)
+    rows = g.node('Transpose', [g.node('Gather', [H, lab], name=L.name, axis=0)], name=L.name,
+                  perm=[0, 2, 1])                                          # outer x C x inner
+    per = g.reduce('ReduceSum', g.node('Mul', [rows, logp], name=L.name), [1], False, name=L.name)
+    loss = _normalized(g, L, per, mask, L.lp.loss_param.normalization, L.out(0))
+    return [loss, prob] if len(L.tshapes) > 1 else [loss]
+
+
+def _read_blob_proto(L, path):
+    try:
+        with open(path, 'rb') as f:
+            proto = caffe_pb2.BlobProto.FromString(f.read())
+    except OSError as e:
+        raise L.error('cannot read %r: %s' % (path, e.strerror or e))
+    return blob_proto_to_array(proto).astype(np.float32)
 
 
 @converter('SigmoidCrossEntropyLoss')

@@ -405,6 +405,23 @@ def test_per_sample_losses(layer):
           % layer, values={'data': p, 'label': lab})
 
 
+@pytest.mark.parametrize('from_file', [False, True])
+@pytest.mark.parametrize('param', ['', 'loss_param { ignore_label: 1 normalization: BATCH_SIZE }'])
+def test_infogain_loss(tmp_path, from_file, param):
+    from caffeine.weights import array_to_blob_proto
+    H = np.random.RandomState(3).uniform(0, 1, (4, 4)).astype(np.float32)
+    inputs = {'data': (3, 4, 2), 'label': (3, 2)}
+    values = {'label': _labels((3, 2), 4)}
+    if from_file:
+        (tmp_path / 'H.binaryproto').write_bytes(array_to_blob_proto(H.reshape(1, 1, 4, 4)).SerializeToString())
+        bottoms, extra = '', 'infogain_loss_param { source: "%s" }' % (tmp_path / 'H.binaryproto')
+    else:
+        inputs['H'], values['H'] = (4, 4), H
+        bottoms, extra = 'bottom: "H"', ''
+    check(inputs, 'layer { name: "l" type: "InfogainLoss" bottom: "data" bottom: "label" %s top: "l" top: "prob" '
+          '%s %s }' % (bottoms, extra, param), values=values, scale=2)
+
+
 @pytest.mark.parametrize('param', ['', 'accuracy_param { top_k: 2 }', 'accuracy_param { ignore_label: 1 }',
                                    'accuracy_param { axis: 2 top_k: 3 }'])
 @pytest.mark.parametrize('per_class', [False, True])
