@@ -413,6 +413,21 @@ def _deconvolution(g, L):
     return [g.node('ConvTranspose', ins, L.out(0), name=L.name, **attrs)]
 
 
+@converter('Im2col')
+def _im2col(g, L):
+    """Caffe's columns (C x kh x kw channels of each output position) as a grouped
+    convolution with one-hot kernels: output channel (c, i, j) copies input
+    channel c at kernel offset (i, j)."""
+    attrs = _conv_geometry(L, L.lp.convolution_param)
+    C = L.bshapes[0][1]
+    k = attrs['kernel_shape']
+    n = int(np.prod(k))
+    w = np.zeros((C * n, 1) + tuple(k), np.float32)
+    w.reshape(C, n, n)[:, np.arange(n), np.arange(n)] = 1
+    attrs['group'] = C
+    return [g.node('Conv', [L.bottoms[0], g.const(L.name + '/onehot', w)], L.out(0), name=L.name, **attrs)]
+
+
 def _window_sizes(n, k, s, p, out):
     """Caffe's AVE divisor along one axis: each window clipped to the padded input."""
     start = np.arange(out) * s - p

@@ -124,11 +124,11 @@ def test_cli_export_errors_are_one_line(model, tmp_path, capsys):
     rc, _, err = cli(['export', 'onnx', proto, weights, str(tmp_path / 'x.onnx'), '--input', 'data=1,3,x'], capsys)
     assert rc == 1 and 'expected NAME=N,C,H,W' in err
     bad = tmp_path / 'bad.prototxt'
-    bad.write_text(NET + 'layer { name: "cols" type: "Im2col" bottom: "pool" top: "cols" '
-                   'convolution_param { kernel_size: 2 } }\n')
+    bad.write_text(NET + 'layer { name: "out" type: "HDF5Output" bottom: "prob" bottom: "ip" '
+                   'hdf5_output_param { file_name: "out.h5" } }\n')
     rc, _, err = cli(['export', 'onnx', str(bad), weights, str(tmp_path / 'x.onnx')], capsys)
     assert rc == 1
-    assert err.strip() == "caffeine: error: layer 'cols' (Im2col): no ONNX export for layer type Im2col"
+    assert err.strip() == "caffeine: error: layer 'out' (HDF5Output): it writes files, which an ONNX graph cannot"
     assert not (tmp_path / 'x.onnx').exists()
 
 

@@ -13,7 +13,7 @@ import onnx  # noqa: E402
 
 import caffeine  # noqa: E402
 from caffeine.onnx_engine import compare, random_inputs, seeded_weights  # noqa: E402
-from caffeine.onnx_export import OnnxExportError, export_onnx  # noqa: E402
+from caffeine.onnx_export import CONVERTERS, OnnxExportError, export_onnx  # noqa: E402
 
 
 def _net(inputs, body):
@@ -476,12 +476,21 @@ def test_opset_range():
         export_onnx(net, opset=11)
 
 
-def test_unsupported_layer_is_one_line_naming_it():
-    net = _net({'data': (1, 2, 4, 4)}, 'layer { name: "cols" type: "Im2col" bottom: "data" top: "cols" '
-                                       'convolution_param { kernel_size: 2 } }')
+@pytest.mark.parametrize('param', ['kernel_size: 2', 'kernel_h: 3 kernel_w: 2 stride: 2 pad: 1',
+                                   'kernel_size: 3 dilation: 2 pad: 1'])
+def test_im2col(param):
+    x = np.arange(2 * 3 * 6 * 5, dtype=np.float32).reshape(2, 3, 6, 5)
+    net, _, rep = check({'data': x.shape}, 'layer { name: "cols" type: "Im2col" bottom: "data" top: "cols" '
+                                           'convolution_param { %s } }' % param, values={'data': x})
+    assert rep['cols'][0] == 0                          # copies, exactly
+
+
+def test_unsupported_layer_is_one_line_naming_it(monkeypatch):
+    net = _net({'data': (1, 2)}, 'layer { name: "abs" type: "AbsVal" bottom: "data" top: "a" }')
+    monkeypatch.delitem(CONVERTERS, 'AbsVal')          # as a type without a converter
     with pytest.raises(OnnxExportError) as e:
         export_onnx(net)
-    assert str(e.value) == "layer 'cols' (Im2col): no ONNX export for layer type Im2col"
+    assert str(e.value) == "layer 'abs' (AbsVal): no ONNX export for layer type AbsVal"
     net = caffeine.Net('layer { name: "d" type: "DummyData" top: "d" dummy_data_param { shape { dim: 1 dim: 2 } } }'
                        'layer { name: "r" type: "ReLU" bottom: "d" top: "r" }', caffeine.TEST)
     with pytest.raises(OnnxExportError, match="^layer 'd' \\(DummyData\\): a data layer reads its own files"):
