@@ -32,6 +32,10 @@ NO_EXPORT = {          # why a type has no export, where there is more to say th
     'DummyData': _DATA,
     'HDF5Output': 'it writes files, which an ONNX graph cannot',
     'Python': 'a Python layer runs arbitrary code, which has no ONNX form',
+    'DetectionOutput': 'its NMS (top_k, keep_top_k, adaptive eta) and its variable-length output have no '
+                       'faithful ONNX form; export the net up to its bottoms and run the detection step '
+                       'outside the graph',
+    'MultiBoxLoss': 'a training loss (matching and hard-negative mining) with no faithful ONNX form',
 }
 
 
@@ -60,10 +64,14 @@ class LayerView:
     """What a converter sees of one layer: its parameter, bottoms (ONNX tensor
     names and Caffe shapes), top shapes and parameter arrays."""
 
-    def __init__(self, g, lp, layer, bottoms, bshapes, tshapes, outs):
+    def __init__(self, g, lp, layer, bottoms, blobs, outs):
         self.g, self.lp, self.layer = g, lp, layer
         self.name, self.type = lp.name, lp.type
-        self.bottoms, self.bshapes, self.tshapes = bottoms, bshapes, tshapes
+        self.bottoms = bottoms
+        self.bottom_blobs = [blobs[b] for b in lp.bottom]
+        self.top_blobs = [blobs[t] for t in lp.top]
+        self.bshapes = [tuple(b.shape) for b in self.bottom_blobs]
+        self.tshapes = [tuple(t.shape) for t in self.top_blobs]
         self._outs = outs
         self.params = [np.asarray(b.data, dtype=np.float32) for b in layer.blobs]
 
@@ -210,8 +218,7 @@ def _convert_layers(g, net):
             raise OnnxExportError('layer %r (%s): %s' % (lp.name, lp.type, NO_EXPORT.get(
                 lp.type, 'no ONNX export for layer type %s' % lp.type)))
         outs = [t if last[t] == i and t not in inputs else g.fresh('%s@%s' % (t, lp.name)) for t in tops]
-        view = LayerView(g, lp, layer, [tensor[b] for b in bots], [tuple(net.blobs[b].shape) for b in bots],
-                         [tuple(net.blobs[t].shape) for t in tops], outs)
+        view = LayerView(g, lp, layer, [tensor[b] for b in bots], net.blobs, outs)
         got = fn(g, view)
         if len(got) != len(tops):
             raise view.error('the export wrote %d tops, the layer has %d' % (len(got), len(tops)))
@@ -843,6 +850,42 @@ def _log(g, L):
         return [g.node('Log', [y], L.out(0), name=L.name)]
     y = g.node('Log', [y], name=L.name)
     return [g.node('Mul', [y, g.scalar(L.name + '/inv_log_base', 1.0 / lb)], L.out(0), name=L.name)]
+
+
+# ---------------------------------------------------------------------------
+# SSD layers (weiliu89's fork)
+# ---------------------------------------------------------------------------
+@converter('Permute')
+def _permute(g, L):
+    order = [int(o) for o in L.lp.permute_param.order]
+    perm = order + [i for i in range(len(L.bshapes[0])) if i not in order]
+    if g.dynamic and perm[0] != 0:
+        raise L.error('a permutation that moves the batch axis cannot have a dynamic batch; '
+                      'export without --dynamic-batch')
+    return [g.node('Transpose', [L.bottoms[0]], L.out(0), name=L.name, perm=perm)]
+
+
+@converter('Normalize')
+def _normalize(g, L):
+    """y = s x / sqrt(sum(x^2) + eps), the sum over (C, H, W) of each sample
+    (across_spatial) or over C at each position; s one scale or one per channel."""
+    p = L.lp.norm_param
+    nd = len(L.bshapes[0])
+    x = L.bottoms[0]
+    sq = g.reduce('ReduceSumSquare', x, list(range(1, nd)) if p.across_spatial else [1], True, name=L.name)
+    norm = g.node('Sqrt', [g.node('Add', [sq, g.scalar(L.name + '/eps', p.eps)], name=L.name)], name=L.name)
+    y = g.node('Div', [x, norm], name=L.name)
+    scale = L.params[0]
+    scale = scale.reshape(()) if p.channel_shared else scale.reshape(_broadcast(scale.shape, 1, nd))
+    return [g.node('Mul', [y, g.const(L.name + '/scale', scale)], L.out(0), name=L.name)]
+
+
+@converter('PriorBox')
+def _prior_box(g, L):
+    """A constant: the boxes depend on the shapes only, so caffeine computes them once."""
+    L.layer.Forward(L.bottom_blobs, L.top_blobs)
+    boxes = g.const(L.name + '/priors', np.array(L.top_blobs[0].data, np.float32))
+    return [g.node('Identity', [boxes], L.out(0), name=L.name)]
 
 
 # ---------------------------------------------------------------------------

@@ -566,3 +566,34 @@ def test_filter():
                       'layer { name: "f" type: "Filter" bottom: "a" bottom: "b" bottom: "sel" top: "fa" top: "fb" }',
                       values={'sel': sel})
     assert net.blobs['fa'].shape == (3, 3)
+
+
+# -- SSD layers ---------------------------------------------------------------------
+@pytest.mark.parametrize('order', ['order: 0 order: 2 order: 3 order: 1', 'order: 0 order: 3', ''])
+def test_permute(order):
+    check({'data': (2, 3, 4, 5)}, 'layer { name: "p" type: "Permute" bottom: "data" top: "p" permute_param { %s } }'
+          % order, dynamic=True, batch=3)
+
+
+@pytest.mark.parametrize('param', ['', 'across_spatial: false', 'channel_shared: false',
+                                   'across_spatial: false channel_shared: false eps: 0.001'])
+def test_normalize(param):
+    check({'data': (2, 3, 4, 5)}, 'layer { name: "n" type: "Normalize" bottom: "data" top: "n" norm_param { %s } }'
+          % param)
+
+
+def test_prior_box_is_a_constant():
+    net, model, _ = check({'data': (2, 3, 5, 4), 'image': (2, 3, 40, 32)},
+                          'layer { name: "pb" type: "PriorBox" bottom: "data" bottom: "image" top: "pb" '
+                          'prior_box_param { min_size: 8 max_size: 16 aspect_ratio: 2 flip: true clip: true '
+                          'variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 } }', dynamic=True, batch=3)
+    assert net.blobs['pb'].shape == (1, 2, 5 * 4 * 4 * 4)
+    assert [n.op_type for n in model.graph.node if n.output[0] == 'pb'] == ['Identity']
+
+
+def test_detection_output_is_refused_with_its_reason():
+    net = _net({'loc': (1, 8), 'conf': (1, 4), 'prior': (1, 2, 8)},
+               'layer { name: "det" type: "DetectionOutput" bottom: "loc" bottom: "conf" bottom: "prior" top: "det" '
+               'detection_output_param { num_classes: 2 nms_param { nms_threshold: 0.45 } } }')
+    with pytest.raises(OnnxExportError, match="^layer 'det' \\(DetectionOutput\\): its NMS"):
+        export_onnx(net)
