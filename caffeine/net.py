@@ -20,6 +20,7 @@ from . import debug_info, memory_plan
 from .blob import Blob
 from .errors import CaffeineError, GraphError, LayerError
 from .layer import check_layer_types, create_layer
+from .onnx_engine import engine_net
 from .proto import caffe_pb2
 from .prototxt import read_net_param
 from .pycaffe import PycaffeNet
@@ -192,7 +193,6 @@ class Net(PycaffeNet):
         # engine='onnxruntime': this net, run by ONNX Runtime (caffeine.onnx_engine.OrtNet)
         if engine in (None, 'caffeine'):
             return super().__new__(cls)
-        from .onnx_engine import engine_net
         return engine_net(engine, lambda: cls(*args, **kwargs), **(engine_options or {}))
 
     def __init__(self, model, *args, level=0, stages=(), state=None, memory_plan=False, engine=None,
