@@ -262,10 +262,21 @@ def _infer_output_shapes(onnx, model):
 # ---------------------------------------------------------------------------
 # Shape, routing and utility layers
 # ---------------------------------------------------------------------------
-@converter('Split', 'Dropout')
-def _identity(g, L):
-    """Split's tops and Dropout at TEST are the bottom itself."""
+@converter('Split')
+def _split(g, L):
+    """Split's tops are the bottom itself."""
     return [L.bottoms[0]] * len(L.tshapes)
+
+
+@converter('Dropout')
+def _dropout(g, L):
+    """TEST: y = x; with rbgirshick's scale_train false (a field of the forks'
+    schema, when it has it) y = x (1 - dropout_ratio)."""
+    p = L.lp.dropout_param
+    if 'scale_train' not in p.DESCRIPTOR.fields_by_name or p.scale_train:
+        return [L.bottoms[0]]
+    keep = g.scalar(L.name + '/keep', 1.0 - p.dropout_ratio)
+    return [g.node('Mul', [L.bottoms[0], keep], L.out(0), name=L.name)]
 
 
 @converter('Silence')

@@ -125,7 +125,7 @@ def test_cli_export_errors_are_one_line(model, tmp_path, capsys):
     assert rc == 1 and 'expected NAME=N,C,H,W' in err
     bad = tmp_path / 'bad.prototxt'
     bad.write_text(NET + 'layer { name: "out" type: "HDF5Output" bottom: "prob" bottom: "ip" '
-                   'hdf5_output_param { file_name: "out.h5" } }\n')
+                   'hdf5_output_param { file_name: "%s" } }\n' % (tmp_path / 'out.h5'))
     rc, _, err = cli(['export', 'onnx', str(bad), weights, str(tmp_path / 'x.onnx')], capsys)
     assert rc == 1
     assert err.strip() == "caffeine: error: layer 'out' (HDF5Output): it writes files, which an ONNX graph cannot"
