@@ -10,6 +10,7 @@ from ..net import TEST, Net
 from ..onnx_engine import compare, random_inputs
 from ..onnx_export import DEFAULT_OPSET, export_onnx
 from ..prototxt import read_net_param
+from ..zoo import resolve_weights
 
 
 def _input_shapes(specs):
@@ -77,7 +78,7 @@ def onnx_cmd(model, weights, output, opset, inputs, dynamic_batch, keep, check, 
     param = _with_input_shapes(read_net_param(model), _input_shapes(inputs))
     stages = [x for s in stage for x in s.split(',') if x]
     net = Net(param, TEST, level=level, stages=stages)
-    res = net.copy_from(weights)
+    res = net.copy_from(resolve_weights(weights))
     if not res['copied']:
         raise CaffeineError('%s: no layer name matches a layer of net %r' % (weights, net.name))
     keep = [b for k in keep for b in k.split(',') if b]
