@@ -900,6 +900,57 @@ def _prior_box(g, L):
 
 
 # ---------------------------------------------------------------------------
+# Other forks' layers (ShuffleNet, MobileNet, SENet, PSPNet)
+# ---------------------------------------------------------------------------
+@converter('ShuffleChannel')
+def _shuffle_channel(g, L):
+    """Channels seen as (group, C / group), transposed to (C / group, group)."""
+    group = int(L.lp.shuffle_channel_param.group)
+    shape = L.bshapes[0]
+    C, rest = shape[1], list(shape[2:])
+    x = g.reshape(L.bottoms[0], g.batch_shape([shape[0], group, C // group] + rest, True), name=L.name)
+    perm = [0, 2, 1] + list(range(3, 3 + len(rest)))
+    y = g.node('Transpose', [x], name=L.name, perm=perm)
+    return [g.reshape(y, g.batch_shape(shape, True), L.out(0), name=L.name)]
+
+
+@converter('ConvolutionDepthwise')
+def _convolution_depthwise(g, L):
+    """A Convolution with one group per input channel."""
+    attrs = _conv_geometry(L, L.lp.convolution_param)
+    attrs['group'] = L.bshapes[0][1]
+    ins = [L.bottoms[0], g.const(L.name + '/weight', L.params[0])]
+    if L.lp.convolution_param.bias_term:
+        ins.append(g.const(L.name + '/bias', L.params[1]))
+    return [g.node('Conv', ins, L.out(0), name=L.name, **attrs)]
+
+
+@converter('Axpy')
+def _axpy(g, L):
+    """top = a x + y, a one scale per sample and channel."""
+    a, x, y = L.bottoms
+    nd = len(L.bshapes[1])
+    a = g.reshape(a, g.batch_shape(list(L.bshapes[1][:2]) + [1] * (nd - 2), True), name=L.name)
+    return [g.node('Add', [g.node('Mul', [a, x], name=L.name), y], L.out(0), name=L.name)]
+
+
+@converter('ReLU6')
+def _relu6(g, L):
+    return [g.node('Clip', [L.bottoms[0], g.scalar(L.name + '/zero', 0.0), g.scalar(L.name + '/six', 6.0)],
+                   L.out(0), name=L.name)]
+
+
+@converter('BN')
+def _bn(g, L):
+    """PSPNet's BN at TEST: slope (x - mean) / sqrt(var + eps) + bias, the stored statistics."""
+    slope, bias, mean, var = (v.reshape(-1).astype(np.float64) for v in L.params)
+    a = slope / np.sqrt(var + float(L.lp.bn_param.eps))
+    shape = _broadcast([a.size], 1, len(L.bshapes[0]))
+    y = g.node('Mul', [L.bottoms[0], g.const(L.name + '/scale', a.reshape(shape))], name=L.name)
+    return [g.node('Add', [y, g.const(L.name + '/shift', (bias - mean * a).reshape(shape))], L.out(0), name=L.name)]
+
+
+# ---------------------------------------------------------------------------
 # Recurrent layers
 # ---------------------------------------------------------------------------
 def _lstm_cell(g, name, gates, c_prev, cont, H, axis):

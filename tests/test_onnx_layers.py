@@ -597,3 +597,33 @@ def test_detection_output_is_refused_with_its_reason():
                'detection_output_param { num_classes: 2 nms_param { nms_threshold: 0.45 } } }')
     with pytest.raises(OnnxExportError, match="^layer 'det' \\(DetectionOutput\\): its NMS"):
         export_onnx(net)
+
+
+# -- other forks' layers -----------------------------------------------------------------
+def test_shuffle_channel_depthwise_axpy_relu6():
+    check({'data': (2, 6, 5, 4), 'a': (2, 6)},
+          'layer { name: "s" type: "ShuffleChannel" bottom: "data" top: "s" shuffle_channel_param { group: 3 } }'
+          'layer { name: "d" type: "ConvolutionDepthwise" bottom: "s" top: "d" '
+          'convolution_param { num_output: 6 kernel_size: 3 pad: 1 stride: 2 } }'
+          'layer { name: "r" type: "ReLU6" bottom: "d" top: "d" }'
+          'layer { name: "dd" type: "ConvolutionDepthwise" bottom: "s" top: "dd" '
+          'convolution_param { num_output: 6 kernel_size: 3 pad: 1 stride: 2 bias_term: false } }'
+          'layer { name: "x" type: "Axpy" bottom: "a" bottom: "d" bottom: "dd" top: "x" }', scale=3,
+          dynamic=True, batch=3)
+
+
+def test_pspnet_bn_at_test():
+    net = _net({'data': (2, 3, 4, 4)}, 'layer { name: "bn" type: "BN" bottom: "data" top: "bn" '
+                                       'bn_param { eps: 0.001 } }')
+    seeded_weights(net, seed=2)
+    net.params['bn'][3].data[...] = np.abs(net.params['bn'][3].data) + 0.5     # variances
+    rep = compare(net, export_onnx(net), random_inputs(net))
+    assert rep['bn'][0] <= 1e-4 * rep['bn'][1]
+
+
+@pytest.mark.parametrize('scale_train', ['true', 'false'])
+def test_dropout_scale_train(scale_train):
+    net, model, _ = check({'data': (2, 5)}, 'layer { name: "d" type: "Dropout" bottom: "data" top: "d" '
+                                            'dropout_param { dropout_ratio: 0.3 scale_train: %s } }' % scale_train)
+    x = random_inputs(net, seed=1)['data']
+    np.testing.assert_allclose(net.blobs['d'].data, x * (1 if scale_train == 'true' else 0.7), rtol=1e-6)
