@@ -950,6 +950,23 @@ def _bn(g, L):
     return [g.node('Add', [y, g.const(L.name + '/shift', (bias - mean * a).reshape(shape))], L.out(0), name=L.name)]
 
 
+@converter('Upsample')
+def _upsample(g, L):
+    """SegNet's max unpooling: each value to the position its mask (h * W_out + w)
+    names in its channel's output plane, zeros elsewhere."""
+    ho, wo = L.tshapes[0][2:]
+    shape = g.node('Shape', [L.bottoms[0]], name=L.name)
+    nc = g.node('Slice', [shape, g.ints(L.name + '/start', [0]), g.ints(L.name + '/end', [2])], name=L.name)
+    full = g.node('Concat', [nc, g.ints(L.name + '/plane', [ho * wo])], name=L.name, axis=0)
+    zeros = g.node('ConstantOfShape', [full], name=L.name,
+                   value=g.onnx.numpy_helper.from_array(np.zeros(1, np.float32)))
+    x = g.reshape(L.bottoms[0], [0, 0, -1], name=L.name)
+    idx = g.node('Cast', [g.reshape(L.bottoms[1], [0, 0, -1], name=L.name)], name=L.name,
+                 to=g.onnx.TensorProto.INT64)
+    y = g.node('ScatterElements', [zeros, idx, x], name=L.name, axis=2)
+    return [g.reshape(y, [0, 0, ho, wo], L.out(0), name=L.name)]
+
+
 # ---------------------------------------------------------------------------
 # Recurrent layers
 # ---------------------------------------------------------------------------

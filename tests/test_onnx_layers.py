@@ -627,3 +627,13 @@ def test_dropout_scale_train(scale_train):
                                             'dropout_param { dropout_ratio: 0.3 scale_train: %s } }' % scale_train)
     x = random_inputs(net, seed=1)['data']
     np.testing.assert_allclose(net.blobs['d'].data, x * (1 if scale_train == 'true' else 0.7), rtol=1e-6)
+
+
+@pytest.mark.parametrize('param', ['scale: 2', 'upsample_h: 7 upsample_w: 6'])
+def test_upsample_after_max_pooling_with_its_mask(param):
+    net, _, _ = check({'data': (2, 3, 7, 6)},
+                      'layer { name: "p" type: "Pooling" bottom: "data" top: "p" top: "mask" '
+                      'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }'
+                      'layer { name: "u" type: "Upsample" bottom: "p" bottom: "mask" top: "u" upsample_param { %s } }'
+                      % param, dynamic=True, batch=3)
+    assert np.count_nonzero(net.blobs['u'].data) == net.blobs['p'].count
