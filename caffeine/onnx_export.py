@@ -967,6 +967,14 @@ def _upsample(g, L):
     return [g.reshape(y, [0, 0, ho, wo], L.out(0), name=L.name)]
 
 
+@converter('ROIPooling')
+def _roi_pooling(g, L):
+    """Fast R-CNN's ROIPooling is ONNX's MaxRoiPool (rois: batch index, x1, y1, x2, y2)."""
+    p = L.lp.roi_pooling_param
+    return [g.node('MaxRoiPool', [L.bottoms[0], L.bottoms[1]], L.out(0), name=L.name,
+                   pooled_shape=[int(p.pooled_h), int(p.pooled_w)], spatial_scale=float(p.spatial_scale))]
+
+
 # ---------------------------------------------------------------------------
 # Recurrent layers
 # ---------------------------------------------------------------------------

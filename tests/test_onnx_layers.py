@@ -637,3 +637,10 @@ def test_upsample_after_max_pooling_with_its_mask(param):
                       'layer { name: "u" type: "Upsample" bottom: "p" bottom: "mask" top: "u" upsample_param { %s } }'
                       % param, dynamic=True, batch=3)
     assert np.count_nonzero(net.blobs['u'].data) == net.blobs['p'].count
+
+
+def test_roi_pooling():
+    rois = np.array([[0, 0, 0, 15, 15], [1, 3.4, 2.6, 9.2, 14.9], [0, 8, 1, 8, 20], [1, -2, 5, 30, 7]], np.float32)
+    check({'data': (2, 3, 8, 10), 'rois': rois.shape},
+          'layer { name: "r" type: "ROIPooling" bottom: "data" bottom: "rois" top: "r" '
+          'roi_pooling_param { pooled_h: 3 pooled_w: 2 spatial_scale: 0.5 } }', values={'rois': rois})
