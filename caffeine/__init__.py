@@ -31,6 +31,7 @@ _LAZY = {
     'solver_count': 'runtime', 'solver_rank': 'runtime', 'set_solver_count': 'runtime',
     'set_solver_rank': 'runtime', 'set_multiprocess': 'runtime', 'has_nccl': 'parallel',
     'Timer': 'runtime', 'NCCL': 'parallel', 'init_log': 'glog', 'log': 'glog',
+    'export_onnx': 'onnx_export',
 }
 # `caffeine.layers` is the package of built-in layers; it also answers pycaffe's
 # `caffe.layers.Convolution(...)` (NetSpec) through its module __getattr__.

@@ -20,6 +20,7 @@ from . import debug_info, memory_plan
 from .blob import Blob
 from .errors import CaffeineError, GraphError, LayerError
 from .layer import check_layer_types, create_layer
+from .onnx_engine import engine_net
 from .proto import caffe_pb2
 from .prototxt import read_net_param
 from .pycaffe import PycaffeNet
@@ -184,10 +185,18 @@ def find_folds(layers, bottom_id_vecs, top_id_vecs):
 class Net(PycaffeNet):
     """A Caffe network. ``Net(model, phase)``, ``Net(model, weights, phase)``,
     ``Net(model, phase, weights=..., level=..., stages=...)``; ``model`` is a
-    prototxt path, prototxt text, or a caffe_pb2.NetParameter."""
+    prototxt path, prototxt text, or a caffe_pb2.NetParameter.  ``engine=
+    'onnxruntime'`` returns the TEST net run by ONNX Runtime instead (an OrtNet;
+    ``engine_options``: its keyword arguments)."""
+
+    def __new__(cls, *args, engine=None, engine_options=None, **kwargs):
+        # engine='onnxruntime': this net, run by ONNX Runtime (caffeine.onnx_engine.OrtNet)
+        if engine in (None, 'caffeine'):
+            return super().__new__(cls)
+        return engine_net(engine, lambda: cls(*args, **kwargs), **(engine_options or {}))
 
     def __init__(self, model, *args, level=0, stages=(), state=None, memory_plan=False, allow_missing=False,
-                 **kwargs):
+                 engine=None, engine_options=None, **kwargs):
         phase, weights = _parse_net_args(args, kwargs)
         in_param = _read_with_state(model, phase, level, stages, state)
         self.phase = in_param.state.phase

@@ -17,7 +17,7 @@ from ..errors import CaffeineError
 from ..glog import log_to_stderr
 
 # module name -> attribute holding a click command (or a list of them)
-_COMMAND_MODULES = ('upgrade', 'train', 'data', 'zoo', 'summary', 'draw', 'device', 'alias')
+_COMMAND_MODULES = ('upgrade', 'train', 'data', 'zoo', 'summary', 'draw', 'device', 'alias', 'export')
 
 
 @click.group(context_settings={'help_option_names': ['-h', '--help']})

@@ -23,6 +23,7 @@ from ..parallel.launch import fail, mpi_launch, rank_setup, spawn
 from ..parallel.sync import AgreedActions, DataParallel
 from ..errors import CaffeineError
 from ..net import TEST, TRAIN, Net
+from ..onnx_engine import OrtNet, time_forward
 from ..proto import caffe_pb2
 from ..prototxt import _looks_like_path
 from ..solver import SignalHandler, load_solver_param, solver_class
@@ -354,12 +355,16 @@ def test_cmd(model, weights, iterations, gpu, level, stage, allow_missing_weight
 @click.option('--phase', type=click.Choice(['TRAIN', 'TEST']), default='TRAIN', show_default=True)
 @click.option('--level', type=int, default=0)
 @click.option('--stage', multiple=True)
-def time_cmd(model, weights, iterations, gpu, phase, level, stage):
+@click.option('--engine', type=click.Choice(['caffeine', 'onnxruntime']), default='caffeine', show_default=True,
+              help='onnxruntime: time whole forward passes of the TEST net run by ONNX Runtime.')
+def time_cmd(model, weights, iterations, gpu, phase, level, stage, engine):
     """Benchmark forward and backward, layer by layer (Caffe's `caffe time`)."""
     if not model:
         raise CaffeineError('time: need a model definition to time (--model)')
     if iterations < 1:
         raise CaffeineError('time: --iterations must be at least 1')
+    if engine == 'onnxruntime':
+        return time_forward(OrtNet(_load_net(model, TEST, weights, level, stage)), iterations, log)
     use_gpus(parse_gpus(gpu), 'time')
     # a TEST net without a backward pass runs with the memory planner, as deployed
     net = _load_net(model, TRAIN if phase == 'TRAIN' else TEST, weights, level, stage,
