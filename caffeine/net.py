@@ -24,8 +24,8 @@ from .onnx_engine import engine_net
 from .proto import caffe_pb2
 from .prototxt import read_net_param
 from .pycaffe import PycaffeNet
-from .weights import (check_weights_cover, copy_trained_layers_from, layers_without_weights, load_hdf5,
-                      net_to_proto, save_caffemodel, save_hdf5)
+from .weights import (copy_trained_layers_from, copy_weights_into, load_hdf5, net_to_proto, save_caffemodel,
+                      save_hdf5)
 
 log = logging.getLogger('caffeine')
 
@@ -245,27 +245,7 @@ class Net(PycaffeNet):
         if memory_plan:
             self.plan_memory()
         if weights is not None:
-            self._copy_weights(weights if isinstance(weights, (list, tuple)) else [weights], allow_missing)
-
-    def _copy_weights(self, files, allow_missing):
-        """Net(..., weights): copy each file; in the TEST phase a layer with parameters that
-        no file fills is an error (it would score with random weights) unless
-        ``allow_missing``.  Weights made for another net (some of their layers are not in
-        this one: net surgery, fine-tuning) fill what matches and the rest is logged."""
-        copied, ignored = [], []
-        for w in files:
-            res = self.copy_from(w)
-            copied += res['copied']
-            ignored += res['ignored_weights']
-        if self.phase != TEST or allow_missing:
-            return
-        if ignored:
-            missing = layers_without_weights(self, copied)
-            if missing:
-                log.info('Layers of %r left as initialized (the weights are for another net): %s',
-                         self.name, ', '.join(missing))
-            return
-        check_weights_cover(self, copied, [os.fspath(w) for w in files])
+            copy_weights_into(self, weights if isinstance(weights, (list, tuple)) else [weights], allow_missing)
 
     # -- construction (Caffe's Net::Init) ---------------------------------------
     def _init_layers(self):

@@ -343,3 +343,24 @@ def load_hdf5(net, filename):
                 tb.data[...] = arr
             copied.append(name)
     return {'copied': copied, 'ignored': ignored, 'ignored_weights': ignored_weights}
+
+
+def copy_weights_into(net, files, allow_missing=False):
+    """Net(..., weights): copy each file into ``net``.  In the TEST phase a layer with
+    parameters that no file fills is an error (it would score with random weights) unless
+    ``allow_missing``.  Weights made for another net (some of their layers are not in this
+    one: net surgery, fine-tuning) fill what matches and the rest is logged."""
+    copied, ignored = [], []
+    for w in files:
+        res = copy_trained_layers_from(net, w)
+        copied += res['copied']
+        ignored += res['ignored_weights']
+    if net.phase != caffe_pb2.TEST or allow_missing:
+        return
+    if ignored:
+        missing = layers_without_weights(net, copied)
+        if missing:
+            log.info('Layers of %r left as initialized (the weights are for another net): %s',
+                     net.name, ', '.join(missing))
+        return
+    check_weights_cover(net, copied, [os.fspath(w) for w in files])
