@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import backend
+from .. import backend, engines
 from ..blob import Blob
 from ..layer import Layer, register
 from ..proto import caffe_pb2
@@ -175,6 +175,7 @@ class ConvolutionLayer(Layer):
             if self.bias_term:
                 self.blobs.append(self.new_param_blob((self.num_output,), p.bias_filler))
         self._key = None
+        self._engine_mode = None
         self.engine = None
 
     def _output_spatial(self, in_sp):
@@ -213,12 +214,18 @@ class ConvolutionLayer(Layer):
             self.top_sp = self._output_spatial(self.bottom_sp)
             self.top_shape = shape[:self.axis] + (self.num_output,) + self.top_sp
             if self.reverse:
-                self.engine = ConvEngine(self.num_output, self.channels, self.group, self.kernel, self.pad,
-                                         self.stride, self.dilation, self.top_sp, self.bottom_sp, self.num)
+                self._engine_args = (self.num_output, self.channels, self.group, self.kernel, self.pad,
+                        self.stride, self.dilation, self.top_sp, self.bottom_sp, self.num)
             else:
-                self.engine = ConvEngine(self.channels, self.num_output, self.group, self.kernel, self.pad,
-                                         self.stride, self.dilation, self.bottom_sp, self.top_sp, self.num)
+                self._engine_args = (self.channels, self.num_output, self.group, self.kernel, self.pad,
+                        self.stride, self.dilation, self.bottom_sp, self.top_sp, self.num)
             self._key = shape
+            self._engine_mode = None
+        mode = (backend.mode(), backend.device_id())
+        if mode != self._engine_mode:  # cuDNN or the portable engine (caffeine.engines decides)
+            args = self._engine_args
+            self.engine = engines.convolution(self, *args) or ConvEngine(*args)
+            self._engine_mode = mode
         for t in top:
             t.reshape(self.top_shape)
 
@@ -457,6 +464,7 @@ class PoolingLayer(Layer):
         self._c.set('plane', (np.arange(N * C, dtype=np.int64) * (H * W)).reshape(N, C, 1, 1))
         self._key = tuple(shape)
         self._koff_valid = False
+        self._engine_key = None
 
     def reshape(self, bottom, top):
         b = bottom[0]
@@ -469,6 +477,14 @@ class PoolingLayer(Layer):
             t.reshape(self.N, self.C, self.PH, self.PW)
 
     # -- helpers ---------------------------------------------------------------
+    def _cudnn(self, num_tops):
+        """cuDNN's pooling when caffeine.engines picks it for this geometry and mode, else None."""
+        key = (self._key, backend.mode(), backend.device_id(), bool(self.need_backward), num_tops)
+        if key != self._engine_key:
+            self._engine = engines.pooling(self, bool(self.need_backward), num_tops)
+            self._engine_key = key
+        return self._engine
+
     def _src(self, xp, x, value, name='pool_pad'):
         """x, or x padded with ``value`` to (N, C, Hx, Wx) in a workspace buffer."""
         if not self.need_pad:
@@ -540,6 +556,10 @@ class PoolingLayer(Layer):
         x = bottom[0].xdata
         y = top[0].xdata
         self._koff_valid = False
+        pool = self._cudnn(len(top))
+        if pool is not None:
+            pool.forward(x, y)
+            return
         want_idx = len(top) > 1 or self.phase == caffe_pb2.TRAIN
         if self.method == _PP.MAX:
             if self.plane:
@@ -622,6 +642,10 @@ class PoolingLayer(Layer):
         xp = backend.get_xp()
         dy = top[0].xdiff
         dx = bottom[0].xdiff
+        pool = self._cudnn(len(top))
+        if pool is not None:
+            pool.backward(bottom[0].xdata, top[0].xdata, dy, dx)
+            return
         if self.method == _PP.AVE and self.plane:
             dx2 = self._plane2d(dx)
             dx2[...] = dy.reshape(-1, 1)
