@@ -41,6 +41,9 @@ def _import_cupy():
         return _cupy
     if _cupy_error is not None:
         raise BackendError(_cupy_error)
+    # float32 stays float32 (Caffe's numbers): no TF32 in cuBLAS and cuDNN unless the user asks
+    # for it (cuDNN 8's default math allows TF32 on Ampere and later).  Read when the libraries load.
+    os.environ.setdefault('NVIDIA_TF32_OVERRIDE', '0')
     _preload_pip_cudnn()
     try:
         import cupy  # the one place CuPy is imported

@@ -382,6 +382,21 @@ def test_pip_cudnn_is_loaded_before_cupy(monkeypatch, tmp_path):
     assert loaded == []
 
 
+def test_tf32_is_off_unless_asked(monkeypatch):
+    cupy = types.ModuleType('cupy')
+    cupy.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))
+    monkeypatch.setitem(sys.modules, 'cupy', cupy)
+    for setting, expected in ((None, '0'), ('1', '1')):
+        if setting is None:
+            monkeypatch.delenv('NVIDIA_TF32_OVERRIDE', raising=False)
+        else:
+            monkeypatch.setenv('NVIDIA_TF32_OVERRIDE', setting)
+        monkeypatch.setattr(backend, '_cupy', None)
+        monkeypatch.setattr(backend, '_cupy_error', None)
+        assert backend._import_cupy() is cupy
+        assert backend.os.environ['NVIDIA_TF32_OVERRIDE'] == expected
+
+
 # -- convolution -----------------------------------------------------------------------------
 CONVS = [
     ('Convolution', 'num_output: 4 kernel_size: 3 pad: 1 stride: 2 group: 2', (2, 4, 7, 6)),
