@@ -61,6 +61,16 @@ def _cudnn_for(engine_field):
     return mods if use_cudnn(engine_field, mods is not None) else None
 
 
+def used_by(layer):
+    """'CUDNN' when the layer's last reshape/forward ran (or will run) on cuDNN, else 'CAFFE' (for
+    per-layer reports such as ``caffeine time``).  Layers keep their cuDNN object in ``engine``
+    (Convolution, Deconvolution) or ``cudnn`` (Pooling, Softmax)."""
+    for attr in ('engine', 'cudnn'):
+        if getattr(getattr(layer, attr, None), 'name', None) == 'CUDNN':
+            return 'CUDNN'
+    return 'CAFFE'
+
+
 def workspace_bytes():
     """cuDNN's workspace bound: the portable engine's column-buffer bound, in bytes."""
     return limit_floats() * 4

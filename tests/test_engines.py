@@ -429,7 +429,7 @@ def test_convolution_on_cudnn_equals_the_portable_engine(fake_cudnn, monkeypatch
     b = rng.randn(*probe.blobs[1].shape).astype(_F32) if len(probe.blobs) > 1 else None
     dy = rng.randn(*ptop[0].shape).astype(_F32)
     layer, y, dx, pdiffs = _conv_run(text, x, dy, W, b)
-    assert isinstance(layer.engine, engines.CudnnConvolution)
+    assert isinstance(layer.engine, engines.CudnnConvolution) and engines.used_by(layer) == 'CUDNN'
     assert fake_cudnn.max_workspace == engines.workspace_bytes() == 256 << 20
     lp = layer.layer_param.convolution_param
     geometry = (tuple(layer.pad), tuple(layer.stride), tuple(layer.dilation), int(lp.group))
@@ -441,7 +441,7 @@ def test_convolution_on_cudnn_equals_the_portable_engine(fake_cudnn, monkeypatch
     assert all(c[1:] == geometry for c in fake_cudnn.calls)
     monkeypatch.setenv('CAFFEINE_ENGINE', 'CAFFE')
     layer0, y0, dx0, pdiffs0 = _conv_run(text, x, dy, W, b)
-    assert type(layer0.engine) is ConvEngine and len(fake_cudnn.calls) == 3
+    assert type(layer0.engine) is ConvEngine and len(fake_cudnn.calls) == 3 and engines.used_by(layer0) == 'CAFFE'
     assert_close(y, y0, rtol=1e-5, name='top')
     assert_close(dx, dx0, rtol=1e-5, name='bottom diff')
     for i, (a, e) in enumerate(zip(pdiffs, pdiffs0)):
@@ -482,7 +482,7 @@ def _pool_run(text, x, dy, need_backward, phase=caffe_pb2.TRAIN):
     layer.Forward(bottom, top)
     y = top[0].data.copy()
     dx = backward_layer(layer, bottom, top, dy)[0] if need_backward else None
-    return y, dx
+    return layer, y, dx
 
 
 @pytest.mark.parametrize('param,shape,need_backward,cudnn', [
@@ -501,11 +501,12 @@ def test_pooling_on_cudnn_where_it_gives_caffes_numbers(fake_cudnn, monkeypatch,
     layer, _, top = setup_layer(text, x)
     dy = rng.randn(*top[0].shape).astype(_F32)
     phase = caffe_pb2.TEST if 'STOCHASTIC' in param else caffe_pb2.TRAIN
-    y, dx = _pool_run(text, x, dy, need_backward, phase)
+    layer, y, dx = _pool_run(text, x, dy, need_backward, phase)
+    assert engines.used_by(layer) == ('CUDNN' if cudnn else 'CAFFE')
     used = [c[0] for c in fake_cudnn.calls]
     assert used == ((['pool_fwd'] + (['pool_bwd'] if need_backward else [])) if cudnn else [])
     monkeypatch.setenv('CAFFEINE_ENGINE', 'CAFFE')
-    y0, dx0 = _pool_run(text, x, dy, need_backward, phase)
+    _, y0, dx0 = _pool_run(text, x, dy, need_backward, phase)
     assert len(fake_cudnn.calls) == len(used)
     assert_close(y, y0, rtol=1e-6, name='top')
     if need_backward:
@@ -532,6 +533,7 @@ def test_softmax_on_cudnn_equals_the_xp_path(fake_cudnn, monkeypatch, axis, shap
         monkeypatch.setenv('CAFFEINE_ENGINE', engine)
         layer, bottom, top = setup_layer(text, x)
         layer.Forward(bottom, top)
+        assert engines.used_by(layer) == ('CUDNN' if engine == 'CUDNN' else 'CAFFE')
         runs.append((top[0].data.copy(), backward_layer(layer, bottom, top, dy)[0]))
     assert [c[0] for c in fake_cudnn.calls] == ['softmax_fwd', 'softmax_bwd']
     assert_close(runs[0][0], runs[1][0], rtol=1e-6, name='top')

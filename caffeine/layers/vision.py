@@ -415,6 +415,7 @@ class PoolingLayer(Layer):
         self._key = None
         self._c = _DeviceConsts()
         self._koff_valid = False
+        self.cudnn = None  # cuDNN's pooling when caffeine.engines picks it (at forward)
 
     # -- geometry --------------------------------------------------------------
     def _pooled(self, n, k, p, s):
@@ -481,9 +482,9 @@ class PoolingLayer(Layer):
         """cuDNN's pooling when caffeine.engines picks it for this geometry and mode, else None."""
         key = (self._key, backend.mode(), backend.device_id(), bool(self.need_backward), num_tops)
         if key != self._engine_key:
-            self._engine = engines.pooling(self, bool(self.need_backward), num_tops)
+            self.cudnn = engines.pooling(self, bool(self.need_backward), num_tops)
             self._engine_key = key
-        return self._engine
+        return self.cudnn
 
     def _src(self, xp, x, value, name='pool_pad'):
         """x, or x padded with ``value`` to (N, C, Hx, Wx) in a workspace buffer."""
