@@ -23,7 +23,10 @@ What cuDNN runs (and why the rest stays on the portable path):
   where no backward will be asked and no mask top is wanted: cuDNN's backward picks
   among tied maxima its own way, Caffe's the first (Caffe's factory keeps MAX on its
   own engine too).  STOCHASTIC: portable.
-- Softmax: ``cupyx.cudnn.softmax_forward/backward`` (ACCURATE: the max subtracted, as Caffe's).
+- Softmax: ``cupyx.cudnn.softmax_forward/backward`` (ACCURATE: the max subtracted, as Caffe's),
+  also the softmax inside SoftmaxWithLoss and InfogainLoss (Caffe's inner Softmax layer).
+  Most of Caffe's nets pool at the ceil output size (CIFAR10-quick's AVE pools, every MAX
+  pool with backward), so their pooling stays portable; their convolutions and softmax do not.
 - LRN and BatchNorm: portable (CuPy binds no cuDNN LRN; cuDNN's batch norm keeps its
   statistics unlike Caffe's three blobs).
 """

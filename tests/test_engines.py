@@ -15,7 +15,8 @@ import caffeine
 from caffeine import backend, engines, fused
 from caffeine.layers.conv_engine import ConvEngine
 from caffeine.proto import caffe_pb2
-from caffeine.testing import assert_close, backward_layer, setup_layer
+from caffeine.testing import (assert_close, backward_layer, check_golden_layer, check_golden_net, golden_cases,
+                              setup_layer)
 
 _F32 = np.float32
 
@@ -538,6 +539,26 @@ def test_softmax_on_cudnn_equals_the_xp_path(fake_cudnn, monkeypatch, axis, shap
     assert [c[0] for c in fake_cudnn.calls] == ['softmax_fwd', 'softmax_bwd']
     assert_close(runs[0][0], runs[1][0], rtol=1e-6, name='top')
     assert_close(runs[0][1], runs[1][1], rtol=1e-6, name='bottom diff')
+
+
+# -- Caffe's golden outputs through the cuDNN calls ------------------------------------------
+GOLDEN_LAYERS = [c for t in ('Convolution', 'Deconvolution', 'Pooling', 'Softmax', 'SoftmaxWithLoss')
+                 for c in golden_cases(t)]
+GOLDEN_NETS = [c for c in golden_cases(kind='nets') if c in ('lenet_train', 'cifar10_quick_train')]
+
+
+@pytest.mark.skipif(not GOLDEN_LAYERS, reason='../shared golden cases not present')
+@pytest.mark.parametrize('case', GOLDEN_LAYERS)
+def test_golden_layers_through_the_cudnn_calls(fake_cudnn, case):
+    check_golden_layer(case, rtol=1e-4)
+
+
+@pytest.mark.skipif(not GOLDEN_NETS, reason='../shared golden cases not present')
+@pytest.mark.parametrize('case', GOLDEN_NETS)
+def test_golden_nets_through_the_cudnn_calls(fake_cudnn, case):
+    check_golden_net(case, rtol=1e-4)
+    # pooling stays on Caffe's engine in both: MAX with backward, AVE at Caffe's ceil output size
+    assert {c[0] for c in fake_cudnn.calls} == {'fwd', 'bwd_filter', 'bwd_data', 'softmax_fwd'}
 
 
 # =============================================================================
