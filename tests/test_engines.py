@@ -620,13 +620,18 @@ def test_gpu_engine_equals_numpy(gpu_engine, kind, param, shape):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize('type_name', sorted(SOLVERS))
-def test_gpu_solver_kernels_equal_numpy(gpu_engine, tmp_path, type_name):
+def test_gpu_solver_kernels_equal_numpy(tmp_path, type_name):
+    if not backend.gpu_available():
+        pytest.skip('no CuPy/GPU')
     extra, _ = SOLVERS[type_name]
     caffeine.set_mode_cpu()
     caffeine.set_random_seed(5)
     cpu = _train(tmp_path, type_name, extra)
     caffeine.set_mode_gpu()
     caffeine.set_random_seed(5)
-    gpu = _train(tmp_path, type_name, extra)
+    try:
+        gpu = _train(tmp_path, type_name, extra)
+    finally:
+        caffeine.set_mode_cpu()
     for a, b in zip(gpu, cpu):
         assert_close(a, b, rtol=1e-4, name=type_name)
