@@ -10,6 +10,9 @@ Written once for NumPy and CuPy with ``xp = backend.get_xp()``.
 - Pooling: loops over kernel offsets only (each step a whole-array op on a strided
   view); windows that cover the whole plane (global pooling) are plain reductions.
 - LRN: loops over the ``local_size`` offsets only.
+
+On the GPU, :mod:`caffeine.engines` may run Convolution, Deconvolution and Pooling on cuDNN
+instead (``engine`` field, chosen in reshape / forward); the code here is the portable path.
 """
 from __future__ import annotations
 
@@ -128,7 +131,8 @@ class ConvolutionLayer(Layer):
     top: y_i (..., num_output, *out), out = (in + 2 pad - (dilation (kernel - 1) + 1)) / stride + 1.
     convolution_param: num_output, bias_term (true), kernel_size / pad / stride / dilation
     (once, or once per spatial axis) or kernel_h/w, pad_h/w, stride_h/w (2-D),
-    group (1), axis (1), weight_filler, bias_filler.
+    group (1), axis (1), weight_filler, bias_filler, engine (DEFAULT: cuDNN on the GPU where
+    present, CAFFE: the portable engine).
     param blobs: weight (num_output, C / group, *kernel), bias (num_output,).
     """
     min_bottom = 1
@@ -215,10 +219,10 @@ class ConvolutionLayer(Layer):
             self.top_shape = shape[:self.axis] + (self.num_output,) + self.top_sp
             if self.reverse:
                 self._engine_args = (self.num_output, self.channels, self.group, self.kernel, self.pad,
-                        self.stride, self.dilation, self.top_sp, self.bottom_sp, self.num)
+                                     self.stride, self.dilation, self.top_sp, self.bottom_sp, self.num)
             else:
                 self._engine_args = (self.channels, self.num_output, self.group, self.kernel, self.pad,
-                        self.stride, self.dilation, self.bottom_sp, self.top_sp, self.num)
+                                     self.stride, self.dilation, self.bottom_sp, self.top_sp, self.num)
             self._key = shape
             self._engine_mode = None
         mode = (backend.mode(), backend.device_id())
@@ -362,6 +366,7 @@ class PoolingLayer(Layer):
     STOCHASTIC: TRAIN samples an element of each window with probability proportional to
     its value (backend.rng()); TEST gives sum(x^2) / sum(x) over the window.
     global_pooling: the kernel is the whole plane.
+    engine (DEFAULT): cuDNN on the GPU where it gives these numbers (see caffeine.engines).
     """
     exact_num_bottom = 1
     min_top = 1
