@@ -101,18 +101,17 @@ class CudnnConvolution:
     The input side x is (N, in_ch, *in_sp), the output side y (N, out_ch, *out_sp), the
     weight (out_ch, in_ch / group, *kernel) (Deconvolution: the input side is its top).
     cuDNN overwrites what it writes; Caffe's weight gradient accumulates, so it is
-    computed into ``dW_tmp`` and added.
+    computed into ``dW_tmp`` and added.  Built from ``ConvEngine``'s arguments; cuDNN reads
+    the shapes from the arrays (CuPy caches its algorithm per shape).
     """
     name = 'CUDNN'
 
     def __init__(self, mods, in_ch, out_ch, group, kernel, pad, stride, dilation, in_sp, out_sp, num):
-        self.lib, self.cx = mods
+        self.cx = mods[1]
         self.G = int(group)
         self.pad = tuple(int(v) for v in pad)
         self.stride = tuple(int(v) for v in stride)
         self.dilation = tuple(int(v) for v in dilation)
-        self.in_shape = (int(num), int(in_ch)) + tuple(in_sp)
-        self.out_shape = (int(num), int(out_ch)) + tuple(out_sp)
         self.auto_tune = _autotune()
         self.cx.set_max_workspace_size(workspace_bytes())
 
@@ -186,7 +185,7 @@ class CudnnPooling:
     name = 'CUDNN'
 
     def __init__(self, mods, kernel, stride, pad, mode):
-        self.lib, self.cx = mods
+        self.cx = mods[1]
         self.args = (tuple(int(v) for v in kernel), tuple(int(v) for v in stride), tuple(int(v) for v in pad),
                      int(mode))
 
