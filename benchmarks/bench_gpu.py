@@ -8,7 +8,17 @@ LeNet and CIFAR10-quick: one SGD training iteration at batch 256; CaffeNet
 (batch 128) and ResNet-50 (batch 64): a TEST forward pass with the memory
 planner.  Timing: warm-up iterations (CuPy compiles its kernels there), then
 the median of N iterations, each between device synchronizations.  TF32 is
-turned off in PyTorch, so that both sides compute in float32.
+off on both sides, so that both compute in float32: ``NVIDIA_TF32_OVERRIDE=0``
+(set here before CuPy or PyTorch loads, unless given) and PyTorch's allow_tf32 flags.
+
+Engines (caffeine.engines): ``--engine CUDNN`` (the default: cuDNN where CuPy has
+it, i.e. CuPy 13 with cuDNN 8) or ``--engine CAFFE`` (the portable CuPy path);
+``--no-fused`` runs the neuron layers and solver updates unfused (A/B of the fused
+kernels).  The engine line printed first says what ran.  cuDNN is loaded before
+PyTorch (whose wheels bring cuDNN 9; CuPy 13 binds cuDNN 8): install PyTorch
+first, then ``pip install 'cupy-cuda12x<14'`` and cuDNN 8 with
+``python -m cupyx.tools.install_library --cuda 12.x --library cudnn`` (pip refuses
+nvidia-cudnn-cu12<9 next to torch's cuDNN 9 wheel).
 
 Without CuPy or a CUDA device it prints "no GPU: skipped" and exits 0.  A net
 that fails is reported and the others still run (exit status 1 then).
@@ -39,6 +49,25 @@ def gpu_reason():
         return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
+def engine_line(dry):
+    """What caffeine runs on: cuDNN (its version) or the portable path, fused kernels or not.
+    Loads cuDNN now, before PyTorch loads its own."""
+    from caffeine import backend, engines
+    fused = 'fused kernels off' if os.environ.get('CAFFEINE_NO_FUSED') == '1' else 'fused kernels on'
+    forced = os.environ.get('CAFFEINE_ENGINE', '')
+    if dry:
+        return 'engine: portable NumPy (dry run)'
+    mods = backend.cudnn()
+    if mods is None:
+        conv = 'portable CuPy path (this CuPy has no cuDNN)'
+    elif engines.requested(engines.DEFAULT) == engines.CAFFE:
+        conv = 'portable CuPy path (CAFFEINE_ENGINE=CAFFE; cuDNN %s present)' % mods[0].getVersion()
+    else:
+        conv = 'cuDNN %s (workspace %d MiB)' % (mods[0].getVersion(), engines.workspace_bytes() >> 20)
+    return 'engine: %s%s; %s; NVIDIA_TF32_OVERRIDE=%s' % (
+        conv, ' [CAFFEINE_ENGINE=%s]' % forced if forced else '', fused, os.environ.get('NVIDIA_TF32_OVERRIDE'))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--quick', action='store_true', help='few iterations (a smoke run)')
@@ -47,6 +76,9 @@ def main(argv=None):
     ap.add_argument('--warmup', type=int, default=None, help='warm-up iterations (default 3, --quick 2)')
     ap.add_argument('--no-layers', action='store_true', help='skip the per-layer timing')
     ap.add_argument('--json', help='also write the results to this JSON file')
+    ap.add_argument('--engine', choices=['CUDNN', 'CAFFE'], default=None,
+                    help='CAFFEINE_ENGINE for every layer (default: each layer\'s own, cuDNN where present)')
+    ap.add_argument('--no-fused', action='store_true', help='no fused element-wise kernels (CAFFEINE_NO_FUSED=1)')
     ap.add_argument('--cpu-dry-run', action='store_true',
                     help='run the same code on the CPU at the CPU batch sizes (tests the script without a GPU)')
     args = ap.parse_args(argv)
@@ -55,6 +87,11 @@ def main(argv=None):
     if args.warmup is None:
         args.warmup = 2 if args.quick else 3
 
+    os.environ.setdefault('NVIDIA_TF32_OVERRIDE', '0')  # before CuPy and PyTorch load cuBLAS/cuDNN
+    if args.engine:
+        os.environ['CAFFEINE_ENGINE'] = args.engine
+    if args.no_fused:
+        os.environ['CAFFEINE_NO_FUSED'] = '1'
     dry = args.cpu_dry_run
     if not dry:
         why = gpu_reason()
@@ -91,6 +128,7 @@ def main(argv=None):
             gpu_name = props['name'].decode() if isinstance(props['name'], bytes) else str(props['name'])
         except Exception:
             gpu_name = 'CUDA device %d' % cp.cuda.Device().id
+    engine_info = engine_line(dry)  # loads cuDNN 8 before PyTorch loads its cuDNN 9
 
     torch = None
     tdev = None
@@ -118,6 +156,7 @@ def main(argv=None):
     print('caffeine %s, NumPy %s, CuPy %s on %s' % (caffeine.__version__, np.__version__,
                                                    getattr(cp, '__version__', '-'), gpu_name))
     print(tinfo)
+    print(engine_info)
     print('command: python benchmarks/bench_gpu.py %s' % ' '.join(argv if argv is not None else sys.argv[1:]),
           flush=True)
 

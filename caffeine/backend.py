@@ -9,6 +9,9 @@ and :func:`set_mode_gpu` / :func:`set_device`.
 """
 from __future__ import annotations
 
+import ctypes
+import os
+import sys
 import threading
 
 import numpy
@@ -18,6 +21,8 @@ from .errors import CaffeineError
 _state = threading.local()
 _cupy = None          # the cupy module once imported
 _cupy_error = None    # why cupy could not be used
+_cudnn = None         # (cupy.cuda.cudnn, cupyx.cudnn) once imported; False when cuDNN is absent
+_kernels = {}         # fused element-wise kernels, compiled once per source
 _mode = 'cpu'
 _device_id = 0
 
@@ -36,6 +41,10 @@ def _import_cupy():
         return _cupy
     if _cupy_error is not None:
         raise BackendError(_cupy_error)
+    # float32 stays float32 (Caffe's numbers): no TF32 in cuBLAS and cuDNN unless the user asks
+    # for it (cuDNN 8's default math allows TF32 on Ampere and later).  Read when the libraries load.
+    os.environ.setdefault('NVIDIA_TF32_OVERRIDE', '0')
+    _preload_pip_cudnn()
     try:
         import cupy  # the one place CuPy is imported
     except Exception as e:  # ImportError, or a broken CUDA install
@@ -52,6 +61,23 @@ def _import_cupy():
         raise BackendError(_cupy_error)
     _cupy = cupy
     return cupy
+
+
+def _preload_pip_cudnn():
+    """Load the cuDNN 8 of the nvidia-cudnn-cu12 wheel (the cuda12 extra), if installed, before CuPy.
+
+    CuPy 13 links against libcudnn.so.8 but looks for it only on the loader's path or in
+    ~/.cupy/cuda_lib; the wheel puts it in site-packages/nvidia/cudnn/lib.  Loaded here
+    globally, CuPy's own dlopen finds it by its soname.  Nothing happens without the wheel.
+    """
+    for root in sys.path:
+        path = os.path.join(root or '.', 'nvidia', 'cudnn', 'lib', 'libcudnn.so.8')
+        if os.path.exists(path):
+            try:  # it opens its sub-libraries (ops, cnn, adv) from its own folder
+                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                pass
+            return
 
 
 def gpu_available() -> bool:
@@ -116,6 +142,39 @@ def get_xp():
     if _mode == 'gpu':
         return _cupy
     return numpy
+
+
+def cudnn():
+    """cuDNN through CuPy, in GPU mode: the pair (cupy.cuda.cudnn, cupyx.cudnn); None on the
+    CPU, and where CuPy has no cuDNN (CuPy 14 dropped it; CuPy 13 without libcudnn 8).
+
+    Which layers use it is decided in :mod:`caffeine.engines`.
+    """
+    global _cudnn
+    if _mode != 'gpu':
+        return None
+    if _cudnn is None:
+        try:
+            from cupy.cuda import cudnn as lib
+            import cupyx.cudnn as cx
+            _cudnn = (lib, cx) if getattr(lib, 'available', True) else False
+        except Exception:  # ImportError, or a libcudnn that fails to load
+            _cudnn = False
+    return _cudnn or None
+
+
+def elementwise_kernel(in_params, out_params, operation, name, preamble=''):
+    """A fused ``cupy.ElementwiseKernel`` in GPU mode (compiled once per source); None on the CPU.
+
+    The kernels themselves are in :mod:`caffeine.fused`.
+    """
+    if _mode != 'gpu':
+        return None
+    key = (in_params, out_params, operation, name, preamble)
+    k = _kernels.get(key)
+    if k is None:
+        k = _kernels[key] = _cupy.ElementwiseKernel(in_params, out_params, operation, name, preamble=preamble)
+    return k
 
 
 def is_device_array(a) -> bool:

@@ -61,7 +61,7 @@ import time
 
 import numpy as np
 
-from . import backend, runtime
+from . import backend, fused, runtime
 from . import solver_state as state_io
 from .blob import Blob
 from .errors import CaffeineError, SolverError
@@ -779,6 +779,10 @@ class SGDSolver(Solver):
         (h,) = self._history(i)
         diff, tmp = prm.xdiff, self.temp[i].xdata
         lr = self._local_rate(i, rate)
+        k = fused.get(fused.SGD_UPDATE)  # GPU: one kernel
+        if k is not None:
+            k(lr, _F32(self.param.momentum), diff, h)
+            return
         h *= _F32(self.param.momentum)
         xp.multiply(diff, lr, out=tmp)
         h += tmp
@@ -797,6 +801,10 @@ class NesterovSolver(SGDSolver):
         u, tmp = self.update_buffers[i].xdata, self.temp[i].xdata
         m = _F32(self.param.momentum)
         lr = self._local_rate(i, rate)
+        k = fused.get(fused.NESTEROV_UPDATE)
+        if k is not None:
+            k(lr, m, diff, h)
+            return
         u[...] = h
         h *= m
         xp.multiply(diff, lr, out=tmp)
@@ -818,6 +826,10 @@ class AdaGradSolver(SGDSolver):
         xp = backend.get_xp()
         (h,) = self._history(i)
         diff, u = self.net.learnable_params[i].xdiff, self.update_buffers[i].xdata
+        k = fused.get(fused.ADAGRAD_UPDATE)
+        if k is not None:
+            k(self._local_rate(i, rate), _F32(self.param.delta), diff, h)
+            return
         xp.multiply(diff, diff, out=u)
         h += u
         self._rms_scaled_step(diff, h, u, self._local_rate(i, rate))
@@ -837,6 +849,10 @@ class RMSPropSolver(SGDSolver):
         (h,) = self._history(i)
         diff, u = self.net.learnable_params[i].xdiff, self.update_buffers[i].xdata
         d = _F32(self.param.rms_decay)
+        k = fused.get(fused.RMSPROP_UPDATE)
+        if k is not None:
+            k(self._local_rate(i, rate), _F32(self.param.delta), d, diff, h)
+            return
         xp.multiply(diff, diff, out=u)
         h *= d
         u *= _F32(1) - d
@@ -859,6 +875,10 @@ class AdaDeltaSolver(SGDSolver):
         m = _F32(self.param.momentum)
         delta = _F32(self.param.delta)
         lr = self._local_rate(i, rate)
+        k = fused.get(fused.ADADELTA_UPDATE)
+        if k is not None:
+            k(lr, m, delta, diff, hg, hu)
+            return
         xp.multiply(diff, diff, out=u)
         hg *= m
         u *= _F32(1) - m
@@ -894,6 +914,10 @@ class AdamSolver(SGDSolver):
         step = self.iter + 1
         correction = _F32(math.sqrt(1.0 - math.pow(float(b2), step)) / (1.0 - math.pow(float(b1), step)))
         lr = self._local_rate(i, rate)
+        k = fused.get(fused.ADAM_UPDATE)
+        if k is not None:
+            k(_F32(lr * correction), b1, b2, _F32(self.param.delta), diff, m, v)
+            return
         m *= b1
         xp.multiply(diff, _F32(1) - b1, out=t)
         m += t

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import backend
+from .. import backend, engines
 from ..blob import Blob
 from ..layer import Layer, register
 from ..proto import caffe_pb2
@@ -148,6 +148,10 @@ class _SoftmaxOverClassesLoss(LossLayer):
         shape = (self.outer, self.C, self.inner)
         x3 = x.reshape(shape)
         p3 = p.reshape(shape)
+        cudnn = engines.softmax(self)  # as Caffe's inner Softmax layer: cuDNN on the GPU where present
+        if cudnn is not None:
+            cudnn.forward(x3, p3)
+            return
         xp.subtract(x3, x3.max(axis=1, keepdims=True), out=p3)
         xp.exp(p3, out=p3)
         p3 /= p3.sum(axis=1, keepdims=True)

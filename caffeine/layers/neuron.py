@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from .. import backend
+from .. import backend, fused
 from ..blob import Blob
 from ..layer import Layer, register
 from ..proto import caffe_pb2
@@ -81,6 +81,10 @@ class ReLULayer(NeuronLayer):
         x, y = bottom[0].xdata, top[0].xdata
         if ns == 0:
             xp.maximum(x, 0, out=y)
+            return
+        k = fused.get(fused.RELU_FORWARD)  # GPU: one kernel for the leaky form
+        if k is not None:
+            k(x, _F32(ns), y)
         else:
             neg = xp.minimum(x, 0)
             neg *= _F32(ns)
@@ -95,7 +99,10 @@ class ReLULayer(NeuronLayer):
         # in place with ns >= 0, y > 0 exactly where x > 0 (Caffe reads the same buffer)
         x = self._input(bottom)
         dy, dx = top[0].xdiff, bottom[0].xdiff
-        if ns == 0:
+        k = fused.get(fused.RELU_BACKWARD)
+        if k is not None:
+            k(x, dy, _F32(ns), dx)
+        elif ns == 0:
             xp.multiply(dy, x > 0, out=dx)
         else:
             factor = xp.where(x > 0, _F32(1), _F32(ns)).astype(np.float32, copy=False)
@@ -192,6 +199,10 @@ class ELULayer(NeuronLayer):
     def neuron_forward(self, bottom, top):
         xp = backend.get_xp()
         x, y = bottom[0].xdata, top[0].xdata
+        k = fused.get(fused.ELU_FORWARD)
+        if k is not None:
+            k(x, _F32(self.alpha), y)
+            return
         # Caffe: max(x, 0) + alpha * (exp(min(x, 0)) - 1)
         neg = xp.minimum(x, 0)
         xp.exp(neg, out=neg)
@@ -206,6 +217,10 @@ class ELULayer(NeuronLayer):
         xp = backend.get_xp()
         x = self._input(bottom)
         y, dy, dx = top[0].xdata, top[0].xdiff, bottom[0].xdiff
+        k = fused.get(fused.ELU_BACKWARD)
+        if k is not None:
+            k(x, y, dy, _F32(self.alpha), dx)
+            return
         factor = xp.where(x > 0, _F32(1), y + _F32(self.alpha))
         xp.multiply(dy, factor, out=dx)
 
@@ -220,13 +235,21 @@ class SigmoidLayer(NeuronLayer):
     def neuron_forward(self, bottom, top):
         xp = backend.get_xp()
         x, y = bottom[0].xdata, top[0].xdata
-        sigmoid_tanh(xp, x, y)
+        k = fused.get(fused.SIGMOID_FORWARD)
+        if k is not None:
+            k(x, y)
+        else:
+            sigmoid_tanh(xp, x, y)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
         xp = backend.get_xp()
         y, dy, dx = top[0].xdata, top[0].xdiff, bottom[0].xdiff
+        k = fused.get(fused.SIGMOID_BACKWARD)
+        if k is not None:
+            k(y, dy, dx)
+            return
         g = _F32(1) - y
         g *= y
         xp.multiply(dy, g, out=dx)
@@ -245,6 +268,10 @@ class TanHLayer(NeuronLayer):
             return
         xp = backend.get_xp()
         y, dy, dx = top[0].xdata, top[0].xdiff, bottom[0].xdiff
+        k = fused.get(fused.TANH_BACKWARD)
+        if k is not None:
+            k(y, dy, dx)
+            return
         g = y * y
         xp.subtract(_F32(1), g, out=g)
         xp.multiply(dy, g, out=dx)

@@ -10,12 +10,15 @@ Written once for NumPy and CuPy with ``xp = backend.get_xp()``.
 - Pooling: loops over kernel offsets only (each step a whole-array op on a strided
   view); windows that cover the whole plane (global pooling) are plain reductions.
 - LRN: loops over the ``local_size`` offsets only.
+
+On the GPU, :mod:`caffeine.engines` may run Convolution, Deconvolution and Pooling on cuDNN
+instead (``engine`` field, chosen in reshape / forward); the code here is the portable path.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .. import backend
+from .. import backend, engines
 from ..blob import Blob
 from ..layer import Layer, register
 from ..proto import caffe_pb2
@@ -128,7 +131,8 @@ class ConvolutionLayer(Layer):
     top: y_i (..., num_output, *out), out = (in + 2 pad - (dilation (kernel - 1) + 1)) / stride + 1.
     convolution_param: num_output, bias_term (true), kernel_size / pad / stride / dilation
     (once, or once per spatial axis) or kernel_h/w, pad_h/w, stride_h/w (2-D),
-    group (1), axis (1), weight_filler, bias_filler.
+    group (1), axis (1), weight_filler, bias_filler, engine (DEFAULT: cuDNN on the GPU where
+    present, CAFFE: the portable engine).
     param blobs: weight (num_output, C / group, *kernel), bias (num_output,).
     """
     min_bottom = 1
@@ -175,6 +179,7 @@ class ConvolutionLayer(Layer):
             if self.bias_term:
                 self.blobs.append(self.new_param_blob((self.num_output,), p.bias_filler))
         self._key = None
+        self._engine_mode = None
         self.engine = None
 
     def _output_spatial(self, in_sp):
@@ -213,12 +218,18 @@ class ConvolutionLayer(Layer):
             self.top_sp = self._output_spatial(self.bottom_sp)
             self.top_shape = shape[:self.axis] + (self.num_output,) + self.top_sp
             if self.reverse:
-                self.engine = ConvEngine(self.num_output, self.channels, self.group, self.kernel, self.pad,
-                                         self.stride, self.dilation, self.top_sp, self.bottom_sp, self.num)
+                self._engine_args = (self.num_output, self.channels, self.group, self.kernel, self.pad,
+                                     self.stride, self.dilation, self.top_sp, self.bottom_sp, self.num)
             else:
-                self.engine = ConvEngine(self.channels, self.num_output, self.group, self.kernel, self.pad,
-                                         self.stride, self.dilation, self.bottom_sp, self.top_sp, self.num)
+                self._engine_args = (self.channels, self.num_output, self.group, self.kernel, self.pad,
+                                     self.stride, self.dilation, self.bottom_sp, self.top_sp, self.num)
             self._key = shape
+            self._engine_mode = None
+        mode = (backend.mode(), backend.device_id())
+        if mode != self._engine_mode:  # cuDNN or the portable engine (caffeine.engines decides)
+            args = self._engine_args
+            self.engine = engines.convolution(self, *args) or ConvEngine(*args)
+            self._engine_mode = mode
         for t in top:
             t.reshape(self.top_shape)
 
@@ -355,6 +366,7 @@ class PoolingLayer(Layer):
     STOCHASTIC: TRAIN samples an element of each window with probability proportional to
     its value (backend.rng()); TEST gives sum(x^2) / sum(x) over the window.
     global_pooling: the kernel is the whole plane.
+    engine (DEFAULT): cuDNN on the GPU where it gives these numbers (see caffeine.engines).
     """
     exact_num_bottom = 1
     min_top = 1
@@ -408,6 +420,7 @@ class PoolingLayer(Layer):
         self._key = None
         self._c = _DeviceConsts()
         self._koff_valid = False
+        self.cudnn = None  # cuDNN's pooling when caffeine.engines picks it (at forward)
 
     # -- geometry --------------------------------------------------------------
     def _pooled(self, n, k, p, s):
@@ -460,6 +473,7 @@ class PoolingLayer(Layer):
         self._c.set('plane', (np.arange(N * C, dtype=np.int64) * (H * W)).reshape(N, C, 1, 1))
         self._key = tuple(shape)
         self._koff_valid = False
+        self._engine_key = None
 
     def reshape(self, bottom, top):
         b = bottom[0]
@@ -472,6 +486,14 @@ class PoolingLayer(Layer):
             t.reshape(self.N, self.C, self.PH, self.PW)
 
     # -- helpers ---------------------------------------------------------------
+    def _cudnn(self, num_tops):
+        """cuDNN's pooling when caffeine.engines picks it for this geometry and mode, else None."""
+        key = (self._key, backend.mode(), backend.device_id(), bool(self.need_backward), num_tops)
+        if key != self._engine_key:
+            self.cudnn = engines.pooling(self, bool(self.need_backward), num_tops)
+            self._engine_key = key
+        return self.cudnn
+
     def _src(self, xp, x, value, name='pool_pad'):
         """x, or x padded with ``value`` to (N, C, Hx, Wx) in a workspace buffer."""
         if not self.need_pad:
@@ -543,6 +565,10 @@ class PoolingLayer(Layer):
         x = bottom[0].xdata
         y = top[0].xdata
         self._koff_valid = False
+        pool = self._cudnn(len(top))
+        if pool is not None:
+            pool.forward(x, y)
+            return
         want_idx = len(top) > 1 or self.phase == caffe_pb2.TRAIN
         if self.method == _PP.MAX:
             if self.plane:
@@ -625,6 +651,10 @@ class PoolingLayer(Layer):
         xp = backend.get_xp()
         dy = top[0].xdiff
         dx = bottom[0].xdiff
+        pool = self._cudnn(len(top))
+        if pool is not None:
+            pool.backward(bottom[0].xdata, top[0].xdata, dy, dx)
+            return
         if self.method == _PP.AVE and self.plane:
             dx2 = self._plane2d(dx)
             dx2[...] = dy.reshape(-1, 1)
