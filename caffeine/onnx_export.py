@@ -409,26 +409,24 @@ def _conv_geometry(L, p):
     return dict(kernel_shape=k, strides=s, pads=pad + pad, dilations=d, group=int(p.group))
 
 
-@converter('Convolution')
-def _convolution(g, L):
+def _conv_node(g, L, op):
     p = L.lp.convolution_param
-    attrs = _conv_geometry(L, p)
     ins = [L.bottoms[0], g.const(L.name + '/weight', L.params[0])]
     if p.bias_term:
         ins.append(g.const(L.name + '/bias', L.params[1]))
-    return [g.node('Conv', ins, L.out(0), name=L.name, **attrs)]
+    return [g.node(op, ins, L.out(0), name=L.name, **_conv_geometry(L, p))]
+
+
+@converter('Convolution')
+def _convolution(g, L):
+    return _conv_node(g, L, 'Conv')
 
 
 @converter('Deconvolution')
 def _deconvolution(g, L):
     """ConvTranspose; Caffe's output size stride (in - 1) + dilation (k - 1) + 1 - 2 pad
     is ONNX's with the same pads and no output_padding."""
-    p = L.lp.convolution_param
-    attrs = _conv_geometry(L, p)
-    ins = [L.bottoms[0], g.const(L.name + '/weight', L.params[0])]
-    if p.bias_term:
-        ins.append(g.const(L.name + '/bias', L.params[1]))
-    return [g.node('ConvTranspose', ins, L.out(0), name=L.name, **attrs)]
+    return _conv_node(g, L, 'ConvTranspose')
 
 
 @converter('Im2col')
