@@ -275,6 +275,53 @@ def test_convolution_column_layouts(mode, monkeypatch, layout, name):
         np.testing.assert_allclose(layer.blobs[0].diff, dW, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize('algorithm', ['winograd', 'im2col'])
+@pytest.mark.parametrize('shape, pad, flip', [((3, 4, 8, 8), 1, True), ((2, 5, 7, 9), 1, False),
+                                              ((2, 3, 6, 5), 0, True), ((1, 4, 5, 6), 2, True)])
+def test_convolution_winograd(mode, monkeypatch, algorithm, shape, pad, flip):
+    """3x3 stride-1 convolutions by Winograd F(2x2,3x3) equal the direct sums (forward, and the
+    gradient to the data as the flipped convolution), odd output sizes and deconvolutions included."""
+    monkeypatch.setattr(engine_mod, 'WINOGRAD', algorithm == 'winograd')
+    monkeypatch.setattr(engine_mod, 'WINOGRAD_MIN_CHANNELS', 1)
+    monkeypatch.setattr(engine_mod, 'FLIP_MIN_CHANNELS', 1 if flip else 1 << 20)
+    monkeypatch.setattr(engine_mod, 'FLIP_MAX_RATIO', 1e9)
+    x = gauss(shape)
+    s, p, d = (1, 1), (pad, pad), (1, 1)
+    for kind in ('Convolution', 'Deconvolution'):
+        layer, bottom, top = forward_layer(_conv_text(kind, 'kernel_size: 3 pad: %d' % pad, 6), x)
+        eng = layer.engine
+        assert eng.winograd == (algorithm == 'winograd') and eng.flip_ok == flip
+        assert eng.describe().startswith('winograd' if algorithm == 'winograd' else 'im2col-')
+        W, b = layer.blobs[0].data.copy(), layer.blobs[1].data.copy()
+        dy = gauss(top[0].shape, seed=1)
+        backward_layer(layer, bottom, top, dy, zero_param_diffs=True)
+        if kind == 'Convolution':
+            y = ref_conv(x, W, b, s, p, d, 1)
+            dx, dW = ref_conv_grads(x, W, dy, s, p, d, 1)
+        else:
+            y = ref_deconv(x, W, b, s, p, d, 1)
+            dx = ref_conv(dy, W, None, s, p, d, 1)
+            dW = ref_conv_grads(dy, W, x, s, p, d, 1)[1]
+        np.testing.assert_allclose(top[0].data, y, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(bottom[0].diff, dx, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(layer.blobs[0].diff, dW, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('param, group, nchan', [('kernel_size: 3 stride: 2 pad: 1', 1, 16),
+                                                 ('kernel_size: 3 dilation: 2 pad: 2', 1, 16),
+                                                 ('kernel_size: 3 pad: 1 group: 2', 2, 16),
+                                                 ('kernel_size: 5 pad: 2', 1, 16),
+                                                 ('kernel_size: 3 pad: 1', 1, 8),
+                                                 ('kernel_size: 3 pad: 1', 1, 16)])
+def test_convolution_winograd_choice(param, group, nchan):
+    """The engine takes Winograd for 3x3, stride 1, dilation 1, one group and at least
+    WINOGRAD_MIN_CHANNELS channels on both sides, and im2col otherwise."""
+    layer, _, _ = forward_layer(_conv_text('Convolution', param, nchan), gauss((2, nchan, 9, 9)))
+    want = param == 'kernel_size: 3 pad: 1' and nchan >= engine_mod.WINOGRAD_MIN_CHANNELS
+    assert layer.engine.winograd == want
+    assert layer.engine_name().startswith('numpy winograd' if want else 'numpy im2col-')
+
+
 @pytest.mark.parametrize('name', ['basic', 'pad_stride', 'group', 'dilation', '1x1', 'conv_1d', 'rect_hw'])
 def test_convolution_gradient(mode, name):
     param, shape, _, _, nout = CONV_CASES[name]
