@@ -21,12 +21,14 @@ Beyond those four methods, the Net and the Solver read a few hooks, all declared
 on :class:`Layer` with a default, so that every layer answers them:
 ``is_data_layer``, ``need_backward``, ``force_zero_lr`` (class attributes),
 ``get_state()``/``set_state(state)`` (what a snapshot keeps beside the solver
-state) and ``close()`` (release threads and files).
+state), ``close()`` (release threads and files) and ``engine_name()`` (the
+implementation ``caffeine time`` reports).
 """
 from __future__ import annotations
 
 import difflib
 
+from . import backend
 from .blob import Blob
 from .errors import LayerError
 
@@ -172,6 +174,11 @@ class Layer:
     def close(self):
         """Release what the layer holds outside its blobs (threads, open files).
         Idempotent; called by ``Net.close``.  By default, nothing to do."""
+
+    def engine_name(self):
+        """The implementation this layer runs, as ``caffeine time`` reports it: by default
+        the portable path on the current backend's array module (``numpy`` or ``cupy``)."""
+        return backend.get_xp().__name__
 
     # -- what the Net calls --------------------------------------------
     def check_blob_counts(self, bottom, top):
