@@ -17,6 +17,7 @@ import caffeine
 import caffeine.solver
 from caffeine import backend
 from caffeine.cli import run
+from caffeine.layers import conv_engine
 from caffeine.proto import caffe_pb2
 
 REPO = Path(caffeine.solver.__file__).resolve().parents[1]
@@ -381,7 +382,8 @@ def test_time_command(in_tmp, capsys, caplog):
     assert re.search(r'Memory: blobs [\d.]+ \w+ \([\d.]+ \w+ without it\), parameters [\d.]+ \w+\.', text)
 
 
-def test_time_command_names_the_convolution_algorithm(in_tmp, capsys, caplog):
+def test_time_command_names_the_convolution_algorithm(in_tmp, capsys, caplog, monkeypatch):
+    monkeypatch.setattr(conv_engine, 'WINOGRAD_MIN_CHANNELS', 16)
     (in_tmp / 'conv.prototxt').write_text('''
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 16 dim: 8 dim: 8 } } }
 layer { name: "c3" type: "Convolution" bottom: "data" top: "c3"
@@ -394,7 +396,7 @@ layer { name: "relu" type: "ReLU" bottom: "c1" top: "c1" }
     assert rc == 0, err
     lines = [r.getMessage() for r in caplog.records]
     engines = dict(re.fullmatch(r' *(\S+)\tengine: (.+)', ln).groups() for ln in lines if '\tengine: ' in ln)
-    # a 3x3 stride-1 convolution of 16 channels to 16 runs Winograd, its gradient to the data
+    # a 3x3 stride-1 convolution of 16 channels to 16 (the threshold here) runs Winograd, its gradient to the data
     # too (the flipped convolution); a 5x5 one im2col + GEMM; a 1x1 one no columns
     assert engines['c3'] == 'numpy winograd'
     assert re.fullmatch(r'numpy im2col-(narrow|wide|chwn)', engines['c5']), engines['c5']

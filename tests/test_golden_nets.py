@@ -4,7 +4,7 @@ Every blob after the forward pass, and every parameter gradient after the
 backward pass, equals Caffe's within 1e-4 of the array's largest magnitude.
 Skipped when ../shared is absent.  Each net runs on both convolution algorithms
 of the engine: Winograd F(2x2,3x3) wherever the geometry allows it (every 3x3
-stride-1 ungrouped convolution, whatever its channel counts), and im2col + GEMM
+stride-1 ungrouped convolution, whatever its channel counts and output size), and im2col + GEMM
 everywhere.
 """
 import pytest
@@ -21,6 +21,7 @@ CASES = golden_cases(kind='nets')
 def test_golden_net(case, mode, algorithm, monkeypatch):
     monkeypatch.setattr(conv_engine, 'WINOGRAD', algorithm == 'winograd')
     monkeypatch.setattr(conv_engine, 'WINOGRAD_MIN_CHANNELS', 1)
+    monkeypatch.setattr(conv_engine, 'WINOGRAD_MAX_WASTE', 1e9)
     net = check_golden_net(case, rtol=1e-4)
     convs = [layer.engine for layer in net.layers if layer.type == 'Convolution']
     if case in ('caffenet_deploy', 'googlenet_deploy'):  # they have 3x3 stride-1 convolutions

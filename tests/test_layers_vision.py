@@ -283,6 +283,7 @@ def test_convolution_winograd(mode, monkeypatch, algorithm, shape, pad, flip):
     gradient to the data as the flipped convolution), odd output sizes and deconvolutions included."""
     monkeypatch.setattr(engine_mod, 'WINOGRAD', algorithm == 'winograd')
     monkeypatch.setattr(engine_mod, 'WINOGRAD_MIN_CHANNELS', 1)
+    monkeypatch.setattr(engine_mod, 'WINOGRAD_MAX_WASTE', 1e9)
     monkeypatch.setattr(engine_mod, 'FLIP_MIN_CHANNELS', 1 if flip else 1 << 20)
     monkeypatch.setattr(engine_mod, 'FLIP_MAX_RATIO', 1e9)
     x = gauss(shape)
@@ -307,17 +308,21 @@ def test_convolution_winograd(mode, monkeypatch, algorithm, shape, pad, flip):
         np.testing.assert_allclose(layer.blobs[0].diff, dW, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize('param, group, nchan', [('kernel_size: 3 stride: 2 pad: 1', 1, 16),
-                                                 ('kernel_size: 3 dilation: 2 pad: 2', 1, 16),
-                                                 ('kernel_size: 3 pad: 1 group: 2', 2, 16),
-                                                 ('kernel_size: 5 pad: 2', 1, 16),
-                                                 ('kernel_size: 3 pad: 1', 1, 8),
-                                                 ('kernel_size: 3 pad: 1', 1, 16)])
-def test_convolution_winograd_choice(param, group, nchan):
-    """The engine takes Winograd for 3x3, stride 1, dilation 1, one group and at least
-    WINOGRAD_MIN_CHANNELS channels on both sides, and im2col otherwise."""
-    layer, _, _ = forward_layer(_conv_text('Convolution', param, nchan), gauss((2, nchan, 9, 9)))
-    want = param == 'kernel_size: 3 pad: 1' and nchan >= engine_mod.WINOGRAD_MIN_CHANNELS
+@pytest.mark.parametrize('param, size, fewer, want', [('kernel_size: 3 pad: 1', 10, False, True),
+                                                       ('kernel_size: 3 pad: 1', 10, True, False),
+                                                       ('kernel_size: 3 pad: 1', 7, False, False),
+                                                       ('kernel_size: 3', 12, False, True),
+                                                       ('kernel_size: 3 stride: 2 pad: 1', 10, False, False),
+                                                       ('kernel_size: 3 dilation: 2 pad: 2', 10, False, False),
+                                                       ('kernel_size: 3 pad: 1 group: 2', 10, False, False),
+                                                       ('kernel_size: 5 pad: 2', 10, False, False)])
+def test_convolution_winograd_choice(monkeypatch, param, size, fewer, want):
+    """The engine takes Winograd for 3x3, stride 1, dilation 1, one group, at least
+    WINOGRAD_MIN_CHANNELS channels on both sides and 2x2 tiles that cover at most
+    WINOGRAD_MAX_WASTE times the output (a 7x7 output needs 8x8: 1.31), and im2col otherwise."""
+    monkeypatch.setattr(engine_mod, 'WINOGRAD_MIN_CHANNELS', 8)
+    cin = 7 if fewer else 8
+    layer, _, _ = forward_layer(_conv_text('Convolution', param, 8), gauss((2, cin, size, size)))
     assert layer.engine.winograd == want
     assert layer.engine_name().startswith('numpy winograd' if want else 'numpy im2col-')
 

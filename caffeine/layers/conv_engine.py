@@ -125,7 +125,8 @@ FLIP_MAX_RATIO = 1.05   # ... its column matrix is at most this much larger than
 CHUNK_TARGET_MB = 8
 CHUNK_MIN_COLS = 2048
 WINOGRAD = True             # 3x3 stride-1 convolutions by Winograd F(2x2,3x3) (forward, and the flipped
-WINOGRAD_MIN_CHANNELS = 16  # ... backward to the data) when both sides have this many channels
+WINOGRAD_MIN_CHANNELS = 96  # ... backward to the data) when both sides have this many channels,
+WINOGRAD_MAX_WASTE = 1.2    # ... the 2x2 tiles cover at most this much more than the output (7x7: 1.31),
 WINOGRAD_CHUNK_MB = 8       # ... over chunks of images whose transformed tiles take about this much
 
 # Winograd F(2x2,3x3) (Lavin & Gray, 2015): with d a 4x4 input tile and g a 3x3 kernel,
@@ -231,7 +232,8 @@ class ConvEngine:
         # (the weight gradient always uses the columns of self.layout)
         self.winograd = (WINOGRAD and self.nd == 2 and self.kernel == (3, 3) and self.stride == (1, 1)
                          and self.dilation == (1, 1) and self.G == 1
-                         and min(self.in_ch, self.out_ch) >= WINOGRAD_MIN_CHANNELS)
+                         and min(self.in_ch, self.out_ch) >= WINOGRAD_MIN_CHANNELS
+                         and 4 * shape_count(tuple(-(-o // 2) for o in self.out_sp)) <= WINOGRAD_MAX_WASTE * self.OUT)
         if self.winograd:
             self.tiles = tuple(-(-o // 2) for o in self.out_sp)          # 2x2 output tiles per axis
             self.tile_sp = tuple(2 * t + 2 for t in self.tiles)          # the padded input they read
