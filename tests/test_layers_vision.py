@@ -275,13 +275,16 @@ def test_convolution_column_layouts(mode, monkeypatch, layout, name):
         np.testing.assert_allclose(layer.blobs[0].diff, dW, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize('algorithm', ['winograd', 'im2col'])
+@pytest.mark.parametrize('algorithm', ['winograd', 'winograd_by_rows', 'im2col'])
 @pytest.mark.parametrize('shape, pad, flip', [((3, 4, 8, 8), 1, True), ((2, 5, 7, 9), 1, False),
                                               ((2, 3, 6, 5), 0, True), ((1, 4, 5, 6), 2, True)])
 def test_convolution_winograd(mode, monkeypatch, algorithm, shape, pad, flip):
     """3x3 stride-1 convolutions by Winograd F(2x2,3x3) equal the direct sums (forward, and the
-    gradient to the data as the flipped convolution), odd output sizes and deconvolutions included."""
-    monkeypatch.setattr(engine_mod, 'WINOGRAD', algorithm == 'winograd')
+    gradient to the data as the flipped convolution), odd output sizes and deconvolutions included;
+    by_rows: a chunk bound so small that each image goes one row of tiles at a time."""
+    monkeypatch.setattr(engine_mod, 'WINOGRAD', algorithm.startswith('winograd'))
+    if algorithm == 'winograd_by_rows':
+        monkeypatch.setattr(engine_mod, 'WINOGRAD_CHUNK_MB', 1e-9)
     monkeypatch.setattr(engine_mod, 'WINOGRAD_MIN_CHANNELS', 1)
     monkeypatch.setattr(engine_mod, 'WINOGRAD_MAX_WASTE', 1e9)
     monkeypatch.setattr(engine_mod, 'FLIP_MIN_CHANNELS', 1 if flip else 1 << 20)
@@ -291,8 +294,10 @@ def test_convolution_winograd(mode, monkeypatch, algorithm, shape, pad, flip):
     for kind in ('Convolution', 'Deconvolution'):
         layer, bottom, top = forward_layer(_conv_text(kind, 'kernel_size: 3 pad: %d' % pad, 6), x)
         eng = layer.engine
-        assert eng.winograd == (algorithm == 'winograd') and eng.flip_ok == flip
-        assert eng.describe().startswith('winograd' if algorithm == 'winograd' else 'im2col-')
+        assert eng.winograd == algorithm.startswith('winograd') and eng.flip_ok == flip
+        assert eng.describe().startswith('winograd' if eng.winograd else 'im2col-')
+        if algorithm == 'winograd_by_rows':
+            assert eng.wchunk == 1 and eng.wrows == 1 < eng.tiles[0]
         W, b = layer.blobs[0].data.copy(), layer.blobs[1].data.copy()
         dy = gauss(top[0].shape, seed=1)
         backward_layer(layer, bottom, top, dy, zero_param_diffs=True)

@@ -237,9 +237,11 @@ class ConvEngine:
         if self.winograd:
             self.tiles = tuple(-(-o // 2) for o in self.out_sp)          # 2x2 output tiles per axis
             self.tile_sp = tuple(2 * t + 2 for t in self.tiles)          # the padded input they read
-            per_image = 16 * (self.in_ch + self.out_ch) * shape_count(self.tiles)
-            nb = max(WINOGRAD_CHUNK_MB * (1 << 20) // 4 // per_image, 1)
-            self.wchunk = max(1, min(self.N, nb, limit_floats() // per_image))
+            # chunks of images, or of tile rows of one image when an image's tiles exceed the target
+            per_row = 16 * (self.in_ch + self.out_ch) * self.tiles[1]
+            target = int(min(WINOGRAD_CHUNK_MB * (1 << 20) // 4, limit_floats()))
+            self.wchunk = max(1, min(self.N, target // (per_row * self.tiles[0])))
+            self.wrows = max(1, min(self.tiles[0], target // per_row))
             self._kron = None
 
     def describe(self):
@@ -478,36 +480,47 @@ class ConvEngine:
         return u.reshape(16, M, C).transpose(0, 2, 1)
 
     def _winograd_forward(self, xp, W, x, y, bias):
-        M, C = self.out_ch, self.in_ch
+        C = self.in_ch
         th, tw = self.tiles
         Ht, Wt = self.tile_sp
-        Ho, Wo = self.out_sp
         U = self._winograd_weights(xp, W)
         for n0 in range(0, self.N, self.wchunk):
             n1 = min(self.N, n0 + self.wchunk)
             nb = n1 - n0
-            T = th * tw * nb
             xpad = workspace('conv_pad', Ht * Wt * nb * C).reshape(Ht, Wt, nb, C)
             pad_into(xp, x[n0:n1], xpad.transpose(2, 3, 0, 1), self.pad)
-            # B^T d: rows 2t + (0..3) of the padded input -> r[i] (th, Wt, nb, C)
-            r = workspace('wino_r', 4 * th * Wt * nb * C).reshape(4, th, Wt, nb, C)
-            _bt_rows(xp, [xpad[i:i + 2 * th:2] for i in range(4)], r)
-            # (B^T d) B: columns 2t + (0..3) -> v[i, j] (th, tw, nb, C)
-            v = workspace('wino_v', 16 * T * C).reshape(4, 4, th, tw, nb, C)
-            _bt_rows(xp, [r[:, :, j:j + 2 * tw:2] for j in range(4)], v.swapaxes(0, 1))
-            m = workspace('wino_m', 16 * T * M).reshape(16, T, M)
-            xp.matmul(v.reshape(16, T, C), U, out=m)
-            if bias is not None:  # m[1, 1] reaches every output of a tile with weight 1
-                xp.add(m[5], bias, out=m[5])
-            m = m.reshape(4, 4, th, tw, nb, M)
-            # A^T m: s[o, j] (th, tw, nb, M)
-            s = workspace('wino_s', 8 * T * M).reshape(2, 4, th, tw, nb, M)
-            _at_rows(xp, m, s)
-            # (A^T m) A -> the output tiles, (2 th, 2 tw, nb, M), then y (nb, M, Ho, Wo)
-            out = workspace('wino_y', 4 * T * M).reshape(th, 2, tw, 2, nb, M)
-            _at_rows(xp, s.swapaxes(0, 1), out.transpose(3, 1, 0, 2, 4, 5))
-            y[n0:n1] = out.reshape(2 * th, 2 * tw, nb, M)[:Ho, :Wo].transpose(2, 3, 0, 1)
+            for t0 in range(0, th, self.wrows):
+                self._winograd_rows(xp, U, xpad, y[n0:n1], t0, min(th, t0 + self.wrows), bias)
         return y
+
+    def _winograd_rows(self, xp, U, xpad, y, t0, t1, bias):
+        """Output tile rows t0:t1 of y (nb, M, Ho, Wo) from the padded input (Ht, Wt, nb, C)."""
+        M, C = self.out_ch, self.in_ch
+        tw = self.tiles[1]
+        Wt = self.tile_sp[1]
+        Ho, Wo = self.out_sp
+        nb = xpad.shape[2]
+        th = t1 - t0
+        T = th * tw * nb
+        # B^T d: rows 2t + (0..3) of the padded input -> r[i] (th, Wt, nb, C)
+        r = workspace('wino_r', 4 * th * Wt * nb * C).reshape(4, th, Wt, nb, C)
+        _bt_rows(xp, [xpad[2 * t0 + i:2 * t1 + i:2] for i in range(4)], r)
+        # (B^T d) B: columns 2t + (0..3) -> v[i, j] (th, tw, nb, C)
+        v = workspace('wino_v', 16 * T * C).reshape(4, 4, th, tw, nb, C)
+        _bt_rows(xp, [r[:, :, j:j + 2 * tw:2] for j in range(4)], v.swapaxes(0, 1))
+        m = workspace('wino_m', 16 * T * M).reshape(16, T, M)
+        xp.matmul(v.reshape(16, T, C), U, out=m)
+        if bias is not None:  # m[1, 1] reaches every output of a tile with weight 1
+            xp.add(m[5], bias, out=m[5])
+        m = m.reshape(4, 4, th, tw, nb, M)
+        # A^T m: s[o, j] (th, tw, nb, M)
+        s = workspace('wino_s', 8 * T * M).reshape(2, 4, th, tw, nb, M)
+        _at_rows(xp, m, s)
+        # (A^T m) A -> the output tiles (2 th, 2 tw, nb, M), then rows 2 t0.. of y (nb, M, Ho, Wo)
+        out = workspace('wino_y', 4 * T * M).reshape(th, 2, tw, 2, nb, M)
+        _at_rows(xp, s.swapaxes(0, 1), out.transpose(3, 1, 0, 2, 4, 5))
+        h1 = min(Ho, 2 * t1)
+        y[:, :, 2 * t0:h1] = out.reshape(2 * th, 2 * tw, nb, M)[:h1 - 2 * t0, :Wo].transpose(2, 3, 0, 1)
 
     # -- the passes ------------------------------------------------------------
     def forward(self, xp, W, x, y, bias=None):
