@@ -20,6 +20,7 @@ CASES = golden_cases(kind='nets')
 @pytest.mark.parametrize('algorithm', ['winograd', 'im2col'])
 def test_golden_net(case, mode, algorithm, monkeypatch):
     monkeypatch.setattr(conv_engine, 'WINOGRAD', algorithm == 'winograd')
+    monkeypatch.setattr(conv_engine, 'WINOGRAD_ON_GPU', True)  # on CuPy too, where a GPU is present
     monkeypatch.setattr(conv_engine, 'WINOGRAD_MIN_CHANNELS', 1)
     monkeypatch.setattr(conv_engine, 'WINOGRAD_MAX_WASTE', 1e9)
     net = check_golden_net(case, rtol=1e-4)

@@ -283,6 +283,7 @@ def test_convolution_winograd(mode, monkeypatch, algorithm, shape, pad, flip):
     gradient to the data as the flipped convolution), odd output sizes and deconvolutions included;
     by_rows: a chunk bound so small that each image goes one row of tiles at a time."""
     monkeypatch.setattr(engine_mod, 'WINOGRAD', algorithm.startswith('winograd'))
+    monkeypatch.setattr(engine_mod, 'WINOGRAD_ON_GPU', True)  # on CuPy too, where a GPU is present
     if algorithm == 'winograd_by_rows':
         monkeypatch.setattr(engine_mod, 'WINOGRAD_CHUNK_MB', 1e-9)
     monkeypatch.setattr(engine_mod, 'WINOGRAD_MIN_CHANNELS', 1)
@@ -330,6 +331,20 @@ def test_convolution_winograd_choice(monkeypatch, param, size, fewer, want):
     layer, _, _ = forward_layer(_conv_text('Convolution', param, 8), gauss((2, cin, size, size)))
     assert layer.engine.winograd == want
     assert layer.engine_name().startswith('numpy winograd' if want else 'numpy im2col-')
+
+
+def test_convolution_winograd_stays_off_on_the_gpu(monkeypatch):
+    """Winograd is chosen on the CPU only unless WINOGRAD_ON_GPU (never timed on a GPU); no GPU
+    needed: the choice reads backend.is_gpu()."""
+    monkeypatch.setattr(engine_mod, 'WINOGRAD_MIN_CHANNELS', 8)
+    text = _conv_text('Convolution', 'kernel_size: 3 pad: 1', 8)
+    x = gauss((2, 8, 10, 10))
+    assert forward_layer(text, x)[0].engine.winograd
+    monkeypatch.setattr(engine_mod.backend, 'is_gpu', lambda: True)
+    args = (8, 8, 1, (3, 3), (1, 1), (1, 1), (1, 1), (10, 10), (10, 10), 2)
+    assert not engine_mod.ConvEngine(*args).winograd
+    monkeypatch.setattr(engine_mod, 'WINOGRAD_ON_GPU', True)
+    assert engine_mod.ConvEngine(*args).winograd
 
 
 @pytest.mark.parametrize('name', ['basic', 'pad_stride', 'group', 'dilation', '1x1', 'conv_1d', 'rect_hw'])

@@ -128,6 +128,7 @@ WINOGRAD = True             # 3x3 stride-1 convolutions by Winograd F(2x2,3x3) (
 WINOGRAD_MIN_CHANNELS = 96  # ... backward to the data) when both sides have this many channels,
 WINOGRAD_MAX_WASTE = 1.2    # ... the 2x2 tiles cover at most this much more than the output (7x7: 1.31),
 WINOGRAD_CHUNK_MB = 8       # ... over chunks of images whose transformed tiles take about this much
+WINOGRAD_ON_GPU = False     # ... on the CPU only: on CuPy it is tested but has never been timed
 
 # Winograd F(2x2,3x3) (Lavin & Gray, 2015): with d a 4x4 input tile and g a 3x3 kernel,
 # the 2x2 output tile is A^T [(G g G^T) * (B^T d B)] A, * element-wise, where
@@ -230,7 +231,7 @@ class ConvEngine:
                 self._flip = None
         # the algorithm of forward(): Winograd F(2x2,3x3) where it applies, else im2col + GEMM
         # (the weight gradient always uses the columns of self.layout)
-        self.winograd = (WINOGRAD and self.nd == 2 and self.kernel == (3, 3) and self.stride == (1, 1)
+        self.winograd = (WINOGRAD and (WINOGRAD_ON_GPU or not backend.is_gpu()) and self.nd == 2 and self.kernel == (3, 3) and self.stride == (1, 1)
                          and self.dilation == (1, 1) and self.G == 1
                          and min(self.in_ch, self.out_ch) >= WINOGRAD_MIN_CHANNELS
                          and 4 * shape_count(tuple(-(-o // 2) for o in self.out_sp)) <= WINOGRAD_MAX_WASTE * self.OUT)
