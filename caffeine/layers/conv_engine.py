@@ -11,7 +11,10 @@ contiguous, so a convolution is one GEMM per group over the chunk of images:
 - :func:`col2im` adds back with a loop over kernel offsets only.
 - :class:`ConvEngine` does the three GEMMs of Caffe's BaseConvolutionLayer
   (forward, backward to data, backward to weights) for Convolution and
-  Deconvolution, with 1x1 / stride 1 / no pad convolutions skipping im2col.
+  Deconvolution, with 1x1 / stride 1 / no pad convolutions skipping im2col,
+  and chooses the algorithm: Winograd F(2x2,3x3) (16 GEMMs over transformed
+  tiles) for the forward pass of large 3x3 stride-1 convolutions, im2col + GEMM
+  otherwise.
 
 Buffers (padded input, columns, transposed outputs) come from the shared
 workspace (:mod:`caffeine.workspace`); batches whose column buffer would exceed
@@ -167,6 +170,11 @@ class ConvEngine:
       at least BATCHED_1X1_MIN pixels per image, per-image GEMMs in one batched matmul,
       with no copy at all; below, one GEMM over the transposed batch.
 
+    ``self.winograd``: forward() by Winograd F(2x2,3x3) (3x3, stride 1, dilation 1, one
+    group, at least WINOGRAD_MIN_CHANNELS on both sides, tiles wasting at most
+    WINOGRAD_MAX_WASTE, the CPU unless WINOGRAD_ON_GPU); the weight gradient keeps the
+    columns of ``self.layout``.
+
     With stride 1 (and pad <= kernel extent - 1), the gradient to the input side,
     col2im(W^T dy), is computed as what it equals: a convolution of dy with the
     flipped, channel-transposed kernel and pad ``extent - 1 - pad`` (im2col + one GEMM,
@@ -231,19 +239,21 @@ class ConvEngine:
                 self._flip = None
         # the algorithm of forward(): Winograd F(2x2,3x3) where it applies, else im2col + GEMM
         # (the weight gradient always uses the columns of self.layout)
-        self.winograd = (WINOGRAD and (WINOGRAD_ON_GPU or not backend.is_gpu()) and self.nd == 2 and self.kernel == (3, 3) and self.stride == (1, 1)
+        self.tiles = tuple(-(-o // 2) for o in self.out_sp)          # 2x2 output tiles per axis
+        self.tile_sp = tuple(2 * t + 2 for t in self.tiles)          # the padded input they read
+        self.winograd = (WINOGRAD and (WINOGRAD_ON_GPU or not backend.is_gpu())
+                         and self.nd == 2 and self.kernel == (3, 3) and self.stride == (1, 1)
                          and self.dilation == (1, 1) and self.G == 1
                          and min(self.in_ch, self.out_ch) >= WINOGRAD_MIN_CHANNELS
-                         and 4 * shape_count(tuple(-(-o // 2) for o in self.out_sp)) <= WINOGRAD_MAX_WASTE * self.OUT)
+                         and 4 * shape_count(self.tiles) <= WINOGRAD_MAX_WASTE * self.OUT)
+        self.wchunk = self.wrows = 1
+        self._kron = None
         if self.winograd:
-            self.tiles = tuple(-(-o // 2) for o in self.out_sp)          # 2x2 output tiles per axis
-            self.tile_sp = tuple(2 * t + 2 for t in self.tiles)          # the padded input they read
             # chunks of images, or of tile rows of one image when an image's tiles exceed the target
             per_row = 16 * (self.in_ch + self.out_ch) * self.tiles[1]
             target = int(min(WINOGRAD_CHUNK_MB * (1 << 20) // 4, limit_floats()))
             self.wchunk = max(1, min(self.N, target // (per_row * self.tiles[0])))
             self.wrows = max(1, min(self.tiles[0], target // per_row))
-            self._kron = None
 
     def describe(self):
         """The algorithm, as ``caffeine time`` prints it: forward, and the backward to the data
