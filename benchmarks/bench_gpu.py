@@ -2,7 +2,7 @@
 """caffeine on the GPU (CuPy) against PyTorch CUDA (eager), same nets and weights, larger batches.
 
     pip install -e '.[cuda12]' torch==2.13.0      # torch: the benchmark only
-    python benchmarks/bench_gpu.py [--quick] [--only lenet,cifar10_quick,caffenet,resnet50] [--iters N]
+    python benchmarks/bench_gpu.py [--quick] [--only lenet,cifar10_quick,caffenet,resnet50,googlenet,vgg16] [--iters N]
 
 LeNet and CIFAR10-quick: one SGD training iteration at batch 256; CaffeNet
 (batch 128) and ResNet-50 (batch 64): a TEST forward pass with the memory
@@ -71,7 +71,7 @@ def engine_line(dry):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--quick', action='store_true', help='few iterations (a smoke run)')
-    ap.add_argument('--only', default='', help='comma-separated nets: lenet,cifar10_quick,caffenet,resnet50')
+    ap.add_argument('--only', default='', help='comma-separated nets: lenet,cifar10_quick,caffenet,resnet50,googlenet,vgg16')
     ap.add_argument('--iters', type=int, default=None, help='timed iterations (default 10, --quick 3)')
     ap.add_argument('--warmup', type=int, default=None, help='warm-up iterations (default 3, --quick 2)')
     ap.add_argument('--no-layers', action='store_true', help='skip the per-layer timing')
@@ -165,7 +165,7 @@ def main(argv=None):
         spec = M.NETS[name]
         batch = spec['batch'] if dry else spec['gpu_batch']
         title = '%s %s (b=%d)' % ({'lenet': 'LeNet', 'cifar10_quick': 'CIFAR10-quick', 'caffenet': 'CaffeNet',
-                                   'resnet50': 'ResNet-50'}[name],
+                                   'resnet50': 'ResNet-50', 'googlenet': 'GoogLeNet', 'vgg16': 'VGG-16'}[name],
                                   'train iter' if spec['kind'] == 'train' else 'forward', batch)
         print('\n== %s ==' % title, flush=True)
         r = {'name': name, 'title': title, 'batch': batch}

@@ -3,12 +3,14 @@ benchmark nets, in one process (the machine's noise hits both sides alike).
 
     python benchmarks/conv_layouts.py                      # batch-innermost columns off vs on
     python benchmarks/conv_layouts.py --cases lenet_conv2 --variants CHWN=0 CHWN=1,CHWN_MAX_ROW=64
+    python benchmarks/conv_layouts.py --cases res4_3x3,vgg_conv3_2 --variants WINOGRAD=0 WINOGRAD=1
 
 Each variant sets module constants of ``caffeine.layers.conv_engine`` (``CHWN``,
 ``CHWN_MAX_ROW``, ``CHWN_MIN_IMAGES``, ``WIDE_MAX_WASTE``, ``FLIP_BACKWARD``,
-...) while its layer is set up; the layers are then timed in turn, forward and
-backward (to the data and the weights), and the best of ``--reps`` is printed
-with the layout the engine chose.
+``WINOGRAD``, ...) while its layer is set up; the layers are then timed in turn
+(alternating the variants), forward and backward (to the data and the weights),
+and the best and the median of ``--reps`` are printed with the algorithm the
+engine chose.
 """
 from __future__ import annotations
 
@@ -45,6 +47,14 @@ CASES = {
     'res3_3x3': (_conv(128, 3, 1, bias=False), (8, 128, 28, 28)),
     'res4_3x3': (_conv(256, 3, 1, bias=False), (8, 256, 14, 14)),
     'res5_3x3': (_conv(512, 3, 1, bias=False), (8, 512, 7, 7)),
+    'vgg_conv1_2': (_conv(64, 3, 1), (2, 64, 224, 224)),
+    'vgg_conv2_2': (_conv(128, 3, 1), (2, 128, 112, 112)),
+    'vgg_conv3_2': (_conv(256, 3, 1), (2, 256, 56, 56)),
+    'vgg_conv4_2': (_conv(512, 3, 1), (2, 512, 28, 28)),
+    'vgg_conv5_2': (_conv(512, 3, 1), (2, 512, 14, 14)),
+    'gnet_3a_3x3': (_conv(128, 3, 1), (8, 96, 28, 28)),
+    'gnet_4a_3x3': (_conv(208, 3, 1), (8, 96, 14, 14)),
+    'gnet_5b_3x3': (_conv(384, 3, 1), (8, 192, 7, 7)),
 }
 
 
@@ -78,27 +88,30 @@ def main(argv=None):
     ap.add_argument('--cases', default=','.join(CASES), help='comma-separated: ' + ', '.join(CASES))
     ap.add_argument('--variants', nargs='+', default=['CHWN=0', 'CHWN=1'])
     ap.add_argument('--reps', type=int, default=15)
+    ap.add_argument('--forward-only', action='store_true', help='time the forward pass alone')
     args = ap.parse_args(argv)
     caffeine.set_mode_cpu()
     rng = np.random.default_rng(0)
-    print('best of %d, ms (forward / backward to data and weights); [layout chosen]' % args.reps)
+    print('ms, forward / backward (to data and weights), best and median of %d; [algorithm]' % args.reps)
     for name in args.cases.split(','):
         text, shape = CASES[name]
         layers = [(v, _build(text, shape, _settings(v), rng)) for v in args.variants]
-        best = {v: [np.inf, np.inf] for v in args.variants}
+        times = {v: ([], []) for v in args.variants}
         for _ in range(args.reps):
             for v, (layer, bottom, top) in layers:
                 t0 = time.perf_counter()
                 layer.Forward([bottom], [top])
                 t1 = time.perf_counter()
-                layer.Backward([top], [True], [bottom])
+                if not args.forward_only:
+                    layer.Backward([top], [True], [bottom])
                 t2 = time.perf_counter()
-                best[v][0] = min(best[v][0], t1 - t0)
-                best[v][1] = min(best[v][1], t2 - t1)
-        print('%-15s %s' % (name, '   '.join('%s [%s]: %.2f / %.2f' % (v, layer.engine.layout, 1e3 * best[v][0],
-                                                                      1e3 * best[v][1])
-                                              for v, (layer, _, _) in layers)))
-
+                times[v][0].append(t1 - t0)
+                times[v][1].append(t2 - t1)
+        print(name)
+        for v, (layer, _, _) in layers:
+            f, b = (np.asarray(t) * 1e3 for t in times[v])
+            print('  %-24s fwd %8.2f / %8.2f   bwd %8.2f / %8.2f   [%s]'
+                  % (v, f.min(), np.median(f), b.min(), np.median(b), layer.engine.describe()), flush=True)
 
 if __name__ == '__main__':
     main()

@@ -44,6 +44,10 @@ NETS = {
                      batch=10, gpu_batch=128, data_range=(-128.0, 128.0), title='CaffeNet forward (b=10)'),
     'resnet50': dict(kind='forward', prototxt='models/resnet50/deploy.prototxt',
                      batch=8, gpu_batch=64, data_range=(-128.0, 128.0), title='ResNet-50 forward (b=8)'),
+    'googlenet': dict(kind='forward', prototxt='models/bvlc_googlenet/deploy.prototxt',
+                      batch=8, gpu_batch=64, data_range=(-128.0, 128.0), title='GoogLeNet forward (b=8)'),
+    'vgg16': dict(kind='forward', prototxt='models/vgg16/deploy.prototxt',
+                  batch=2, gpu_batch=32, data_range=(-128.0, 128.0), title='VGG-16 forward (b=2)'),
 }
 
 # The solver settings of the training benchmarks (Caffe's SGD: momentum and weight decay).

@@ -21,10 +21,13 @@ Beyond those four methods, the Net and the Solver read a few hooks, all declared
 on :class:`Layer` with a default, so that every layer answers them:
 ``is_data_layer``, ``need_backward``, ``force_zero_lr`` (class attributes),
 ``get_state()``/``set_state(state)`` (what a snapshot keeps beside the solver
-state) and ``close()`` (release threads and files).
+state), ``close()`` (release threads and files) and ``engine_name()`` (the
+implementation ``caffeine time`` reports).
 """
 from __future__ import annotations
 
+
+from . import backend, engines
 from .blob import Blob
 from .errors import LayerError
 from .fillers import fill
@@ -175,6 +178,14 @@ class Layer:
     def close(self):
         """Release what the layer holds outside its blobs (threads, open files).
         Idempotent; called by ``Net.close``.  By default, nothing to do."""
+
+    def engine_name(self):
+        """The implementation this layer runs, as ``caffeine time`` reports it: ``cudnn`` where
+        caffeine.engines put it on cuDNN, else the portable path on the current backend's
+        array module (``numpy`` or ``cupy``)."""
+        if engines.used_by(self) == 'CUDNN':
+            return 'cudnn'
+        return backend.get_xp().__name__
 
     # -- what the Net calls --------------------------------------------
     def check_blob_counts(self, bottom, top):

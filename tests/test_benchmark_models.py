@@ -123,6 +123,20 @@ def test_pool_output_sizes_match_caffe():
         M.TorchTwin(p)
 
 
+def test_googlenet_twin_agrees():
+    """GoogLeNet (inception Concat, LRN, ceil-mode pooling, 3x3s on Winograd) equals its twin at batch 1."""
+    caffeine.set_mode_cpu()
+    param, inputs = _small('googlenet', 1)
+    net = caffeine.Net(param, caffeine.TEST, memory_plan=True)
+    M.set_inputs(net, inputs)
+    assert any(layer.type == 'Convolution' and layer.engine.winograd for layer in net.layers)
+    twin = M.TorchTwin(param)
+    M.copy_weights(net, twin)
+    c = M.cross_check_forward(net, twin, inputs)
+    assert c['output'] == 'prob' and c['logits'] == 'loss3/classifier'
+    assert c['logits_rel_diff'] < 1e-4 and c['out_abs_diff'] < 1e-5, c
+
+
 def test_net_param_forward_batch():
     p = M.net_param('resnet50', 2)
     inp = [lp for lp in p.layer if lp.type == 'Input'][0]

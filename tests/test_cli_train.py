@@ -17,6 +17,7 @@ import caffeine
 import caffeine.solver
 from caffeine import backend
 from caffeine.cli import run
+from caffeine.layers import conv_engine
 from caffeine.proto import caffe_pb2
 
 REPO = Path(caffeine.solver.__file__).resolve().parents[1]
@@ -67,7 +68,7 @@ def cli(args, capsys):
 
 
 def one_error_line(err):
-    lines = [l for l in err.strip().splitlines() if l.strip()]
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, err
     assert lines[0].startswith('caffeine: error: '), err
     return lines[0]
@@ -255,7 +256,7 @@ def test_non_finite_loss_cli(in_tmp, capsys):
                       for f in os.listdir('snaps') if f.endswith('.solverstate'))[-1]
         assert last <= it
         m = read_caffemodel('snaps/tiny_iter_%d.caffemodel' % last)
-        assert all(np.isfinite(blob_proto_to_array(b)).all() for l in m.layer for b in l.blobs)
+        assert all(np.isfinite(blob_proto_to_array(b)).all() for lyr in m.layer for b in lyr.blobs)
         rc, err = cli(['train', '--solver', 'solver.prototxt', '--allow-nan'], capsys)
         assert rc == 0, err
 
@@ -372,13 +373,41 @@ def test_time_command(in_tmp, capsys, caplog):
     assert '*** Benchmark begins ***' in text and '*** Benchmark ends ***' in text
     assert len(re.findall(r'Iteration: \d forward-backward time: %s ms\.' % NUM, text)) == 3
     for name in ('data', 'ip1', 'relu', 'drop', 'ip2', 'loss'):
-        assert any(re.fullmatch(r' *%s\tforward: %s ms\.' % (name, NUM), l) for l in lines), name
-        assert any(re.fullmatch(r' *%s\tbackward: %s ms\.' % (name, NUM), l) for l in lines), name
-    assert any(re.fullmatch(r'      data\tforward: %s ms\.' % NUM, l) for l in lines)  # setw(10)
+        assert any(re.fullmatch(r' *%s\tforward: %s ms\.' % (name, NUM), ln) for ln in lines), name
+        assert any(re.fullmatch(r' *%s\tbackward: %s ms\.' % (name, NUM), ln) for ln in lines), name
+    assert any(re.fullmatch(r'      data\tforward: %s ms\.' % NUM, ln) for ln in lines)  # setw(10)
+    engines = dict(re.fullmatch(r' *(\S+)\tengine: (.+)', ln).groups() for ln in lines if '\tengine: ' in ln)
+    assert engines == {name: 'numpy' for name in ('data', 'label', 'ip1', 'relu', 'drop', 'ip2', 'loss')}
     for what in ('Average Forward pass', 'Average Backward pass', 'Average Forward-Backward', 'Total Time'):
         assert re.search(r'%s: %s ms\.' % (what, NUM), text), what
     # a training net keeps every blob; the memory line says so
     assert re.search(r'Memory: blobs [\d.]+ \w+ \([\d.]+ \w+ without it\), parameters [\d.]+ \w+\.', text)
+
+
+def test_time_command_names_the_convolution_algorithm(in_tmp, capsys, caplog, monkeypatch):
+    monkeypatch.setattr(conv_engine, 'WINOGRAD_MIN_CHANNELS', 16)
+    (in_tmp / 'conv.prototxt').write_text('''
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 16 dim: 8 dim: 8 } } }
+layer { name: "c3" type: "Convolution" bottom: "data" top: "c3"
+        convolution_param { num_output: 16 kernel_size: 3 pad: 1 } }
+layer { name: "c5" type: "Convolution" bottom: "c3" top: "c5" convolution_param { num_output: 4 kernel_size: 5 } }
+layer { name: "c1" type: "Convolution" bottom: "c5" top: "c1" convolution_param { num_output: 4 kernel_size: 1 } }
+layer { name: "relu" type: "ReLU" bottom: "c1" top: "c1" }
+''')
+    rc, err = cli(['time', '--model', 'conv.prototxt', '--iterations', '1'], capsys)
+    assert rc == 0, err
+    lines = [r.getMessage() for r in caplog.records]
+    engines = dict(re.fullmatch(r' *(\S+)\tengine: (.+)', ln).groups() for ln in lines if '\tengine: ' in ln)
+    # a 3x3 stride-1 convolution of 16 channels to 16 (the threshold here) runs Winograd, its gradient to the data
+    # too (the flipped convolution); a 5x5 one im2col + GEMM; a 1x1 one no columns
+    assert engines['c3'] == 'numpy winograd'
+    assert re.fullmatch(r'numpy im2col-(narrow|wide|chwn)', engines['c5']), engines['c5']
+    assert engines['c1'] == 'numpy 1x1'
+    assert engines['relu'] == engines['data'] == 'numpy'
+    # the engine line comes right before each layer's forward and backward lines
+    i = lines.index('        c3\tengine: numpy winograd')
+    assert re.fullmatch(r'        c3\tforward: %s ms\.' % NUM, lines[i + 1])
+    assert re.fullmatch(r'        c3\tbackward: %s ms\.' % NUM, lines[i + 2])
 
 
 def test_time_command_plans_memory_for_a_test_net(in_tmp, capsys, caplog):

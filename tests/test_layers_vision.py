@@ -275,6 +275,78 @@ def test_convolution_column_layouts(mode, monkeypatch, layout, name):
         np.testing.assert_allclose(layer.blobs[0].diff, dW, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize('algorithm', ['winograd', 'winograd_by_rows', 'im2col'])
+@pytest.mark.parametrize('shape, pad, flip', [((3, 4, 8, 8), 1, True), ((2, 5, 7, 9), 1, False),
+                                              ((2, 3, 6, 5), 0, True), ((1, 4, 5, 6), 2, True)])
+def test_convolution_winograd(mode, monkeypatch, algorithm, shape, pad, flip):
+    """3x3 stride-1 convolutions by Winograd F(2x2,3x3) equal the direct sums (forward, and the
+    gradient to the data as the flipped convolution), odd output sizes and deconvolutions included;
+    by_rows: a chunk bound so small that each image goes one row of tiles at a time."""
+    monkeypatch.setattr(engine_mod, 'WINOGRAD', algorithm.startswith('winograd'))
+    monkeypatch.setattr(engine_mod, 'WINOGRAD_ON_GPU', True)  # on CuPy too, where a GPU is present
+    if algorithm == 'winograd_by_rows':
+        monkeypatch.setattr(engine_mod, 'WINOGRAD_CHUNK_MB', 1e-9)
+    monkeypatch.setattr(engine_mod, 'WINOGRAD_MIN_CHANNELS', 1)
+    monkeypatch.setattr(engine_mod, 'WINOGRAD_MAX_WASTE', 1e9)
+    monkeypatch.setattr(engine_mod, 'FLIP_MIN_CHANNELS', 1 if flip else 1 << 20)
+    monkeypatch.setattr(engine_mod, 'FLIP_MAX_RATIO', 1e9)
+    x = gauss(shape)
+    s, p, d = (1, 1), (pad, pad), (1, 1)
+    for kind in ('Convolution', 'Deconvolution'):
+        layer, bottom, top = forward_layer(_conv_text(kind, 'kernel_size: 3 pad: %d' % pad, 6), x)
+        eng = layer.engine
+        assert eng.winograd == algorithm.startswith('winograd') and eng.flip_ok == flip
+        assert eng.describe().startswith('winograd' if eng.winograd else 'im2col-')
+        if algorithm == 'winograd_by_rows':
+            assert eng.wchunk == 1 and eng.wrows == 1 < eng.tiles[0]
+        W, b = layer.blobs[0].data.copy(), layer.blobs[1].data.copy()
+        dy = gauss(top[0].shape, seed=1)
+        backward_layer(layer, bottom, top, dy, zero_param_diffs=True)
+        if kind == 'Convolution':
+            y = ref_conv(x, W, b, s, p, d, 1)
+            dx, dW = ref_conv_grads(x, W, dy, s, p, d, 1)
+        else:
+            y = ref_deconv(x, W, b, s, p, d, 1)
+            dx = ref_conv(dy, W, None, s, p, d, 1)
+            dW = ref_conv_grads(dy, W, x, s, p, d, 1)[1]
+        np.testing.assert_allclose(top[0].data, y, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(bottom[0].diff, dx, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(layer.blobs[0].diff, dW, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('param, size, fewer, want', [('kernel_size: 3 pad: 1', 10, False, True),
+                                                       ('kernel_size: 3 pad: 1', 10, True, False),
+                                                       ('kernel_size: 3 pad: 1', 7, False, False),
+                                                       ('kernel_size: 3', 12, False, True),
+                                                       ('kernel_size: 3 stride: 2 pad: 1', 10, False, False),
+                                                       ('kernel_size: 3 dilation: 2 pad: 2', 10, False, False),
+                                                       ('kernel_size: 3 pad: 1 group: 2', 10, False, False),
+                                                       ('kernel_size: 5 pad: 2', 10, False, False)])
+def test_convolution_winograd_choice(monkeypatch, param, size, fewer, want):
+    """The engine takes Winograd for 3x3, stride 1, dilation 1, one group, at least
+    WINOGRAD_MIN_CHANNELS channels on both sides and 2x2 tiles that cover at most
+    WINOGRAD_MAX_WASTE times the output (a 7x7 output needs 8x8: 1.31), and im2col otherwise."""
+    monkeypatch.setattr(engine_mod, 'WINOGRAD_MIN_CHANNELS', 8)
+    cin = 7 if fewer else 8
+    layer, _, _ = forward_layer(_conv_text('Convolution', param, 8), gauss((2, cin, size, size)))
+    assert layer.engine.winograd == want
+    assert layer.engine_name().startswith('numpy winograd' if want else 'numpy im2col-')
+
+
+def test_convolution_winograd_stays_off_on_the_gpu(monkeypatch):
+    """Winograd is chosen on the CPU only unless WINOGRAD_ON_GPU (never timed on a GPU); no GPU
+    needed: the choice reads backend.is_gpu()."""
+    monkeypatch.setattr(engine_mod, 'WINOGRAD_MIN_CHANNELS', 8)
+    text = _conv_text('Convolution', 'kernel_size: 3 pad: 1', 8)
+    x = gauss((2, 8, 10, 10))
+    assert forward_layer(text, x)[0].engine.winograd
+    monkeypatch.setattr(engine_mod.backend, 'is_gpu', lambda: True)
+    args = (8, 8, 1, (3, 3), (1, 1), (1, 1), (1, 1), (10, 10), (10, 10), 2)
+    assert not engine_mod.ConvEngine(*args).winograd
+    monkeypatch.setattr(engine_mod, 'WINOGRAD_ON_GPU', True)
+    assert engine_mod.ConvEngine(*args).winograd
+
+
 @pytest.mark.parametrize('name', ['basic', 'pad_stride', 'group', 'dilation', '1x1', 'conv_1d', 'rect_hw'])
 def test_convolution_gradient(mode, name):
     param, shape, _, _, nout = CONV_CASES[name]

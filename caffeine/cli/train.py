@@ -404,6 +404,7 @@ def time_cmd(model, weights, iterations, gpu, phase, level, stage, engine):
     total = clock() - total_start
     log.info('Average time per layer: ')
     for i, name in enumerate(net.layer_names):
+        log.info('%10s\tengine: %s', name, layers[i].engine_name())
         log.info('%10s\tforward: %g ms.', name, fwd[i] * 1000 / iterations)
         log.info('%10s\tbackward: %g ms.', name, bwd[i] * 1000 / iterations)
     log.info('Average Forward pass: %g ms.', fwd_total * 1000 / iterations)

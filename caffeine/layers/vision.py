@@ -233,6 +233,13 @@ class ConvolutionLayer(Layer):
         for t in top:
             t.reshape(self.top_shape)
 
+    def engine_name(self):
+        """The convolution engine's algorithm (winograd, im2col-<layout>, 1x1; see ConvEngine.describe),
+        or ``cudnn``."""
+        if self.engine is None or engines.used_by(self) == 'CUDNN':
+            return super().engine_name()
+        return '%s %s' % (super().engine_name(), self.engine.describe())
+
     def _views(self, b, t, bdiff=False, tdiff=False):
         x = (b.xdiff if bdiff else b.xdata).reshape((self.num, self.channels) + self.bottom_sp)
         y = (t.xdiff if tdiff else t.xdata).reshape((self.num, self.num_output) + self.top_sp)
