@@ -298,7 +298,7 @@ def test_convolution_winograd(mode, monkeypatch, algorithm, shape, pad, flip):
         assert eng.winograd == algorithm.startswith('winograd') and eng.flip_ok == flip
         assert eng.describe().startswith('winograd' if eng.winograd else 'im2col-')
         if algorithm == 'winograd_by_rows':
-            assert eng.wchunk == 1 and eng.wrows == 1 < eng.tiles[0]
+            assert eng.wino.wchunk == 1 and eng.wino.wrows == 1 < eng.wino.tiles[0]
         W, b = layer.blobs[0].data.copy(), layer.blobs[1].data.copy()
         dy = gauss(top[0].shape, seed=1)
         backward_layer(layer, bottom, top, dy, zero_param_diffs=True)

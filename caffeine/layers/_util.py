@@ -1,4 +1,4 @@
-"""Helpers shared by the layer families: axes, counts, shapes and the sigmoid.
+"""Helpers shared by the layer families: axes, counts, shapes, the sigmoid and padding.
 
 Each is written once here so that every layer follows the same rule (Caffe's).
 """
@@ -49,3 +49,21 @@ def scatter_add_rows(xp, dst, idx, src):
     if idx.size == 0:
         return
     xp.add.at(dst, idx, src)
+
+
+def pad_into(xp, x, buf, pads, value=0.0):
+    """buf[:, :, p0:p0+S0, ...] = x; every other cell of buf = value.
+
+    x: (nb, C, *S), buf: (nb, C, *Sp) with Sp >= S + pads on the low side.
+    """
+    nd = x.ndim - 2
+    inner = (slice(None), slice(None)) + tuple(slice(p, p + s) for p, s in zip(pads, x.shape[2:]))
+    for i in range(nd):
+        p, s, sp = pads[i], x.shape[2 + i], buf.shape[2 + i]
+        pre = (slice(None),) * (2 + i)
+        if p > 0:
+            buf[pre + (slice(0, p),)] = value
+        if p + s < sp:
+            buf[pre + (slice(p + s, sp),)] = value
+    buf[inner] = x
+    return buf

@@ -26,31 +26,14 @@ import numpy as np
 
 from .. import backend
 from ..workspace import limit_floats, workspace
-from ._util import shape_count
+from ._util import pad_into, shape_count
+from .winograd import WinogradF2x3
 
 _F32 = np.float32
 
 
 def as_strided(xp, a, shape, strides):
     return xp.lib.stride_tricks.as_strided(a, shape=tuple(shape), strides=tuple(strides))
-
-
-def pad_into(xp, x, buf, pads, value=0.0):
-    """buf[:, :, p0:p0+S0, ...] = x; every other cell of buf = value.
-
-    x: (nb, C, *S), buf: (nb, C, *Sp) with Sp >= S + pads on the low side.
-    """
-    nd = x.ndim - 2
-    inner = (slice(None), slice(None)) + tuple(slice(p, p + s) for p, s in zip(pads, x.shape[2:]))
-    for i in range(nd):
-        p, s, sp = pads[i], x.shape[2 + i], buf.shape[2 + i]
-        pre = (slice(None),) * (2 + i)
-        if p > 0:
-            buf[pre + (slice(0, p),)] = value
-        if p + s < sp:
-            buf[pre + (slice(p + s, sp),)] = value
-    buf[inner] = x
-    return buf
 
 
 def window_view(xp, xpad, kernel, stride, dilation, out):
@@ -132,19 +115,6 @@ WINOGRAD_MIN_CHANNELS = 96  # ... backward to the data) when both sides have thi
 WINOGRAD_MAX_WASTE = 1.2    # ... the 2x2 tiles cover at most this much more than the output (7x7: 1.31),
 WINOGRAD_CHUNK_MB = 8       # ... over chunks of images whose transformed tiles take about this much
 WINOGRAD_ON_GPU = False     # ... on the CPU only: on CuPy it is tested but has never been timed
-
-# Winograd F(2x2,3x3) (Lavin & Gray, 2015): with d a 4x4 input tile and g a 3x3 kernel,
-# the 2x2 output tile is A^T [(G g G^T) * (B^T d B)] A, * element-wise, where
-#   B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
-#   G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]],
-#   A^T = [[1, 1, 1, 0], [0, 1, -1, -1]].
-# Summed over input channels, the 16 element-wise products become 16 GEMMs
-# (out_ch x in_ch) @ (in_ch x tiles): 16 multiply-adds per 4 outputs and channel
-# instead of 36.  The transforms of the data below apply these matrices with adds only;
-# the kernels' is one GEMM with kron(G, G): U[(i, j)] = sum_(a, b) G[i, a] G[j, b] g[a, b].
-_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], dtype=_F32)
-_KRON_GG = np.kron(_G, _G)  # (16, 9)
-
 
 class ConvEngine:
     """Caffe's BaseConvolutionLayer GEMMs over whole batch chunks.
@@ -238,22 +208,16 @@ class ConvEngine:
                 self._flip = None
         # the algorithm of forward(): Winograd F(2x2,3x3) where it applies, else im2col + GEMM
         # (the weight gradient always uses the columns of self.layout)
-        self.tiles = tuple(-(-o // 2) for o in self.out_sp)          # 2x2 output tiles per axis
-        self.tile_sp = tuple(2 * t + 2 for t in self.tiles)          # the padded input they read
+        tiles = tuple(-(-o // 2) for o in self.out_sp)               # 2x2 output tiles per axis
         self.winograd = (WINOGRAD and (WINOGRAD_ON_GPU or not backend.is_gpu())
                          and self.nd == 2 and self.kernel == (3, 3) and self.stride == (1, 1)
                          and self.dilation == (1, 1) and self.G == 1
                          and min(self.in_ch, self.out_ch) >= WINOGRAD_MIN_CHANNELS
-                         and 4 * shape_count(self.tiles) <= WINOGRAD_MAX_WASTE * self.OUT)
-        self.wchunk = self.wrows = 1
-        self._kron = None
-        self._kron_xp = None     # the array module _kron lives in
+                         and 4 * shape_count(tiles) <= WINOGRAD_MAX_WASTE * self.OUT)
+        self.wino = None         # the Winograd transforms and their chunking, where chosen
         if self.winograd:
-            # chunks of images, or of tile rows of one image when an image's tiles exceed the target
-            per_row = 16 * (self.in_ch + self.out_ch) * self.tiles[1]
             target = int(min(WINOGRAD_CHUNK_MB * (1 << 20) // 4, limit_floats()))
-            self.wchunk = max(1, min(self.N, target // (per_row * self.tiles[0])))
-            self.wrows = max(1, min(self.tiles[0], target // per_row))
+            self.wino = WinogradF2x3(self.in_ch, self.out_ch, self.pad, self.out_sp, self.N, target)
 
     def describe(self):
         """The algorithm, as ``caffeine time`` prints it: forward, and the backward to the data
@@ -476,68 +440,11 @@ class ConvEngine:
         xp.add(dW3, tmpT.transpose(0, 2, 1), out=dW3)
 
     # -- Winograd F(2x2,3x3) ------------------------------------------------------
-    # Every array of the transforms keeps the channels innermost and the images next,
-    # (rows, columns, images, channels), so that each add runs over long contiguous
-    # runs (images x channels values) even on 7x7 maps; the input and the output
-    # are transposed to and from that layout once per chunk.
-    def _winograd_weights(self, xp, W):
-        """U = G g G^T for every (out, in) channel pair, as a (16, in_ch, out_ch) view of a
-        (16, out_ch, in_ch) array: one GEMM of the kernels with kron(G, G)."""
-        M, C = self.out_ch, self.in_ch
-        if self._kron_xp is not xp:
-            self._kron, self._kron_xp = xp.asarray(_KRON_GG), xp
-        u = workspace('wino_u', 16 * M * C).reshape(16, M * C)
-        xp.matmul(self._kron, W.reshape(M * C, 9).T, out=u)
-        return u.reshape(16, M, C).transpose(0, 2, 1)
-
-    def _winograd_forward(self, xp, W, x, y, bias):
-        C = self.in_ch
-        th, tw = self.tiles
-        Ht, Wt = self.tile_sp
-        U = self._winograd_weights(xp, W)
-        for n0 in range(0, self.N, self.wchunk):
-            n1 = min(self.N, n0 + self.wchunk)
-            nb = n1 - n0
-            xpad = workspace('conv_pad', Ht * Wt * nb * C).reshape(Ht, Wt, nb, C)
-            pad_into(xp, x[n0:n1], xpad.transpose(2, 3, 0, 1), self.pad)
-            for t0 in range(0, th, self.wrows):
-                self._winograd_rows(xp, U, xpad, y[n0:n1], t0, min(th, t0 + self.wrows), bias)
-        return y
-
-    def _winograd_rows(self, xp, U, xpad, y, t0, t1, bias):
-        """Output tile rows t0:t1 of y (nb, M, Ho, Wo) from the padded input (Ht, Wt, nb, C)."""
-        M, C = self.out_ch, self.in_ch
-        tw = self.tiles[1]
-        Wt = self.tile_sp[1]
-        Ho, Wo = self.out_sp
-        nb = xpad.shape[2]
-        th = t1 - t0
-        T = th * tw * nb
-        # B^T d: rows 2t + (0..3) of the padded input -> r[i] (th, Wt, nb, C)
-        r = workspace('wino_r', 4 * th * Wt * nb * C).reshape(4, th, Wt, nb, C)
-        _bt_rows(xp, [xpad[2 * t0 + i:2 * t1 + i:2] for i in range(4)], r)
-        # (B^T d) B: columns 2t + (0..3) -> v[i, j] (th, tw, nb, C)
-        v = workspace('wino_v', 16 * T * C).reshape(4, 4, th, tw, nb, C)
-        _bt_rows(xp, [r[:, :, j:j + 2 * tw:2] for j in range(4)], v.swapaxes(0, 1))
-        m = workspace('wino_m', 16 * T * M).reshape(16, T, M)
-        xp.matmul(v.reshape(16, T, C), U, out=m)
-        if bias is not None:  # m[1, 1] reaches every output of a tile with weight 1
-            xp.add(m[5], bias, out=m[5])
-        m = m.reshape(4, 4, th, tw, nb, M)
-        # A^T m: s[o, j] (th, tw, nb, M)
-        s = workspace('wino_s', 8 * T * M).reshape(2, 4, th, tw, nb, M)
-        _at_rows(xp, m, s)
-        # (A^T m) A -> the output tiles (2 th, 2 tw, nb, M), then rows 2 t0.. of y (nb, M, Ho, Wo)
-        out = workspace('wino_y', 4 * T * M).reshape(th, 2, tw, 2, nb, M)
-        _at_rows(xp, s.swapaxes(0, 1), out.transpose(3, 1, 0, 2, 4, 5))
-        h1 = min(Ho, 2 * t1)
-        y[:, :, 2 * t0:h1] = out.reshape(2 * th, 2 * tw, nb, M)[:h1 - 2 * t0, :Wo].transpose(2, 3, 0, 1)
-
     # -- the passes ------------------------------------------------------------
     def forward(self, xp, W, x, y, bias=None):
         """y = W * x (+ bias): x (N, in_ch, *in_sp) -> y (N, out_ch, *out_sp)."""
         if self.winograd:
-            return self._winograd_forward(xp, W, x, y, bias)
+            return self.wino.forward(xp, W, x, y, bias)
         G, Mg, CKg = self.G, self.Mg, self.CKg
         W3 = W.reshape(G, Mg, CKg)
         if self.batched_1x1:
@@ -614,22 +521,6 @@ class ConvEngine:
                 o = self._out_matrix(dbottom, n0, n1)
                 self._gemm(xp, W3, col, o, nb)
                 self._store(xp, o, dbottom, n0, n1, None)
-
-
-def _bt_rows(xp, d, out):
-    """out[0..3] = B^T @ (d[0..3]): d0 - d2, d1 + d2, d2 - d1, d1 - d3."""
-    xp.subtract(d[0], d[2], out=out[0])
-    xp.add(d[1], d[2], out=out[1])
-    xp.subtract(d[2], d[1], out=out[2])
-    xp.subtract(d[1], d[3], out=out[3])
-
-
-def _at_rows(xp, m, out):
-    """out[0..1] = A^T @ (m[0..3]): m0 + m1 + m2, m1 - m2 - m3."""
-    xp.add(m[0], m[1], out=out[0])
-    xp.add(out[0], m[2], out=out[0])
-    xp.subtract(m[1], m[2], out=out[1])
-    xp.subtract(out[1], m[3], out=out[1])
 
 
 def _shares(a, b):
