@@ -215,7 +215,8 @@ def net_to_proto(net, write_diff=False):
 
 
 # protobuf wire format: a tag is (field number << 3 | wire type); 2 is length-delimited
-def _varint(n):
+def varint(n):
+    """``n`` as a protobuf base-128 varint."""
     out = bytearray()
     while True:
         b = n & 0x7F
@@ -231,7 +232,13 @@ def _field(number, pieces):
     """One length-delimited field (a submessage, or a packed repeated scalar) as a list of pieces:
     its tag and length, then ``pieces`` (bytes or buffers) themselves, never copied."""
     size = sum(memoryview(p).nbytes for p in pieces)
-    return [_varint(number << 3 | 2) + _varint(size)] + pieces
+    return [varint(number << 3 | 2) + varint(size)] + pieces
+
+
+def field_bytes(number, payload):
+    """One length-delimited field (tag, length, ``payload``) as bytes: for writing protobuf
+    fields by number, e.g. a fork's field that this schema numbers differently."""
+    return b''.join(_field(number, [payload]))
 
 
 _LAYER_FIELD = caffe_pb2.NetParameter.DESCRIPTOR.fields_by_name['layer'].number

@@ -18,6 +18,7 @@ import caffeine
 from caffeine import prototxt
 from caffeine.proto import caffe_pb2
 from caffeine.testing import shared_dir
+from caffeine.weights import field_bytes as _field, varint as _varint
 
 cv2 = pytest.importorskip('cv2', reason='OpenCV (opencv-python-headless<5) is the reference')
 if not hasattr(cv2, 'dnn') or not hasattr(cv2.dnn, 'readNetFromCaffe'):
@@ -139,20 +140,6 @@ def build(param_or_path, seed=0, small=()):
     net = caffeine.Net(param, caffeine.TEST)
     random_weights(net, seed, small)
     return net
-
-
-def _varint(n):
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _field(number, payload):
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
 def weights_bytes(net, layers=None, fp16=False):

@@ -8,6 +8,7 @@ import pytest
 from caffeine import backend
 from caffeine.errors import CaffeineError
 from caffeine.proto import caffe_pb2
+from caffeine.weights import field_bytes as _field
 from caffeine.testing import (GradientChecker, assert_in_place_equals_out_of_place, blobs_from_arrays,
                               forward_layer, make_layer)
 from caffeine.blob import Blob
@@ -384,20 +385,6 @@ def test_pooling_field_13_in_binary_files_is_round_mode():
 
 
 # -- binary files written with OpenCV's numbers (detection_output 147, permute 148) ---
-def _varint(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7f
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _field(number, payload):
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
 def test_opencv_numbered_layer_params_in_a_caffemodel_are_not_misread(tmp_path):
     import caffeine as caffe
     det = caffe_pb2.LayerParameter(name='det', type='DetectionOutput')
