@@ -21,6 +21,7 @@ from . import backend
 from .proto import caffe_pb2
 from .backend import set_random_seed
 from .blob import Blob
+from .cli import run as cli_run
 from .layer import create_layer
 from .net import Net
 
@@ -420,3 +421,15 @@ def data_layers_as_inputs(param, batch=2, input_batch=None):
         for s in shapes[:len(tops)]:
             lp.input_param.shape.add().dim.extend(s)
     return out
+
+
+# -- the command line ----------------------------------------------------------------------
+def run_cli(args, capsys):
+    """Run the ``caffeine`` console entry point in-process on ``args``; returns
+    (exit status, stdout, stderr) as captured by pytest's ``capsys``."""
+    try:
+        cli_run([str(a) for a in args])
+    except SystemExit as e:
+        out = capsys.readouterr()
+        return e.code, out.out, out.err
+    raise AssertionError('caffeine %s returned without an exit status' % ' '.join(map(str, args)))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import caffeine
-from caffeine.cli import run
+from caffeine.testing import run_cli as cli
 from caffeine.data import tools
 from caffeine.data.datum import decode_image, parse_datum
 from caffeine.data.db import open_db
@@ -27,11 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO / 'data' / 'mnist'
 
 
-def cli(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        run([str(a) for a in args])
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
 
 def error_line(err):

@@ -24,7 +24,7 @@ import pytest
 
 import caffeine
 from caffeine import zoo
-from caffeine.cli import run
+from caffeine.testing import run_cli as cli
 from caffeine.data import tools
 from caffeine.data.datum import raw_datum_bytes
 from caffeine.data.db import DBWriter
@@ -35,14 +35,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # -- helpers ------------------------------------------------------------------------------
-def cli(args, capsys):
-    """Run the CLI in-process: (exit status, stdout, stderr)."""
-    with pytest.raises(SystemExit) as e:
-        run([str(a) for a in args])
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
-
-
 def error_line(err):
     """The single `caffeine: error:` line of stderr (log lines before it are allowed), no traceback."""
     assert 'Traceback' not in err, err

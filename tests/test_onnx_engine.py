@@ -11,7 +11,7 @@ pytest.importorskip('onnxruntime', reason='onnxruntime (caffeine[onnx]) is not i
 import onnx  # noqa: E402
 
 import caffeine  # noqa: E402
-from caffeine.cli import run  # noqa: E402
+from caffeine.testing import run_cli as cli  # noqa: E402
 from caffeine.errors import CaffeineError  # noqa: E402
 from caffeine.onnx_engine import OrtNet, seeded_weights  # noqa: E402
 
@@ -91,11 +91,6 @@ def test_engine_refuses_train_nets_and_unknown_engines(model):
         caffeine.Net(proto, weights, caffeine.TEST, engine='tensorrt')
 
 
-def cli(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        run(args)
-    cap = capsys.readouterr()
-    return e.value.code, cap.out, cap.err
 
 
 def test_cli_export_onnx(model, tmp_path, capsys):

@@ -22,6 +22,7 @@ from caffeine import zoo
 from caffeine.errors import CaffeineError
 from caffeine.net import Net
 from caffeine.proto import caffe_pb2
+from caffeine.testing import run_cli as _cli
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / 'shared'
@@ -604,12 +605,6 @@ def test_weights_io_takes_local_paths_and_the_cli_resolves_zoo_names(zoo_env, se
 # CLI
 # ---------------------------------------------------------------------------
 
-def _cli(args, capsys):
-    from caffeine.cli import run
-    with pytest.raises(SystemExit) as ei:
-        run(args)
-    out, err = capsys.readouterr()
-    return ei.value.code, out, err
 
 
 def test_cli_list_info_download(zoo_env, server, capsys):
