@@ -111,8 +111,9 @@ def caffeine_layer_outputs(net, inputs):
     return out
 
 
-def opencv_layer_outputs(prototxt, caffemodel, inputs, layer_names):
-    """{layer name: OpenCV's first output of that layer} for the names OpenCV's net has."""
+def opencv_reference_net(prototxt, caffemodel):
+    """OpenCV dnn's net from the two files, set up as a per-blob reference: its own CPU
+    backend, no layer fusion, no Winograd (which adds error on 3x3 convolutions)."""
     cv2 = require_opencv()
     ocv = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
     ocv.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
@@ -120,6 +121,12 @@ def opencv_layer_outputs(prototxt, caffemodel, inputs, layer_names):
     ocv.enableFusion(False)
     if hasattr(ocv, 'enableWinograd'):
         ocv.enableWinograd(False)
+    return ocv
+
+
+def opencv_layer_outputs(prototxt, caffemodel, inputs, layer_names):
+    """{layer name: OpenCV's first output of that layer} for the names OpenCV's net has."""
+    ocv = opencv_reference_net(prototxt, caffemodel)
     for k, v in inputs.items():
         ocv.setInput(np.ascontiguousarray(v, dtype=np.float32), k)
     have = set(ocv.getLayerNames())

@@ -19,6 +19,7 @@ from caffeine import prototxt
 from caffeine.proto import caffe_pb2
 from caffeine.testing import shared_dir
 from caffeine.weights import field_bytes as _field, varint as _varint
+from opencv_ref import opencv_reference_net
 
 cv2 = pytest.importorskip('cv2', reason='OpenCV (opencv-python-headless<5) is the reference')
 if not hasattr(cv2, 'dnn') or not hasattr(cv2.dnn, 'readNetFromCaffe'):
@@ -96,12 +97,7 @@ def compare_with_opencv(net, cv_text, cv_model, inputs, cv_param=None, rtol=1e-4
         for path, data in zip(paths, (cv_text.encode(), cv_model)):
             with open(path, 'wb') as f:
                 f.write(data)
-        cv = cv2.dnn.readNetFromCaffe(*paths)
-    cv.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-    cv.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-    cv.enableFusion(False)
-    if hasattr(cv, 'enableWinograd'):
-        cv.enableWinograd(False)
+        cv = opencv_reference_net(*paths)
     for name, a in inputs.items():
         cv.setInput(np.ascontiguousarray(a, np.float32), name)
     producers = blob_producers(cv_param if cv_param is not None else prototxt.read_net_param(cv_text))
