@@ -143,8 +143,10 @@ class Blob:
         return len(self._shape)
 
     def canonical_axis_index(self, axis):
+        """``axis`` in ``[0, num_axes)``, negative values counting from the end (Caffe's
+        Blob::CanonicalAxisIndex: ``-num_axes <= axis < num_axes``, so a 0-D blob has none)."""
         n = len(self._shape)
-        if not -n <= axis < max(n, 1):
+        if not -n <= axis < n:
             raise CaffeineError('axis %d out of range for a %d-D blob of shape %s' % (axis, n, list(self._shape)))
         return axis + n if axis < 0 else axis
 

@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from ..errors import CaffeineError
+
 F32 = np.float32
 
 
@@ -17,11 +19,11 @@ def canonical_axis(layer, blob, axis, what='axis'):
     Caffe's ``Blob::CanonicalAxisIndex``: ``-num_axes <= axis < num_axes``, else a
     one-line error naming ``layer``, the parameter (``what``) and the blob's shape.
     """
-    n = blob.num_axes
-    if not -n <= axis < n:
+    try:
+        return blob.canonical_axis_index(axis)
+    except CaffeineError:
         raise layer.error('%s %d out of range for a %d-D bottom of shape %s'
-                          % (what, axis, n, list(blob.shape)))
-    return axis + n if axis < 0 else axis
+                          % (what, axis, blob.num_axes, list(blob.shape)))
 
 
 def shape_count(shape, start=0, end=None):
