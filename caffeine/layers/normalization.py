@@ -74,8 +74,6 @@ class BatchNormLayer(Layer):
         if key != self._engine_key:  # cuDNN or the xp path (caffeine.engines decides)
             self.cudnn = engines.batch_norm(self)
             self._engine_key = key
-            if self.cudnn is not None:
-                self._batch_stats.xdata.fill(0)   # cuDNN's factor-1 averages read them (times 0)
         if self._keeps_x_norm() and (self.cudnn is None or top[0] is b):
             self._x_norm.reshape(b.shape)
         elif self._x_norm.count:
@@ -114,6 +112,7 @@ class BatchNormLayer(Layer):
         if self._keeps_x_norm() and top[0] is bottom[0]:
             self._x_norm.xdata[...] = bottom[0].xdata   # in place: keep x for cuDNN's backward
         stats = self._batch_stats.xdata
+        stats.fill(0)   # cuDNN's factor-1 "running" averages start from 0: the batch's values exactly
         self.cudnn.forward_training(x, y, stats[0], stats[1])
         self._accumulate(stats[0], stats[1])
 
