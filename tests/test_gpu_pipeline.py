@@ -16,10 +16,10 @@ import pytest
 
 import caffeine
 from caffeine import backend
-from caffeine.data.prefetch import Prefetcher
-from caffeine.testing import make_layer
 from caffeine.blob import Blob
+from caffeine.data.prefetch import Prefetcher
 from caffeine.proto import caffe_pb2
+from caffeine.testing import make_layer
 
 MAIN = threading.main_thread()
 
@@ -60,12 +60,13 @@ class FakeEvent:
 
 
 def fake_cupy(log):
-    """A stand-in for the parts of CuPy that the backend's GPU transfers and memory settings use."""
+    """A stand-in for the parts of CuPy that the backend's GPU transfers and memory settings use.
+    Its extra attributes: ``streams`` (those made), ``compute`` (the current stream), ``pinned``."""
     cp = types.ModuleType('cupy')
     FakeDeviceArray.log = log
-    compute = FakeStream(log, 'compute')
     cp.ndarray = FakeDeviceArray
-    cp.pinned = []
+    cp.pinned, cp.streams = [], []
+    cp.compute = FakeStream(log, 'compute')
 
     def alloc_pinned_memory(nbytes):
         mem = bytearray(nbytes)
@@ -74,47 +75,39 @@ def fake_cupy(log):
         return mem
 
     def empty(shape, dtype=np.float32):
-        log.append(('device_alloc', tuple(shape) if isinstance(shape, tuple) else (shape,)))
+        log.append(('device_alloc', tuple(shape)))
         return np.empty(shape, dtype).view(FakeDeviceArray)
 
-    class Pool:
-        def __init__(self):
-            self.limits = []
-
-        def set_limit(self, size=None, fraction=None):
-            self.limits.append((device.id, size, fraction))
+    def stream(non_blocking=False):
+        cp.streams.append(FakeStream(log, 'side%d' % len(cp.streams), non_blocking))
+        return cp.streams[-1]
 
     class Device:
         id = 0
 
-        def __init__(self, i=None):
+        def __init__(self, i):
             self.i = i
 
         def use(self):
             Device.id = self.i
 
-    device = Device
+    class Pool:
+        limits = []
+
+        def set_limit(self, size=None, fraction=None):
+            self.limits.append((Device.id, size, fraction))
+
     pool = Pool()
+    pool.limits = []
     cp.empty = empty
     cp.asnumpy = lambda a: np.array(a.view(np.ndarray))
     cp.get_default_memory_pool = lambda: pool
     cp.random = types.SimpleNamespace(seed=lambda s: None)
     cp.cuda = types.SimpleNamespace(
-        alloc_pinned_memory=alloc_pinned_memory,
-        Stream=lambda non_blocking=False: FakeStream(log, 'side%d' % len(cp.streams), non_blocking),
+        alloc_pinned_memory=alloc_pinned_memory, Stream=stream,
         Event=lambda block=False, disable_timing=False: FakeEvent(log, block, disable_timing),
-        get_current_stream=lambda: compute,
-        runtime=types.SimpleNamespace(getDeviceCount=lambda: 2),
+        get_current_stream=lambda: cp.compute, runtime=types.SimpleNamespace(getDeviceCount=lambda: 2),
         Device=Device)
-    cp.streams = []
-    make_stream = cp.cuda.Stream
-
-    def stream(non_blocking=False):
-        s = make_stream(non_blocking)
-        cp.streams.append(s)
-        return s
-    cp.cuda.Stream = stream
-    cp.compute = compute
     return cp
 
 
@@ -125,9 +118,9 @@ def gpu_log(monkeypatch):
     cp = fake_cupy(log)
     monkeypatch.setattr(backend, '_cupy', cp)
     monkeypatch.setattr(backend, '_mode', 'gpu')
+    monkeypatch.setattr(backend, '_pool_sized', set())
     monkeypatch.setitem(sys.modules, 'cupy', cp)
-    yield cp, log
-    backend._mode = 'cpu'
+    return cp, log
 
 
 # =============================================================================
@@ -254,7 +247,6 @@ def test_data_layer_on_the_gpu_never_synchronizes_the_device(gpu_log, monkeypatc
 def test_memory_fraction_limits_the_pool_once_per_device(gpu_log, monkeypatch, value, expected):
     cp, log = gpu_log
     monkeypatch.setenv('CAFFEINE_GPU_MEMORY_FRACTION', value)
-    monkeypatch.setattr(backend, '_pool_sized', set())
     monkeypatch.setattr(backend, '_device_id', 0)
     backend.set_mode_gpu()
     backend.set_mode_gpu()
@@ -267,7 +259,6 @@ def test_memory_fraction_limits_the_pool_once_per_device(gpu_log, monkeypatch, v
 def test_no_memory_limit_without_the_setting(gpu_log, monkeypatch):
     cp, log = gpu_log
     monkeypatch.delenv('CAFFEINE_GPU_MEMORY_FRACTION', raising=False)
-    monkeypatch.setattr(backend, '_pool_sized', set())
     backend.set_mode_gpu()
     assert cp.get_default_memory_pool().limits == []
 
@@ -275,7 +266,6 @@ def test_no_memory_limit_without_the_setting(gpu_log, monkeypatch):
 @pytest.mark.parametrize('value', ['0', '1.5', 'half', '-0.2', 'nan'])
 def test_bad_memory_fraction_is_one_line(gpu_log, monkeypatch, value):
     monkeypatch.setenv('CAFFEINE_GPU_MEMORY_FRACTION', value)
-    monkeypatch.setattr(backend, '_pool_sized', set())
     with pytest.raises(backend.BackendError) as e:
         backend.set_mode_gpu()
     assert str(e.value) == 'CAFFEINE_GPU_MEMORY_FRACTION must be a number in (0, 1], got %r' % value
