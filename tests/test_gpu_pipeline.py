@@ -25,11 +25,14 @@ MAIN = threading.main_thread()
 
 
 class FakeDeviceArray(np.ndarray):
-    """A device array of the stand-in: NumPy memory, with CuPy's ``set(host, stream=)``."""
+    """A device array of the stand-in: NumPy memory, with CuPy's ``set(host, stream=)`` (which
+    here also checks that the host side is page-locked memory, as an asynchronous copy needs)."""
     log = None
+    pinned = None
 
     def set(self, arr, stream=None):
         assert self.flags.c_contiguous and arr.shape == self.shape and arr.dtype == self.dtype
+        assert any(np.shares_memory(arr, np.frombuffer(m, np.uint8)) for m in self.pinned)
         self.log.append(('upload', stream, float(arr.reshape(-1)[0]) if arr.size else None))
         np.copyto(self.view(np.ndarray), arr)
 
@@ -66,6 +69,7 @@ def fake_cupy(log):
     FakeDeviceArray.log = log
     cp.ndarray = FakeDeviceArray
     cp.pinned, cp.streams = [], []
+    FakeDeviceArray.pinned = cp.pinned
     cp.compute = FakeStream(log, 'compute')
 
     def alloc_pinned_memory(nbytes):
