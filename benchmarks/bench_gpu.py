@@ -7,7 +7,15 @@
 LeNet and CIFAR10-quick: one SGD training iteration at batch 256; CaffeNet
 (batch 128) and ResNet-50 (batch 64): a TEST forward pass with the memory
 planner.  Timing: warm-up iterations (CuPy compiles its kernels there), then
-the median of N iterations, each between device synchronizations.  TF32 is
+the median of N iterations, each between device synchronizations.  Reported per
+net: ms per iteration and images/s on both sides, caffeine's peak device memory
+(the bytes CuPy's memory pool holds after the run: the pool keeps what it freed, so
+this is its high-water mark) and PyTorch's (torch.cuda.max_memory_allocated).
+Then LeNet and CIFAR10-quick train once more fed by their Data layers (the model
+library's train_val.prototxt on a temporary LMDB of synthetic records, at the GPU
+batch): images/s and the share of the step spent waiting for data (the prefetch
+keeps the GPU fed when it is near 0 %).  ``CAFFEINE_GPU_MEMORY_FRACTION`` limits
+CuPy's pool as in training.  TF32 is
 off on both sides, so that both compute in float32: ``NVIDIA_TF32_OVERRIDE=0``
 (set here before CuPy or PyTorch loads, unless given) and PyTorch's allow_tf32 flags.
 
@@ -75,6 +83,8 @@ def main(argv=None):
     ap.add_argument('--iters', type=int, default=None, help='timed iterations (default 10, --quick 3)')
     ap.add_argument('--warmup', type=int, default=None, help='warm-up iterations (default 3, --quick 2)')
     ap.add_argument('--no-layers', action='store_true', help='skip the per-layer timing')
+    ap.add_argument('--no-fed', action='store_true', help='skip the training fed by Data layers')
+    ap.add_argument('--fed-steps', type=int, default=None, help='timed steps of the fed training (default 30, --quick 5)')
     ap.add_argument('--json', help='also write the results to this JSON file')
     ap.add_argument('--engine', choices=['CUDNN', 'CAFFE'], default=None,
                     help='CAFFEINE_ENGINE for every layer (default: each layer\'s own, cuDNN where present)')
@@ -86,6 +96,8 @@ def main(argv=None):
         args.iters = 3 if args.quick else 10
     if args.warmup is None:
         args.warmup = 2 if args.quick else 3
+    if args.fed_steps is None:
+        args.fed_steps = 5 if args.quick else 30
 
     os.environ.setdefault('NVIDIA_TF32_OVERRIDE', '0')  # before CuPy and PyTorch load cuBLAS/cuDNN
     if args.engine:
@@ -157,6 +169,7 @@ def main(argv=None):
                                                    getattr(cp, '__version__', '-'), gpu_name))
     print(tinfo)
     print(engine_info)
+    print('CAFFEINE_GPU_MEMORY_FRACTION=%s' % (os.environ.get('CAFFEINE_GPU_MEMORY_FRACTION') or 'unset (no pool limit)'))
     print('command: python benchmarks/bench_gpu.py %s' % ' '.join(argv if argv is not None else sys.argv[1:]),
           flush=True)
 
@@ -190,17 +203,21 @@ def main(argv=None):
                     trun = None
             ct = B.time_it(crun.step, args.warmup, args.iters, csync)
             r['caffeine_ms'] = B.med(ct) * 1e3
+            r['caffeine_images_s'] = batch / B.med(ct)
             if cp is not None:
                 r['caffeine_pool_bytes'] = cp.get_default_memory_pool().total_bytes()
-            print('  caffeine %.2f ms (min %.2f, max %.2f)' % (r['caffeine_ms'], min(ct) * 1e3, max(ct) * 1e3),
-                  flush=True)
+            print('  caffeine %.2f ms (min %.2f, max %.2f), %.0f images/s, peak device memory %s' % (
+                r['caffeine_ms'], min(ct) * 1e3, max(ct) * 1e3, r['caffeine_images_s'],
+                B.mib(r.get('caffeine_pool_bytes'))), flush=True)
             if trun is not None:
                 tt = B.time_it(trun.step, args.warmup, args.iters, tsync)
                 r['torch_ms'] = B.med(tt) * 1e3
+                r['torch_images_s'] = batch / B.med(tt)
                 if tdev == 'cuda':
                     r['torch_peak_bytes'] = torch.cuda.max_memory_allocated()
-                print('  PyTorch %.2f ms (min %.2f, max %.2f); ratio %.2fx' % (
-                    r['torch_ms'], min(tt) * 1e3, max(tt) * 1e3, r['caffeine_ms'] / r['torch_ms']), flush=True)
+                print('  PyTorch %.2f ms (min %.2f, max %.2f), %.0f images/s; ratio %.2fx' % (
+                    r['torch_ms'], min(tt) * 1e3, max(tt) * 1e3, r['torch_images_s'],
+                    r['caffeine_ms'] / r['torch_ms']), flush=True)
             if not args.no_layers:
                 lt = crun.layer_times(2 if args.quick else 3)
                 tl = trun.layer_times(2 if args.quick else 3) if trun is not None else {}
@@ -224,6 +241,11 @@ def main(argv=None):
         import gc
         gc.collect()
 
+    fed = []
+    if not args.no_fed:
+        fed, fed_failed = fed_runs(names, dry, args.fed_steps, cp)
+        failed += fed_failed
+
     print('\n' + '=' * 90)
     print('Summary on %s (median of %d iterations after %d warm-up; ms per iteration)' % (
         gpu_name, args.iters, args.warmup))
@@ -232,16 +254,61 @@ def main(argv=None):
         ratio = r['caffeine_ms'] / r['torch_ms'] if r.get('torch_ms') and r.get('caffeine_ms') else None
         rows.append([r['title'], '%.2f' % r['caffeine_ms'] if 'caffeine_ms' in r else 'FAILED',
                      '%.2f' % r['torch_ms'] if 'torch_ms' in r else '-', '%.2fx' % ratio if ratio else '-',
+                     '%.0f' % r['caffeine_images_s'] if 'caffeine_images_s' in r else '-',
+                     '%.0f' % r['torch_images_s'] if 'torch_images_s' in r else '-',
                      B.mib(r.get('caffeine_pool_bytes')), B.mib(r.get('torch_peak_bytes')),
                      B.fmt_check_short(r['check']) if 'check' in r else '-'])
-    print(B.table(rows, ['net', 'caffeine ms', 'PyTorch ms', 'ratio', 'CuPy pool', 'torch peak alloc',
-                         'cross-check']))
-    print('  CuPy pool: bytes held by CuPy\'s default memory pool after the run (its high-water mark);'
+    print(B.table(rows, ['net', 'caffeine ms', 'PyTorch ms', 'ratio', 'caffeine img/s', 'PyTorch img/s',
+                         'caffeine peak mem', 'torch peak alloc', 'cross-check']))
+    print('  caffeine peak mem: bytes held by CuPy\'s default memory pool after the run (its high-water mark);'
           ' torch peak alloc: torch.cuda.max_memory_allocated.')
+    if fed:
+        print(B.table([[r['title'], '%.2f' % r['ms'], '%.0f' % r['images_s'], '%.1f %%' % (100 * r['wait_share'])]
+                       if 'ms' in r else [r['title'], 'FAILED', '-', '-'] for r in fed],
+                      ['fed by its Data layer', 'ms/step', 'images/s', 'waiting for data']))
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump(results, f, indent=1, default=str)
+            json.dump({'nets': results, 'fed': fed}, f, indent=1, default=str)
     return 1 if failed else 0
+
+
+def fed_runs(names, dry, steps, cp):
+    """LeNet and CIFAR10-quick trained from their Data layers (data_throughput.model_share: the
+    model library's train_val.prototxt on a temporary LMDB of synthetic records) at the GPU batch
+    (the CPU batch in a dry run): ms per step, images/s, and the share of the step the Data layer
+    spent waiting for a batch.  Returns (rows, names that failed)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+    import models as M
+    import data_throughput as D
+    rows, failed = [], []
+    tmp = Path(tempfile.mkdtemp(prefix='caffeine_bench_gpu_'))
+    try:
+        for name in names:
+            if name not in ('lenet', 'cifar10_quick'):
+                continue
+            spec = M.NETS[name]
+            batch = spec['batch'] if dry else spec['gpu_batch']
+            r = {'name': name, 'title': '%s train, Data layer (b=%d)' % (
+                {'lenet': 'LeNet', 'cifar10_quick': 'CIFAR10-quick'}[name], batch), 'batch': batch}
+            print('\n== %s ==' % r['title'], flush=True)
+            try:
+                if cp is not None:
+                    cp.get_default_memory_pool().free_all_blocks()
+                share, step = D.model_share(name, tmp, steps, batch=batch)
+                r.update(ms=step * 1e3, images_s=batch / step, wait_share=share)
+                print('  %.2f ms/step, %.0f images/s, %.1f %% of the step waiting for data' % (
+                    r['ms'], r['images_s'], 100 * share), flush=True)
+            except Exception as e:
+                r['error'] = '%s: %s' % (type(e).__name__, e)
+                failed.append(name + ' (fed)')
+                print('  FAILED: %s' % r['error'], flush=True)
+                traceback.print_exc()
+            rows.append(r)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rows, failed
 
 
 if __name__ == '__main__':

@@ -118,8 +118,9 @@ def build_small_db(path, n, channels, size, seed=0):
             w.put(b'%05d' % i, d.SerializeToString())
 
 
-def model_share(model, tmp, steps):
-    """(waiting share, s/step) of training models/<model>/train_val.prototxt on synthetic data."""
+def model_share(model, tmp, steps, batch=None):
+    """(waiting share, s/step) of training models/<model>/train_val.prototxt on synthetic data
+    (at its own batch size, or ``batch``)."""
     from caffeine.prototxt import read_net_param
     root = Path(__file__).resolve().parents[1]
     param = read_net_param(str(root / 'models' / model / 'train_val.prototxt'))
@@ -129,6 +130,8 @@ def model_share(model, tmp, steps):
     for lp in param.layer:
         if lp.type == 'Data':
             lp.data_param.source = src
+            if batch:
+                lp.data_param.batch_size = int(batch)
             if lp.transform_param.mean_file:          # no mean file here: the CIFAR-10 means
                 lp.transform_param.ClearField('mean_file')
                 lp.transform_param.mean_value.extend([125.3, 123.0, 113.9])

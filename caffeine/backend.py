@@ -5,7 +5,10 @@ CuPy on the GPU), in the Chainer/CuPy style.  Nothing else in caffeine imports
 CuPy; ``import caffeine`` never needs it.
 
 Mode follows Caffe's ``Caffe::set_mode``: :func:`set_mode_cpu` (the default)
-and :func:`set_mode_gpu` / :func:`set_device`.
+and :func:`set_mode_gpu` / :func:`set_device`.  On the first use of a device, CuPy's
+memory pool there is limited once to ``CAFFEINE_GPU_MEMORY_FRACTION`` of its memory
+when that is set.  The prefetched batches' pinned host memory, side streams and events
+are made here too (``pinned_empty``, ``side_stream``, ``record_event``, ``wait_event``).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ _cupy = None          # the cupy module once imported
 _cupy_error = None    # why cupy could not be used
 _cudnn = None         # (cupy.cuda.cudnn, cupyx.cudnn) once imported; False when cuDNN is absent
 _kernels = {}         # fused element-wise kernels, compiled once per source
+_pool_sized = set()   # devices whose CuPy memory pool has been given its limit
 _mode = 'cpu'
 _device_id = 0
 
@@ -96,6 +100,24 @@ def device_count() -> int:
         return 0
 
 
+def _size_memory_pool(cp):
+    """Limit CuPy's memory pool on the current device, once per device, to
+    ``CAFFEINE_GPU_MEMORY_FRACTION`` (in (0, 1]) of the device's memory; unset: no limit
+    (CuPy's default: the pool grows as needed and keeps what it freed for reuse)."""
+    if _device_id in _pool_sized:
+        return
+    raw = os.environ.get('CAFFEINE_GPU_MEMORY_FRACTION', '')
+    if raw.strip():
+        try:
+            fraction = float(raw)
+        except ValueError:
+            fraction = float('nan')
+        if not 0 < fraction <= 1:
+            raise BackendError('CAFFEINE_GPU_MEMORY_FRACTION must be a number in (0, 1], got %r' % raw)
+        cp.get_default_memory_pool().set_limit(fraction=fraction)
+    _pool_sized.add(_device_id)
+
+
 def set_mode_cpu():
     global _mode
     _mode = 'cpu'
@@ -105,6 +127,7 @@ def set_mode_gpu():
     global _mode
     cp = _import_cupy()
     cp.cuda.Device(_device_id).use()
+    _size_memory_pool(cp)
     if _mode != 'gpu' and _last_seed is not None:
         cp.random.seed(_last_seed & 0xFFFFFFFF)
     _mode = 'gpu'
@@ -121,6 +144,8 @@ def set_device(device_id: int):
         if device_id >= n:
             raise BackendError('GPU %d does not exist: %d device(s) found' % (device_id, n))
         cp.cuda.Device(device_id).use()
+        _device_id = device_id
+        _size_memory_pool(cp)
     _device_id = device_id
 
 
@@ -252,6 +277,57 @@ def current_stream():
     if _cupy is None or _mode != 'gpu':
         return None
     return _cupy.cuda.get_current_stream()
+
+
+# Host-to-device copies beside the computation (the prefetched batches) -----------------------
+# As Caffe's prefetching data layers: the batch is made in page-locked host memory and copied
+# on a side stream that never waits for the computation; the compute stream waits (on the
+# device, not the host) for the copy's event before it reads the batch.
+def pinned_empty(n, dtype=numpy.float32):
+    """A 1-D host array of ``n`` values, in page-locked (pinned) memory in GPU mode so that a
+    copy from it runs asynchronously; an ordinary NumPy array on the CPU."""
+    if _mode != 'gpu':
+        return numpy.empty(n, dtype=dtype)
+    dtype = numpy.dtype(dtype)
+    mem = _cupy.cuda.alloc_pinned_memory(max(int(n), 1) * dtype.itemsize)
+    return numpy.frombuffer(mem, dtype, int(n))
+
+
+def side_stream():
+    """A new non-blocking CUDA stream (it does not wait for the legacy default stream the
+    layers compute on); None on the CPU."""
+    if _mode != 'gpu':
+        return None
+    return _cupy.cuda.Stream(non_blocking=True)
+
+
+def upload_async(dst, src, stream):
+    """Start the copy of the host array ``src`` (pinned, same size and dtype) into the
+    contiguous device array ``dst`` on ``stream``; returns before it is done."""
+    dst.set(src.reshape(dst.shape), stream=stream)
+
+
+def record_event(stream=None):
+    """An event recorded on ``stream`` (the current stream by default): done when the work
+    queued there so far is done.  None on the CPU."""
+    if _cupy is None or _mode != 'gpu':
+        return None
+    event = _cupy.cuda.Event(block=True, disable_timing=True)
+    event.record(stream if stream is not None else _cupy.cuda.get_current_stream())
+    return event
+
+
+def wait_event(event, stream=None):
+    """Make ``stream`` (the current stream by default) wait on the device for ``event``; the
+    host goes on at once.  Nothing for None."""
+    if event is not None:
+        (stream if stream is not None else _cupy.cuda.get_current_stream()).wait_event(event)
+
+
+def event_synchronize(event):
+    """Block this host thread until ``event`` is done (nothing for None)."""
+    if event is not None:
+        event.synchronize()
 
 
 # Random numbers --------------------------------------------------------------

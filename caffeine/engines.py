@@ -27,8 +27,24 @@ What cuDNN runs (and why the rest stays on the portable path):
   also the softmax inside SoftmaxWithLoss and InfogainLoss (Caffe's inner Softmax layer).
   Most of Caffe's nets pool at the ceil output size (CIFAR10-quick's AVE pools, every MAX
   pool with backward), so their pooling stays portable; their convolutions and softmax do not.
-- LRN and BatchNorm: portable (CuPy binds no cuDNN LRN; cuDNN's batch norm keeps its
-  statistics unlike Caffe's three blobs).
+- BatchNorm (BVLC's BatchNormParameter has no ``engine`` field: ``CAFFEINE_ENGINE`` alone
+  forces the portable path): normalization by ``cupyx.cudnn.batch_normalization_*`` in
+  SPATIAL mode (over N and the spatial axes) with scale 1 and bias 0, i.e. Caffe's
+  y = (x - mean) / sqrt(var + eps) with the biased batch variance.  Caffe's statistics are
+  not cuDNN's exponential averages but three blobs of running sums (s = maf s + 1,
+  mean_sum = maf mean_sum + mean, var_sum = maf var_sum + m/(m-1) var), so cuDNN runs with
+  the averaging factor 1: its "running" mean and variance are then this batch's mean and
+  its unbiased (m/(m-1)) variance, which the layer adds into Caffe's blobs itself.  With
+  global statistics cuDNN's inference call normalizes by mean_sum / s and var_sum / s.
+  Portable where cuDNN cannot give Caffe's numbers: eps below cuDNN's CUDNN_BN_MIN_EPSILON,
+  and batch statistics over m = 1 value per channel (Caffe's correction is 1 there, cuDNN's
+  m/(m-1) divides by zero).
+- LRN: portable.  cuDNN's cross-channel LRN is Caffe's ACROSS_CHANNELS formula (Caffe's
+  CuDNNLRNLayer passes local_size, alpha, beta and k unchanged; cuDNN divides alpha by the
+  window), but CuPy 13 binds no cuDNN LRN call (only the constant
+  CUDNN_LRN_CROSS_CHANNEL_DIM1; no LRN descriptor, no lrnCrossChannelForward/Backward), and
+  caffeine binds no cuDNN function of its own.  WITHIN_CHANNEL has no cuDNN form (Caffe
+  builds it from layers).
 """
 from __future__ import annotations
 
@@ -67,7 +83,7 @@ def _cudnn_for(engine_field):
 def used_by(layer):
     """'CUDNN' when the layer's last reshape/forward ran (or will run) on cuDNN, else 'CAFFE' (for
     per-layer reports such as ``caffeine time``).  Layers keep their cuDNN object in ``engine``
-    (Convolution, Deconvolution) or ``cudnn`` (Pooling, Softmax)."""
+    (Convolution, Deconvolution) or ``cudnn`` (Pooling, Softmax, BatchNorm)."""
     for attr in ('engine', 'cudnn'):
         if getattr(getattr(layer, attr, None), 'name', None) == 'CUDNN':
             return 'CUDNN'
@@ -218,3 +234,62 @@ class CudnnSoftmax:
 
     def backward(self, y3, dy3, dx3):
         dx3[...] = self.cx.softmax_backward(y3, dy3, 1, self.lib.CUDNN_SOFTMAX_ACCURATE)
+
+
+# =============================================================================
+# BatchNorm
+# =============================================================================
+def batch_norm(layer):
+    """A :class:`CudnnBatchNorm` for a BatchNormLayer (reshaped: ``shape3`` set) when cuDNN is
+    to run it and gives Caffe's numbers (see the module doc), else None."""
+    mods = _cudnn_for(DEFAULT)  # no engine field in BatchNormParameter: CAFFEINE_ENGINE alone decides
+    if mods is None or not batch_norm_supported(layer, mods[0]):
+        return None
+    return CudnnBatchNorm(mods, layer.channels, layer.eps)
+
+
+def batch_norm_supported(layer, lib):
+    """Whether cuDNN's batch normalization reproduces Caffe's for this layer and shape."""
+    if float(layer.eps) < float(lib.CUDNN_BN_MIN_EPSILON):
+        return False
+    num, _, inner = layer.shape3
+    return layer.use_global_stats or num * inner > 1
+
+
+class CudnnBatchNorm:
+    """Caffe's BatchNorm normalization by cuDNN (SPATIAL mode, scale 1, bias 0) on an
+    (N, C, inner, 1) view of the bottom; the layer keeps Caffe's running sums itself.
+
+    ``forward_training`` normalizes by the batch's statistics and writes the batch mean and
+    unbiased variance into ``mean``/``var`` (cuDNN's running averages with factor 1,
+    i.e. decay 0); ``backward`` needs the forward's x and uses the mean and 1/std that
+    cuDNN saved then.  ``forward_inference`` normalizes by given statistics.
+    cupyx.cudnn returns new arrays: each is copied into the layer's top or bottom diff.
+    """
+    name = 'CUDNN'
+
+    def __init__(self, mods, channels, eps):
+        self.lib, self.cx = mods
+        self.mode = self.lib.CUDNN_BATCHNORM_SPATIAL
+        self.eps = float(eps)
+        self.gamma = backend.empty((channels,))
+        self.gamma.fill(1)
+        self.beta = backend.zeros((channels,))
+        self.saved = None
+
+    def forward_training(self, x4, y4, mean, var):
+        y, save_mean, save_inv_std = self.cx.batch_normalization_forward_training(
+            x4, self.gamma, self.beta, mean, var, None, None, self.eps, 0.0, True, self.mode, False)
+        y4[...] = y
+        self.saved = (save_mean, save_inv_std)
+
+    def forward_inference(self, x4, y4, mean, var):
+        y4[...] = self.cx.batch_normalization_forward_inference(x4, self.gamma, self.beta, mean, var, self.eps,
+                                                                True, self.mode)
+
+    def backward(self, x4, dy4, dx4):
+        """dx = (dy - mean(dy) - x_norm * mean(dy * x_norm)) / std, for the last forward_training's x."""
+        save_mean, save_inv_std = self.saved
+        dx, _, _ = self.cx.batch_normalization_backward(x4, self.gamma, dy4, save_mean, save_inv_std, self.eps,
+                                                        True, self.mode, False)
+        dx4[...] = dx

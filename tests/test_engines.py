@@ -206,6 +206,8 @@ class FakeCudnnLib:
     CUDNN_POOLING_MAX = 0
     CUDNN_POOLING_AVERAGE_COUNT_INCLUDE_PADDING = 1
     CUDNN_SOFTMAX_ACCURATE = 1
+    CUDNN_BATCHNORM_SPATIAL = 1
+    CUDNN_BN_MIN_EPSILON = 0.0   # cuDNN 8 (cuDNN 7 had 1e-5)
 
 
 class FakeCupyxCudnn:
@@ -300,6 +302,50 @@ class FakeCupyxCudnn:
     def softmax_backward(self, y, gy, axis, algorithm):
         self.calls.append(('softmax_bwd', axis))
         return (y * (gy - (gy * y).sum(axis=axis, keepdims=True))).astype(y.dtype)
+
+    # batch normalization as cuDNN's documentation states it: y = gamma (x - mean) / sqrt(var + eps) + beta
+    # with the biased batch variance; running = (1 - factor) running + factor * batch value, the
+    # variance's unbiased (m / (m - 1)); saved: the mean and 1 / sqrt(var + eps)
+    def _bn_check(self, name, x, gamma, beta, eps, is_for_conv2d, mode):
+        assert x.ndim == 4 and x.dtype == np.float32 and x.flags.c_contiguous
+        assert gamma.shape == beta.shape == (x.shape[1],) and is_for_conv2d is True
+        assert mode == FakeCudnnLib.CUDNN_BATCHNORM_SPATIAL and isinstance(eps, float)
+        assert (gamma == 1).all() and (beta == 0).all()
+        self.calls.append((name, eps))
+
+    def batch_normalization_forward_training(self, x, gamma, beta, running_mean, running_var, mean, inv_std,
+                                             eps, decay, is_for_conv2d, cudnn_mode, debug, d_layout=0):
+        self._bn_check('bn_train', x, gamma, beta, eps, is_for_conv2d, cudnn_mode)
+        assert mean is None and inv_std is None and debug is False and decay == 0.0
+        xd = x.astype(np.float64)
+        m = x.size // x.shape[1]
+        mu = xd.mean(axis=(0, 2, 3))
+        var = ((xd - mu.reshape(1, -1, 1, 1)) ** 2).mean(axis=(0, 2, 3))
+        factor = 1.0 - decay
+        running_mean[...] = (1 - factor) * running_mean + factor * mu
+        running_var[...] = (1 - factor) * running_var + factor * var * m / (m - 1)
+        inv = 1 / np.sqrt(var + eps)
+        y = gamma.reshape(1, -1, 1, 1) * (xd - mu.reshape(1, -1, 1, 1)) * inv.reshape(1, -1, 1, 1)
+        return (y + beta.reshape(1, -1, 1, 1)).astype(np.float32), mu.astype(np.float32), inv.astype(np.float32)
+
+    def batch_normalization_forward_inference(self, x, gamma, beta, mean, var, eps, is_for_conv2d, cudnn_mode,
+                                              d_layout=0):
+        self._bn_check('bn_infer', x, gamma, beta, eps, is_for_conv2d, cudnn_mode)
+        c = (1, -1, 1, 1)
+        y = gamma.reshape(c) * (x - mean.reshape(c).astype(np.float64)) / np.sqrt(var.reshape(c) + eps)
+        return (y + beta.reshape(c)).astype(np.float32)
+
+    def batch_normalization_backward(self, x, gamma, gy, mean, inv_std, eps, is_for_conv2d, cudnn_mode, debug,
+                                     d_layout=0, *, reserve_space=None):
+        self._bn_check('bn_bwd', x, gamma, gamma * 0, eps, is_for_conv2d, cudnn_mode)
+        assert gy.shape == x.shape and debug is False and reserve_space is None
+        c = (1, -1, 1, 1)
+        m = x.size // x.shape[1]
+        xhat = (x - mean.reshape(c).astype(np.float64)) * inv_std.reshape(c)
+        gbeta = gy.sum(axis=(0, 2, 3), dtype=np.float64)
+        ggamma = (gy * xhat).sum(axis=(0, 2, 3))
+        gx = gamma.reshape(c) * inv_std.reshape(c) * (gy - (gbeta.reshape(c) + xhat * ggamma.reshape(c)) / m)
+        return gx.astype(np.float32), ggamma.astype(np.float32), gbeta.astype(np.float32)
 
 
 @pytest.fixture
@@ -541,8 +587,101 @@ def test_softmax_on_cudnn_equals_the_xp_path(fake_cudnn, monkeypatch, axis, shap
     assert_close(runs[0][1], runs[1][1], rtol=1e-6, name='bottom diff')
 
 
+# -- batch normalization -----------------------------------------------------------------------
+def _bn_run(text, xs, dy, in_place, phase=caffe_pb2.TRAIN, stats=None):
+    """Forward over each x of ``xs`` (running sums accumulate), then backward with dy:
+    (layer, [top after each forward], bottom diff, the three statistics blobs)."""
+    layer, bottom, top = setup_layer(text, xs[0], in_place=in_place, phase=phase, params=stats)
+    ys = []
+    for x in xs:
+        bottom[0].data[...] = x
+        layer.Forward(bottom, top)
+        ys.append(top[0].data.copy())
+    dx = backward_layer(layer, bottom, top, dy)[0]
+    return layer, ys, dx, [b.data.copy() for b in layer.blobs]
+
+
+@pytest.mark.parametrize('in_place', [False, True])
+@pytest.mark.parametrize('shape', [(4, 3, 5, 2), (6, 4), (5, 2, 3, 2, 2)])
+def test_batch_norm_training_on_cudnn_equals_caffes(fake_cudnn, monkeypatch, shape, in_place):
+    text = 'name: "bn" type: "BatchNorm" batch_norm_param { moving_average_fraction: 0.9 eps: 0.001 }'
+    rng = np.random.RandomState(6)
+    xs = [(rng.randn(*shape) * 3 + 1.5).astype(_F32) for _ in range(3)]
+    dy = rng.randn(*shape).astype(_F32)
+    layer, ys, dx, stats = _bn_run(text, xs, dy, in_place)
+    assert engines.used_by(layer) == 'CUDNN'
+    assert fake_cudnn.calls == [('bn_train', float(_F32(0.001)))] * 3 + [('bn_bwd', float(_F32(0.001)))]
+    assert bool(layer._x_norm.count) == in_place    # cuDNN's backward reads x: kept only when overwritten
+    monkeypatch.setenv('CAFFEINE_ENGINE', 'CAFFE')
+    layer0, ys0, dx0, stats0 = _bn_run(text, xs, dy, in_place)
+    assert engines.used_by(layer0) == 'CAFFE' and len(fake_cudnn.calls) == 4
+    for i, (a, e) in enumerate(zip(ys, ys0)):
+        assert_close(a, e, rtol=1e-5, name='top after forward %d' % i)
+    assert_close(dx, dx0, rtol=1e-4, name='bottom diff')
+    for name, a, e in zip(('mean_sum', 'var_sum (m/(m-1) corrected)', 's'), stats, stats0):
+        assert_close(a, e, rtol=1e-5, name=name)
+
+
+@pytest.mark.parametrize('in_place', [False, True])
+def test_batch_norm_global_stats_on_cudnn_equals_caffes(fake_cudnn, monkeypatch, in_place):
+    text = 'name: "bn" type: "BatchNorm"'
+    rng = np.random.RandomState(8)
+    x = (rng.randn(3, 4, 2, 3) * 2 - 1).astype(_F32)
+    dy = rng.randn(*x.shape).astype(_F32)
+    stats = [rng.randn(4).astype(_F32) * 5, np.abs(rng.randn(4)).astype(_F32) * 8, np.array([4.5], _F32)]
+    layer, ys, dx, after = _bn_run(text, [x], dy, in_place, phase=caffe_pb2.TEST, stats=stats)
+    assert engines.used_by(layer) == 'CUDNN' and fake_cudnn.calls == [('bn_infer', float(_F32(1e-5)))]
+    monkeypatch.setenv('CAFFEINE_ENGINE', 'CAFFE')
+    _, ys0, dx0, after0 = _bn_run(text, [x], dy, in_place, phase=caffe_pb2.TEST, stats=stats)
+    assert_close(ys[0], ys0[0], rtol=1e-5, name='top')
+    assert_close(dx, dx0, rtol=1e-5, name='bottom diff')
+    for a, e in zip(after, stats):
+        np.testing.assert_array_equal(a, e)   # global statistics are read, never written
+
+
+def forward_bn(text, shape, phase):
+    layer, bottom, top = setup_layer(text, np.random.RandomState(0).randn(*shape).astype(_F32), phase=phase)
+    layer.Forward(bottom, top)
+    return layer, bottom, top
+
+
+@pytest.mark.parametrize('param,shape,phase', [
+    ('eps: 1e-6', (4, 3, 2, 2), caffe_pb2.TRAIN),           # below cuDNN's CUDNN_BN_MIN_EPSILON (set to 1e-5 here)
+    ('', (1, 3, 1, 1), caffe_pb2.TRAIN),                    # m = 1: Caffe's correction is 1, cuDNN's 1/0
+    ('', (1, 3), caffe_pb2.TRAIN),
+])
+def test_batch_norm_kept_portable_where_cudnn_differs(fake_cudnn, monkeypatch, param, shape, phase):
+    monkeypatch.setattr(FakeCudnnLib, 'CUDNN_BN_MIN_EPSILON', 1e-5)
+    layer, bottom, top = forward_bn('name: "bn" type: "BatchNorm" batch_norm_param { %s }' % param, shape, phase)
+    assert engines.used_by(layer) == 'CAFFE' and fake_cudnn.calls == []
+
+
+def test_batch_norm_engine_follows_the_mode_and_the_environment(fake_cudnn, monkeypatch):
+    layer, bottom, top = forward_bn('name: "bn" type: "BatchNorm"', (2, 3, 2, 2), caffe_pb2.TRAIN)
+    assert isinstance(layer.cudnn, engines.CudnnBatchNorm)
+    monkeypatch.setattr(backend, 'cudnn', lambda: None)
+    monkeypatch.setattr(backend, '_device_id', 1)  # a mode change: the engine is chosen again
+    layer.Reshape(bottom, top)
+    assert layer.cudnn is None
+    monkeypatch.setattr(backend, 'cudnn', lambda: (FakeCudnnLib, fake_cudnn))
+    monkeypatch.setenv('CAFFEINE_ENGINE', 'CAFFE')
+    monkeypatch.setattr(backend, '_device_id', 0)
+    layer.Reshape(bottom, top)
+    assert layer.cudnn is None
+
+
+def test_lrn_stays_portable_with_cudnn_present(fake_cudnn):
+    """CuPy 13 binds no cuDNN LRN (see caffeine.engines): both regions run the xp path."""
+    for region in ('ACROSS_CHANNELS', 'WITHIN_CHANNEL'):
+        layer, bottom, top = setup_layer('name: "n" type: "LRN" lrn_param { norm_region: %s engine: CUDNN }' % region,
+                                         np.ones((1, 4, 3, 3), _F32))
+        layer.Forward(bottom, top)
+        backward_layer(layer, bottom, top, np.ones((1, 4, 3, 3), _F32))
+        assert engines.used_by(layer) == 'CAFFE' and fake_cudnn.calls == []
+
+
 # -- Caffe's golden outputs through the cuDNN calls ------------------------------------------
-GOLDEN_LAYERS = [c for t in ('Convolution', 'Deconvolution', 'Pooling', 'Softmax', 'SoftmaxWithLoss')
+GOLDEN_LAYERS = [c for t in ('Convolution', 'Deconvolution', 'Pooling', 'Softmax', 'SoftmaxWithLoss', 'BatchNorm')
                  for c in golden_cases(t)]
 GOLDEN_NETS = [c for c in golden_cases(kind='nets') if c in ('lenet_train', 'cifar10_quick_train')]
 
@@ -551,6 +690,8 @@ GOLDEN_NETS = [c for c in golden_cases(kind='nets') if c in ('lenet_train', 'cif
 @pytest.mark.parametrize('case', GOLDEN_LAYERS)
 def test_golden_layers_through_the_cudnn_calls(fake_cudnn, case):
     check_golden_layer(case, rtol=1e-4)
+    if case.startswith('batchnorm'):
+        assert {c[0] for c in fake_cudnn.calls} == ({'bn_infer'} if 'global' in case else {'bn_train', 'bn_bwd'})
 
 
 @pytest.mark.skipif(not GOLDEN_NETS, reason='../shared golden cases not present')
@@ -585,6 +726,7 @@ GPU_LAYERS = [('Convolution', 'convolution_param { %s }' % p, s) for _, p, s in 
     ('ELU', '', (2, 3, 4, 5)),
     ('Sigmoid', '', (2, 3, 4, 5)),
     ('TanH', '', (2, 3, 4, 5)),
+    ('LRN', 'lrn_param { local_size: 5 alpha: 0.1 beta: 0.75 k: 2 }', (2, 7, 4, 5)),
 ]
 
 
@@ -616,6 +758,27 @@ def test_gpu_engine_equals_numpy(gpu_engine, kind, param, shape):
     assert_close(dx, dx0, rtol=1e-4, name='bottom diff')
     for i, (a, e) in enumerate(zip(pd, pd0)):
         assert_close(a, e, rtol=1e-4, name='param %d diff' % i)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('in_place', [False, True])
+@pytest.mark.parametrize('phase', [caffe_pb2.TRAIN, caffe_pb2.TEST])
+def test_gpu_batch_norm_equals_numpy(gpu_engine, phase, in_place):
+    text = 'name: "bn" type: "BatchNorm" batch_norm_param { moving_average_fraction: 0.9 }'
+    rng = np.random.RandomState(9)
+    xs = [(rng.randn(8, 16, 7, 5) * 3 + 1).astype(_F32) for _ in range(3)]
+    dy = rng.randn(*xs[0].shape).astype(_F32)
+    stats = [rng.randn(16).astype(_F32), np.abs(rng.randn(16)).astype(_F32) + 0.5, np.array([2.5], _F32)]
+    caffeine.set_mode_cpu()
+    _, ys0, dx0, stats0 = _bn_run(text, xs, dy, in_place, phase, stats)
+    caffeine.set_mode_gpu()
+    layer, ys, dx, stats1 = _bn_run(text, xs, dy, in_place, phase, stats)
+    assert engines.used_by(layer) == ('CUDNN' if gpu_engine == 'CUDNN' else 'CAFFE')
+    for i, (a, e) in enumerate(zip(ys, ys0)):
+        assert_close(a, e, rtol=1e-4, name='top after forward %d' % i)
+    assert_close(dx, dx0, rtol=1e-4, name='bottom diff')
+    for name, a, e in zip(('mean_sum', 'var_sum', 's'), stats1, stats0):
+        assert_close(a, e, rtol=1e-4, name=name)
 
 
 @pytest.mark.gpu

@@ -4,16 +4,20 @@
 #   1. the device, CuPy, cuDNN and PyTorch versions and the engine caffeine runs on;
 #   2. every GPU test (`-m gpu`) with each layer's own engine: cuDNN where CuPy has
 #      it (CuPy 13 + cuDNN 8), the portable CuPy path elsewhere; tests/test_engines.py
-#      runs its GPU tests on both engines (parametrized);
+#      runs its GPU tests on both engines (parametrized; BatchNorm's running sums
+#      included), tests/test_gpu_pipeline.py the prefetch pipeline (pinned memory,
+#      side stream, events) and tests/test_data_layers.py the data layers on CuPy;
 #   3. the engine-sensitive GPU tests again with CAFFEINE_ENGINE=CAFFE (the portable
 #      path everywhere): vision layers, softmax, golden nets;
-#   4. benchmarks/bench_gpu.py (caffeine against PyTorch CUDA, TF32 off on both),
+#   4. benchmarks/bench_gpu.py (caffeine against PyTorch CUDA, TF32 off on both):
+#      ms and images/s, peak device memory, then LeNet and CIFAR10-quick fed by their
+#      Data layers with the share of each step spent waiting for data;
 #   5. data-parallel training (tools/gpu_parallel_check.py): NCCL of one rank,
 #      pycaffe's NCCL flow (python/train.py) at N=1 against the plain solver,
 #      2 processes on one GPU against 1 process with twice the batch, and with
 #      2 GPUs `caffeine train --gpu 0,1` against one GPU (needs the mpi extra).
 # Logs go to $OUT (default /tmp/gpu_check).  Each part has its own time limit
-# (180 + 90 + 150 + 120 s at most, plus start-up), so that the whole stays under ten minutes.
+# (180 + 70 + 170 + 120 s at most, plus start-up), so that the whole stays under ten minutes.
 #   bash tools/gpu_check.sh [--quick]
 # Prepared environment (the machine may have no network): CuPy 13 for CUDA 12
 # (pip install 'cupy-cuda12x<14'), cuDNN 8 (nvidia-cudnn-cu12<9, or
@@ -42,10 +46,10 @@ EOF
 } 2>&1 | tee "$OUT/device.txt"
 timeout 180 python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$OUT/tests.log"
 echo "tests exit status: $?" | tee -a "$OUT/tests.log"
-CAFFEINE_ENGINE=CAFFE timeout 90 python3 -m pytest -q -m gpu -p no:cacheprovider \
+CAFFEINE_ENGINE=CAFFE timeout 70 python3 -m pytest -q -m gpu -p no:cacheprovider \
   tests/test_layers_vision.py tests/test_layers_common.py tests/test_golden_nets.py 2>&1 | tee "$OUT/tests_caffe_engine.log"
 echo "tests (CAFFEINE_ENGINE=CAFFE) exit status: $?" | tee -a "$OUT/tests_caffe_engine.log"
-timeout 150 python3 benchmarks/bench_gpu.py $quick --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+timeout 170 python3 benchmarks/bench_gpu.py $quick --fed-steps 20 --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 echo "bench exit status: $?" | tee -a "$OUT/bench.log"
 timeout 120 python3 tools/gpu_parallel_check.py "$OUT" 2>&1 | tee "$OUT/parallel.log"
 echo "parallel exit status: $?" | tee -a "$OUT/parallel.log"

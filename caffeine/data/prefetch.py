@@ -19,9 +19,16 @@ Each batch is built in two steps:
   releases the GIL while it decodes JPEG) and the transform into the slot's
   buffers (``slot.buffer(i, shape)``).
 
-In GPU mode the worker also copies the batch to the device (``slot.device(i)``),
-so the next batch is there before the layer asks for it.  ``slots=0`` builds
-each batch synchronously in ``next()`` (no threads).
+In GPU mode, as Caffe's prefetching layers, the batch is made in page-locked
+(pinned) host memory and the worker starts its copy to the device (``slot.device(i)``)
+on its own non-blocking stream, recording an event (``slot.ready``); ``next()``
+makes the compute stream wait for that event on the device (the host goes on), and
+``release()`` records on the compute stream when the consumer's copies out of the
+slot are queued (``slot.consumed``), which the next copy into the slot's device
+buffers waits for.  Before it writes the slot's host buffers again, a worker waits
+(on the host, in its own thread) for the slot's previous copy.  Nothing here
+synchronizes the device for the consumer.  ``slots=0`` builds each batch
+synchronously in ``next()`` (no threads).
 
 Threads are daemon threads; :meth:`close` (also called at interpreter exit and
 when the owner is garbage-collected) stops them without hanging.
@@ -62,29 +69,35 @@ def default_threads():
 class Slot:
     """One batch's buffers: ``buffer(i, shape)`` (host, reused), ``data(i)``, ``device(i)``."""
 
-    __slots__ = ('_host', '_views', '_dev', 'index', 'error', 'on_device', 'info')
+    __slots__ = ('_host', '_pinned', '_views', '_dev', 'index', 'error', 'on_device', 'info', 'ready', 'consumed')
 
     def __init__(self):
         self._host = []
+        self._pinned = []
         self._views = []
         self._dev = []
         self.index = -1
         self.error = None
         self.on_device = False
         self.info = None
+        self.ready = None      # GPU: event of the copy to the device (on the worker's side stream)
+        self.consumed = None   # GPU: event of the consumer's copies out of the device buffers
 
     def buffer(self, i, shape, dtype=np.float32):
-        """Host array ``i`` of ``shape``, reusing its storage when large enough."""
+        """Host array ``i`` of ``shape``, reusing its storage when large enough (pinned in GPU mode)."""
         shape = tuple(int(s) for s in shape)
         n = math.prod(shape)
         while len(self._host) <= i:
             self._host.append(None)
+            self._pinned.append(False)
             self._views.append(None)
             self._dev.append(None)
         buf = self._host[i]
-        if buf is None or buf.size < n or buf.dtype != dtype:
-            buf = np.empty(max(n, 1), dtype=dtype)
+        gpu = backend.is_gpu()
+        if buf is None or buf.size < n or buf.dtype != dtype or (gpu and not self._pinned[i]):
+            buf = backend.pinned_empty(max(n, 1), dtype)
             self._host[i] = buf
+            self._pinned[i] = gpu
         v = buf[:n].reshape(shape)
         self._views[i] = v
         return v
@@ -98,16 +111,20 @@ class Slot:
     def device(self, i):
         return self._dev[i] if self.on_device else None
 
-    def _to_device(self):
+    def _to_device(self, stream):
+        """Start the copy of the batch to the device on ``stream`` (after the consumer's copies
+        out of the previous batch, on the device) and record ``ready``."""
+        backend.wait_event(self.consumed, stream)
+        self.consumed = None
         for i, v in enumerate(self._views):
             if v is None:
                 continue
             d = self._dev[i]
-            if d is None or d.size < v.size:
-                d = backend.to_device(v.ravel())
+            if d is None or d.size < v.size or d.dtype != v.dtype:
+                d = backend.empty((max(v.size, 1),), v.dtype, device=True)
                 self._dev[i] = d
-            else:
-                backend.copy_into(d[:v.size], v.ravel())
+            backend.upload_async(d[:v.size], v, stream)
+        self.ready = backend.record_event(stream)
         self.on_device = True
 
     def device_view(self, i):
@@ -171,6 +188,7 @@ class Prefetcher:
         self._failed = None
         self._stop = threading.Event()
         self._closed = False
+        self._local = threading.local()   # each thread's side stream (GPU)
         self.wait_time = 0.0       # seconds next() spent waiting for a batch
         self.batches = 0
         self._threads = []
@@ -210,15 +228,24 @@ class Prefetcher:
         slot.on_device = False
         if slot.error is None:
             try:
+                backend.event_synchronize(slot.ready)   # the last copy out of these host buffers is done
+                slot.ready = None
                 self._make(job, slot)
                 if backend.is_gpu():
-                    slot._to_device()
+                    slot._to_device(self._side_stream())
             except BaseException as e:
                 slot.error = self._wrap(e)
                 with self._claim_lock:
                     if self._failed is None or self._failed > k:
                         self._failed = k
         return True
+
+    def _side_stream(self):
+        """This thread's stream for the copies to the device (made once per thread)."""
+        stream = getattr(self._local, 'stream', None)
+        if stream is None:
+            stream = self._local.stream = backend.side_stream()
+        return stream
 
     def _worker(self):
         gpu_ready = False
@@ -275,14 +302,19 @@ class Prefetcher:
                 raise slot.error
             del self._ready[self._next_out]
             self._next_out += 1
+        if slot.on_device:
+            backend.wait_event(slot.ready)   # the compute stream reads the batch after its copy
         self.wait_time += time.perf_counter() - t0
         self.batches += 1
         return slot
 
     def release(self, slot):
-        """Give a slot back for the next batches."""
+        """Give a slot back for the next batches (call it after queuing the copies out of the
+        slot's device buffers: in GPU mode the next copy into them waits for those)."""
         slot.error = None
         slot.info = None
+        if slot.on_device:
+            slot.consumed = backend.record_event()
         self._free.put(slot)
 
     def close(self, timeout=5.0, keep_source=False):

@@ -130,10 +130,8 @@ class BasePrefetchingDataLayer(Layer):
                     t.xdata[...] = slot.device_view(i)
                 else:
                     backend.copy_into(t.xdata, v)
-            if gpu:
-                backend.synchronize()   # as Caffe: the slot is reused once the copy is done
         finally:
-            self._pf.release(slot)
+            self._pf.release(slot)   # the slot's next copy waits (on the device) for these copies
 
     @property
     def wait_time(self):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import backend
+from .. import backend, engines
 from ..blob import Blob
 from ..layer import Layer, register
 from ..proto import caffe_pb2
@@ -28,6 +28,7 @@ class BatchNormLayer(Layer):
     bottom: x, (N, C, ...) or (N,) .  top: y, same shape; in place allowed.
     batch_norm_param: use_global_stats, moving_average_fraction maf (0.999), eps (1e-5).
     param blobs (never learned; the Net forces lr_mult 0): mean_sum (C,), var_sum (C,), s (1,).
+    On the GPU the normalization runs on cuDNN where caffeine.engines chooses it (``cudnn``).
     """
     exact_num_bottom = 1
     exact_num_top = 1
@@ -56,8 +57,11 @@ class BatchNormLayer(Layer):
             raise self.error('expects 3 parameter blobs of %d, %d and 1 values, got %s'
                              % (self.channels, self.channels, [b.shape for b in self.blobs]))
         self.param_propagate_down = [False, False, False]
-        self._x_norm = Blob()
+        self._x_norm = Blob()    # backward's saved input: y (portable) or, on cuDNN in place, x
         self._std = Blob((self.channels,))
+        self._batch_stats = Blob((2, self.channels))   # cuDNN's batch mean and unbiased variance
+        self._engine_key = None
+        self.cudnn = None
 
     def reshape(self, bottom, top):
         b = bottom[0]
@@ -65,11 +69,15 @@ class BatchNormLayer(Layer):
             raise self.error('bottom %s has %d channels, the layer was set up for %d'
                              % (shape_str(b.shape), b.shape[1], self.channels))
         top[0].reshape(b.shape)
-        if self._keeps_x_norm():
+        self.shape3 = (b.shape[0], self.channels, b.count_range(2) if b.num_axes > 1 else 1)
+        key = (self.shape3, backend.mode(), backend.device_id(), self.use_global_stats)
+        if key != self._engine_key:  # cuDNN or the xp path (caffeine.engines decides)
+            self.cudnn = engines.batch_norm(self)
+            self._engine_key = key
+        if self._keeps_x_norm() and (self.cudnn is None or top[0] is b):
             self._x_norm.reshape(b.shape)
         elif self._x_norm.count:
             self._x_norm = Blob()     # not needed after all: give the memory back
-        self.shape3 = (b.shape[0], self.channels, b.count_range(2) if b.num_axes > 1 else 1)
 
     def global_stats(self, xp):
         """(mean, variance) from the running sums: mean_sum / s, var_sum / s (0 when s is 0)."""
@@ -82,7 +90,35 @@ class BatchNormLayer(Layer):
         # statistics it needs only the std
         return self.need_backward and not self.use_global_stats
 
+    def _accumulate(self, mean, var_unbiased):
+        """Caffe's running sums: s = maf s + 1, mean_sum = maf mean_sum + mean,
+        var_sum = maf var_sum + var_unbiased."""
+        for blob, v in zip(self.blobs, (mean, var_unbiased, F32(1))):
+            blob.xdata[...] *= self.maf
+            blob.xdata[...] += v
+
+    def _forward_cudnn(self, bottom, top):
+        xp = backend.get_xp()
+        shape4 = self.shape3 + (1,)
+        x = bottom[0].xdata.reshape(shape4)
+        y = top[0].xdata.reshape(shape4)
+        std = self._std.xdata
+        if self.use_global_stats:
+            mean, var = self.global_stats(xp)
+            self.cudnn.forward_inference(x, y, mean, var)
+            xp.add(var, self.eps, out=std)   # backward's dx = dy / std
+            xp.sqrt(std, out=std)
+            return
+        if self._keeps_x_norm() and top[0] is bottom[0]:
+            self._x_norm.xdata[...] = bottom[0].xdata   # in place: keep x for cuDNN's backward
+        stats = self._batch_stats.xdata
+        stats.fill(0)   # cuDNN's factor-1 "running" averages start from 0: the batch's values exactly
+        self.cudnn.forward_training(x, y, stats[0], stats[1])
+        self._accumulate(stats[0], stats[1])
+
     def forward(self, bottom, top):
+        if self.cudnn is not None:
+            return self._forward_cudnn(bottom, top)
         xp = backend.get_xp()
         x = bottom[0].xdata.reshape(self.shape3)
         y = top[0].xdata.reshape(self.shape3)
@@ -94,17 +130,9 @@ class BatchNormLayer(Layer):
         xp.subtract(x, mean.reshape(1, -1, 1), out=y)
         if not self.use_global_stats:
             var = (y * y).mean(axis=(0, 2), dtype=np.float32)
-            s = self.blobs[2].xdata
-            s *= self.maf
-            s += F32(1)
-            m_sum = self.blobs[0].xdata
-            m_sum *= self.maf
-            m_sum += mean
             m = bottom[0].count // self.channels
             bias_correction = F32(m / (m - 1.0)) if m > 1 else F32(1)
-            v_sum = self.blobs[1].xdata
-            v_sum *= self.maf
-            v_sum += var * bias_correction
+            self._accumulate(mean, var * bias_correction)
         xp.add(var, self.eps, out=std)
         xp.sqrt(std, out=std)
         y /= std.reshape(1, -1, 1)
@@ -120,6 +148,11 @@ class BatchNormLayer(Layer):
         std = self._std.xdata.reshape(1, -1, 1)
         if self.use_global_stats:
             xp.divide(dy, std, out=dx)
+            return
+        if self.cudnn is not None:
+            shape4 = self.shape3 + (1,)
+            x = (self._x_norm if self._x_norm.count else bottom[0]).xdata.reshape(shape4)
+            self.cudnn.backward(x, dy.reshape(shape4), dx.reshape(shape4))
             return
         y = self._x_norm.xdata.reshape(self.shape3)
         # dx = (dy - mean(dy) - y * mean(dy * y)) / std
