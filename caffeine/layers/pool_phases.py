@@ -53,23 +53,34 @@ class PhasePool:
         self.tail = max(s for _, _, s in self.offsets)  # scratch lanes of the last plane read past it
         self.exact = (self.Hq, self.Wq) == (PH, PW)     # no scratch lanes: work in y / dy directly
 
-        def span(a, s, p, n, q):  # plane indices [u0, u1) inside the input, and the first input index
+        def span(a, s, p, n, q):  # plane indices [u0, u1) inside the input, and the input's slice
             u0 = max(0, -((a - p) // s))
             u1 = max(u0, min(q, -(-(n + p - a) // s)))
-            return u0, u1, a + s * u0 - p
-        self.spans = [span(a, sh, ph, H, self.Hq) + span(b, sw, pw, W, self.Wq) for a, b in self.phases]
+            r0 = a + s * u0 - p
+            return slice(u0, u1), slice(r0, r0 + (u1 - u0 - 1) * s + 1, s), u1 > u0
+        all_ = slice(None)
+        self.copies = []  # per phase: (plane slice, input slice or None, the plane's padding slices)
         cover = np.zeros((H, W), bool)
-        for u0, u1, r0, v0, v1, c0 in self.spans:
-            cover[r0:r0 + (u1 - u0) * sh:sh, c0:c0 + (v1 - v0) * sw:sw] = True
+        for a, b in self.phases:
+            (us, rs, hok), (vs, cs, wok) = span(a, sh, ph, H, self.Hq), span(b, sw, pw, W, self.Wq)
+            pads = [(all_, slice(0, us.start)), (all_, slice(us.stop, None)),
+                    (all_, us, slice(0, vs.start)), (all_, us, slice(vs.stop, None))]
+            pads = [t for t, n in zip(pads, (us.start, self.Hq - us.stop, vs.start, self.Wq - vs.stop)) if n > 0]
+            if hok and wok:
+                self.copies.append(((all_, us, vs), (all_, rs, cs), pads))
+                cover[rs, cs] = True
+            else:
+                self.copies.append(((all_, us, vs), None, [(all_,)]))
         self.covers_input = bool(cover.all())  # else backward zeroes dx first (kernel < stride, floor mode)
-        self.strides = (sh, sw)
+        self.disjoint = self.tail == 0          # kernel <= stride: each input element in one window at most
         plane_bytes = len(self.phases) * self.L * C * 4
-        self.chunk = N if backend.is_gpu() else max(1, min(N, (CHUNK_KB << 10) // max(plane_bytes, 1)))
+        self.cpu_chunk = max(1, min(N, (CHUNK_KB << 10) // max(plane_bytes, 1)))
 
     # -- buffers and layout ----------------------------------------------------
     def _chunks(self):
-        for n0 in range(0, self.N, self.chunk):
-            yield n0, min(self.N, n0 + self.chunk)
+        step = self.N if backend.is_gpu() else self.cpu_chunk  # the GPU takes the batch at once
+        for n0 in range(0, self.N, step):
+            yield n0, min(self.N, n0 + step)
 
     def _planes(self, name, nc):
         """(phases, nc * L + tail) flat planes from the workspace."""
@@ -82,27 +93,23 @@ class PhasePool:
     def split(self, xp, x, nc, value):
         """The phase planes of x (nc, H, W), padded with ``value``."""
         P = self._planes('pool_phase', nc)
-        sh, sw = self.strides
-        for p, (u0, u1, r0, v0, v1, c0) in enumerate(self.spans):
+        for p, (dst, src, pads) in enumerate(self.copies):
             q = self._plane4(P[p], nc)
-            if u1 > u0 and v1 > v0:
-                q[:, u0:u1, v0:v1] = x[:, r0:r0 + (u1 - u0 - 1) * sh + 1:sh, c0:c0 + (v1 - v0 - 1) * sw + 1:sw]
-            q[:, :u0] = value
-            q[:, u1:] = value
-            q[:, u0:u1, :v0] = value
-            q[:, u0:u1, v1:] = value
-            P[p, nc * self.L:] = value
+            if src is not None:
+                q[dst] = x[src]
+            for t in pads:
+                q[t] = value
+        if self.tail:
+            P[:, nc * self.L:] = value
         return P
 
     def merge(self, xp, P, dx, nc):
         """dx (nc, H, W) = the phase planes P put back in place (their padding dropped)."""
-        sh, sw = self.strides
         if not self.covers_input:
             dx.fill(0)
-        for p, (u0, u1, r0, v0, v1, c0) in enumerate(self.spans):
-            if u1 > u0 and v1 > v0:
-                dx[:, r0:r0 + (u1 - u0 - 1) * sh + 1:sh, c0:c0 + (v1 - v0 - 1) * sw + 1:sw] = \
-                    self._plane4(P[p], nc)[:, u0:u1, v0:v1]
+        for p, (dst, src, _) in enumerate(self.copies):
+            if src is not None:
+                dx[src] = self._plane4(P[p], nc)[dst]
 
     def _out_ext(self, y, nc):
         """y's chunk (nc, PH, PW) itself when the layouts agree, else an extended scratch."""
@@ -170,8 +177,18 @@ class PhasePool:
             m = nc * self.L
             de = self._dy_ext(dy[n0:n1].reshape(nc, self.PH, self.PW), nc)
             kc = koff[n0 * C * self.L:n1 * C * self.L]
-            D = self._planes('pool_dphase', nc)
             eq = workspace('pool_bool', m, np.bool_)
+            if self.disjoint:  # one offset per phase, shift 0: the planes are dx's own elements
+                dxc = dx[n0:n1].reshape(nc, H, W)
+                if not self.covers_input:
+                    dxc.fill(0)
+                for k, p, _ in self.offsets:
+                    dst, src, _ = self.copies[p]
+                    if src is not None:
+                        xp.equal(kc, k, out=eq)
+                        xp.multiply(self._plane4(de, nc)[dst], self._plane4(eq, nc)[dst], out=dxc[src])
+                continue
+            D = self._planes('pool_dphase', nc)
             tmp = workspace('pool_tmp', m)
             first = set()
             for k, p, s in self.offsets[::-1]:
@@ -217,6 +234,14 @@ class PhasePool:
                 xp.multiply(dy[n0:n1].reshape(nc, self.PH, self.PW), inv, out=gq[:, :self.PH, :self.PW])
                 gq[:, self.PH:] = 0
                 gq[:, :self.PH, self.PW:] = 0
+            if self.disjoint:
+                dxc = dx[n0:n1].reshape(nc, H, W)
+                if not self.covers_input:
+                    dxc.fill(0)
+                for dst, src, _ in self.copies:
+                    if src is not None:
+                        dxc[src] = gq[dst]
+                continue
             D = self._planes('pool_dphase', nc)
             first = set()
             for _, p, s in self.offsets[::-1]:
