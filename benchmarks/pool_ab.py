@@ -28,6 +28,7 @@ from google.protobuf import text_format  # noqa: E402
 
 from caffeine import backend  # noqa: E402
 from caffeine.blob import Blob  # noqa: E402
+from caffeine.layers import pool_phases  # noqa: E402
 from caffeine.layers.vision import PoolingLayer  # noqa: E402
 from caffeine.proto import caffe_pb2  # noqa: E402
 from caffeine.workspace import workspace  # noqa: E402
@@ -151,8 +152,12 @@ def main(argv=None):
     ap.add_argument('--reps', type=int, default=15)
     ap.add_argument('--rounds', type=int, default=2)
     ap.add_argument('--check-only', action='store_true')
+    ap.add_argument('--chunk-kb', type=int, default=None, help='pool_phases.CHUNK_KB for the new side')
     args = ap.parse_args(argv)
     backend.set_mode_cpu()
+    if args.chunk_kb:
+        pool_phases.CHUNK_KB = args.chunk_kb
+    print('pool_phases.CHUNK_KB = %d' % pool_phases.CHUNK_KB)
     print('ms, best / median of %d alternating runs per round; (xR) = old / new, medians' % args.reps)
     for name, param, shape in CASES:
         run_case(name, param, shape, args.reps, args.rounds, args.check_only)

@@ -367,7 +367,8 @@ class PoolingLayer(Layer):
     """2-D pooling, as Caffe's: MAX (optional mask top), AVE, STOCHASTIC.
 
     bottom: (N, C, H, W).  top: (N, C, PH, PW) and, for MAX, optionally the mask
-    (the flat index h * W + w of each maximum in its input plane, as float).
+    (the flat index h * W + w of each maximum in its input plane, as float; -1 where
+    no element is above -FLT_MAX: NaN never wins).
     PH = ceil((H + 2 pad - kernel) / stride) + 1 (floor with round_mode FLOOR, or
     OpenCV's ceil_mode: false), less one
     when padding makes the last window start outside the input + pad.
@@ -466,7 +467,7 @@ class PoolingLayer(Layer):
                       and self.method in (_PP.MAX, _PP.AVE))
         self.offsets = [(a, b) for a in range(kh) for b in range(kw)]
         nk = kh * kw
-        self.koff_dtype = np.int8 if nk <= 127 else (np.int16 if nk < 32000 else np.int32)
+        self.koff_dtype = np.int8 if nk < 127 else (np.int16 if nk < 32000 else np.int32)  # 1 + offset
         hs = np.arange(PH) * sh - ph
         ws = np.arange(PW) * sw - pw
         # AVE: divide by the window clipped to the padded input (Caffe's pool_size)
@@ -526,7 +527,7 @@ class PoolingLayer(Layer):
         return self._c.buf('koff', (self.N, self.C, self.PH, self.PW), self.koff_dtype)
 
     def _phase_koff(self):
-        """MAX's window offsets, in the phase planes' extended layout (kept for backward)."""
+        """MAX's 1 + window offsets, in the phase planes' extended layout (kept for backward)."""
         return self._c.buf('koff_ext', (self.N * self.C * self.phases.L,), self.koff_dtype)
 
     def _index_in_plane(self, xp, koff):
@@ -580,7 +581,10 @@ class PoolingLayer(Layer):
             self.phases.max_forward(xp, x, y, koff)
             self._koff_valid = True
             if len(top) > 1:
-                top[1].xdata[...] = self._index_in_plane(xp, self.phases.koff_ext(koff))
+                kv = self.phases.koff_ext(koff)
+                idx = self._index_in_plane(xp, kv - 1)
+                xp.copyto(idx, -1, where=kv == 0)  # Caffe's mask where no element beat -FLT_MAX
+                top[1].xdata[...] = idx
         elif self.method == _PP.AVE:
             if self.plane:
                 y1 = y.reshape(-1)
