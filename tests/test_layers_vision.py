@@ -704,7 +704,7 @@ def test_pooling_chunks_of_images_give_the_same_numbers(monkeypatch):
         monkeypatch.setattr(pool_phases, 'CHUNK_KB', kb)
         for param in ('pool: MAX kernel_size: 3 stride: 2 pad: 1', 'pool: AVE kernel_size: 3 stride: 2 pad: 1'):
             layer, bottom, top = forward_layer('type: "Pooling" pooling_param { %s }' % param, x)
-            assert layer.phases.cpu_chunk == (5 if kb > 1 else 1)
+            assert layer.phase_pool.cpu_chunk == (5 if kb > 1 else 1)
             out.append((top[0].data.copy(), backward_layer(layer, bottom, top, dy, zero_param_diffs=True)[0]))
     for (y0, d0), (y1, d1) in zip(out[:2], out[2:]):
         np.testing.assert_array_equal(y0, y1)

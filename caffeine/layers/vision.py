@@ -481,7 +481,7 @@ class PoolingLayer(Layer):
         self._c.set('base', (hs[:, None] * W + ws[None, :]).astype(np.int64))
         self._c.set('delta', np.array([a * W + b for a, b in self.offsets], dtype=np.int64))
         self._c.set('plane', (np.arange(N * C, dtype=np.int64) * (H * W)).reshape(N, C, 1, 1))
-        self.phases = None if self.plane or self.method not in (_PP.MAX, _PP.AVE) else PhasePool(
+        self.phase_pool = None if self.plane or self.method not in (_PP.MAX, _PP.AVE) else PhasePool(
             shape, self.k, self.strides, self.pads, (PH, PW), self.koff_dtype)
         self._key = tuple(shape)
         self._koff_valid = False
@@ -528,7 +528,7 @@ class PoolingLayer(Layer):
 
     def _phase_koff(self):
         """MAX's 1 + window offsets, in the phase planes' extended layout (kept for backward)."""
-        return self._c.buf('koff_ext', (self.N * self.C * self.phases.L,), self.koff_dtype)
+        return self._c.buf('koff_ext', (self.N * self.C * self.phase_pool.L,), self.koff_dtype)
 
     def _index_in_plane(self, xp, koff):
         """The flat index h * W + w of each window's chosen element (int64 workspace);
@@ -575,13 +575,13 @@ class PoolingLayer(Layer):
                         top[1].xdata.reshape(-1)[...] = koff
                 return
             if not want_idx:
-                self.phases.max_forward(xp, x, y)
+                self.phase_pool.max_forward(xp, x, y)
                 return
             koff = self._phase_koff()
-            self.phases.max_forward(xp, x, y, koff)
+            self.phase_pool.max_forward(xp, x, y, koff)
             self._koff_valid = True
             if len(top) > 1:
-                kv = self.phases.koff_ext(koff)
+                kv = self.phase_pool.koff_ext(koff)
                 idx = self._index_in_plane(xp, kv - 1)
                 xp.copyto(idx, -1, where=kv == 0)  # Caffe's mask where no element beat -FLT_MAX
                 top[1].xdata[...] = idx
@@ -591,7 +591,7 @@ class PoolingLayer(Layer):
                 xp.sum(self._plane2d(x), axis=1, out=y1)
                 y1 *= _F32(1.0 / (self.H * self.W))
                 return
-            self.phases.ave_forward(xp, x, y, self._c.get('inv'))
+            self.phase_pool.ave_forward(xp, x, y, self._c.get('inv'))
         elif self.method == _PP.STOCHASTIC:
             src = self._src(xp, x, 0.0)
             if self.phase == caffe_pb2.TRAIN:
@@ -665,12 +665,12 @@ class PoolingLayer(Layer):
             koff = self._phase_koff()
             if not self._koff_valid:  # TEST-phase forward: the argmax of the bottom, as forward's
                 ymax = workspace('pool_tmp2', dy.size).reshape(dy.shape)
-                self.phases.max_forward(xp, bottom[0].xdata, ymax, koff)
+                self.phase_pool.max_forward(xp, bottom[0].xdata, ymax, koff)
                 self._koff_valid = True
-            self.phases.max_backward(xp, koff, dy, dx)
+            self.phase_pool.max_backward(xp, koff, dy, dx)
             return
         if self.method == _PP.AVE:
-            self.phases.ave_backward(xp, self._c.get('inv'), dy, dx)
+            self.phase_pool.ave_backward(xp, self._c.get('inv'), dy, dx)
             return
         if self.method == _PP.STOCHASTIC and self.phase == caffe_pb2.TRAIN:
             # route each gradient to the element drawn
