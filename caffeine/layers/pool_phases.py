@@ -11,9 +11,13 @@ back to back in one flat buffer, every offset is ONE contiguous slice, and every
 the same "extended" layout, (Hq, Wq) per plane; lanes outside (PH, PW) are scratch,
 dropped when copied out (nothing to drop when Hq = PH and Wq = PW, e.g. kernel = stride).
 
-Work runs in chunks of images small enough to stay in cache (``CHUNK_KB`` of planes);
+Backward accumulates into planes of the same shape and puts them back in place (one
+strided copy per phase; with kernel <= stride each phase has one offset and that copy
+is the only write).  Work runs in chunks of images small enough to stay in cache
+(``CHUNK_KB`` of planes: 1024 beat 256 and 512 and tied 2048 in ``benchmarks/pool_ab.py``);
 on the GPU the whole batch is one chunk.  Buffers come from the shared workspace; the
-argmax (``koff``, the raster-order window offset of each maximum) lives in the layer.
+argmax (``koff``: 1 + the raster-order window offset of each maximum, 0 for none) lives
+in the layer.
 
 Caffe's semantics, exactly: the maximum starts at -FLT_MAX and is replaced by a later
 element only when that is strictly greater (the first maximum in raster order wins; NaN
@@ -37,7 +41,7 @@ CHUNK_KB = 1024  # CPU: the phase planes of one chunk of images take about this 
 
 class PhasePool:
     """The phase planes of one pooling geometry: input (N, C, H, W), kernel (kh, kw),
-    stride (sh, sw), pad (ph, pw), output (PH, PW); ``koff_dtype`` holds kh * kw offsets."""
+    stride (sh, sw), pad (ph, pw), output (PH, PW); ``koff_dtype`` holds 1 + kh * kw."""
 
     def __init__(self, shape, kernel, stride, pad, out, koff_dtype):
         N, C, H, W = shape
