@@ -1,6 +1,6 @@
 """A/B: MAX and AVE pooling, the strided-view implementation (old) against the stride-phase planes (new).
 
-    python benchmarks/pool_ab.py [--reps 15] [--rounds 2] [--check-only]
+    python benchmarks/pool_ab.py [--reps 15] [--rounds 2] [--check-only] [--torch [--torch-threads 1]]
 
 The pooling layers of CIFAR10-quick (batch 100: pool1 MAX 3x3/2 on (100, 32, 32, 32),
 pool2 and pool3 AVE 3x3/2 on (100, 32, 16, 16) and (100, 64, 8, 8), all at Caffe's
@@ -12,7 +12,10 @@ this one process, alternating (old, new, old, new, ...), forward and backward ti
 apart; printed: best / median ms of each and the ratio old / new of the medians.
 Before timing, the two sides' outputs are checked bitwise equal, and their gradients too
 (AVE's within 1e-6: the new backward sums overlapping windows in Caffe's order, the
-old one summed by window offset); ``--check-only`` stops there.  Run single-threaded: OPENBLAS_NUM_THREADS=1.
+old one summed by window offset); ``--check-only`` stops there.  Run single-threaded:
+OPENBLAS_NUM_THREADS=1.  ``--torch`` adds PyTorch's max_pool2d / avg_pool2d (ceil_mode) as
+a third side in the same rotation (forward, then autograd.grad for the backward), on
+``--torch-threads`` threads (1: NumPy's ufuncs run on one).
 """
 from __future__ import annotations
 
@@ -109,7 +112,30 @@ def build(cls, param, shape, seed):
     return layer, bottom, top
 
 
-def run_case(name, param, shape, reps, rounds, check_only):
+class TorchPool:
+    """PyTorch's max_pool2d / avg_pool2d (ceil_mode) on the same arrays, with Forward/Backward
+    like a layer's (backward: autograd.grad of the last forward)."""
+
+    def __init__(self, param, bottom, top):
+        import torch
+        import torch.nn.functional as F
+        self.torch = torch
+        k, s = 3 if 'kernel_size: 3' in param else 2, 2
+        if 'MAX' in param:
+            self.fn = lambda x: F.max_pool2d(x, k, s, ceil_mode=True)
+        else:
+            self.fn = lambda x: F.avg_pool2d(x, k, s, ceil_mode=True)
+        self.x = torch.from_numpy(bottom[0].data.copy()).requires_grad_(True)
+        self.dy = torch.from_numpy(top[0].diff.copy())
+
+    def Forward(self, bottom, top):
+        self.y = self.fn(self.x)
+
+    def Backward(self, top, propagate_down, bottom):
+        self.torch.autograd.grad(self.y, self.x, self.dy)
+
+
+def run_case(name, param, shape, reps, rounds, check_only, with_torch):
     sides = [('old', build(OldPooling, param, shape, 0)), ('new', build(PoolingLayer, param, shape, 0))]
     outs = []
     for _, (layer, bottom, top) in sides:
@@ -127,6 +153,9 @@ def run_case(name, param, shape, reps, rounds, check_only):
         raise SystemExit('old and new differ on %s' % name)
     if check_only:
         return
+    if with_torch:
+        _, bottom, top = sides[1][1]
+        sides.append(('torch', (TorchPool(param, bottom, top), bottom, top)))
     for r in range(rounds):
         ts = {(s, d): [] for s, _ in sides for d in ('fwd', 'bwd')}
         for _ in range(reps):
@@ -144,6 +173,9 @@ def run_case(name, param, shape, reps, rounds, check_only):
             cells.append('%s old %6.2f / %6.2f  new %6.2f / %6.2f  (x%.1f)' % (
                 d, 1e3 * min(old), 1e3 * np.median(old), 1e3 * min(new), 1e3 * np.median(new),
                 np.median(old) / np.median(new)))
+            if with_torch:
+                tt = ts['torch', d]
+                cells[-1] += '  torch %6.2f / %6.2f' % (1e3 * min(tt), 1e3 * np.median(tt))
         print('  round %d  %s' % (r + 1, '   '.join(cells)), flush=True)
 
 
@@ -153,14 +185,20 @@ def main(argv=None):
     ap.add_argument('--rounds', type=int, default=2)
     ap.add_argument('--check-only', action='store_true')
     ap.add_argument('--chunk-kb', type=int, default=None, help='pool_phases.CHUNK_KB for the new side')
+    ap.add_argument('--torch', action='store_true', help="a third side: PyTorch's pooling (pip install torch)")
+    ap.add_argument('--torch-threads', type=int, default=1)
     args = ap.parse_args(argv)
     backend.set_mode_cpu()
     if args.chunk_kb:
         pool_phases.CHUNK_KB = args.chunk_kb
     print('pool_phases.CHUNK_KB = %d' % pool_phases.CHUNK_KB)
     print('ms, best / median of %d alternating runs per round; (xR) = old / new, medians' % args.reps)
+    if args.torch:
+        import torch
+        torch.set_num_threads(args.torch_threads)
+        print('torch %s, %d thread(s)' % (torch.__version__, args.torch_threads))
     for name, param, shape in CASES:
-        run_case(name, param, shape, args.reps, args.rounds, args.check_only)
+        run_case(name, param, shape, args.reps, args.rounds, args.check_only, args.torch)
 
 
 if __name__ == '__main__':
