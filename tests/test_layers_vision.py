@@ -625,6 +625,15 @@ POOL_CASES = {
     'ave_floor': ('pool: AVE kernel_size: 2 stride: 2 round_mode: FLOOR', (2, 3, 5, 5), 'AVE', (2, 2), (2, 2),
                   (0, 0), False),
     'ave_kernel_is_input': ('pool: AVE kernel_size: 7', (2, 3, 7, 7), 'AVE', (7, 7), (1, 1), (0, 0), True),
+    # stride-phase planes: kernel < stride (elements in no window), stride 3, a rectangle of both
+    'max_k2_s3': ('pool: MAX kernel_size: 2 stride: 3', (2, 3, 8, 7), 'MAX', (2, 2), (3, 3), (0, 0), True),
+    'ave_k2_s3': ('pool: AVE kernel_size: 2 stride: 3', (2, 3, 8, 7), 'AVE', (2, 2), (3, 3), (0, 0), True),
+    'max_k5_s3_pad2': ('pool: MAX kernel_size: 5 stride: 3 pad: 2', (1, 2, 8, 9), 'MAX', (5, 5), (3, 3), (2, 2), True),
+    'max_k1_s2': ('pool: MAX kernel_size: 1 stride: 2', (1, 2, 5, 7), 'MAX', (1, 1), (2, 2), (0, 0), True),
+    'max_rect_s': ('pool: MAX kernel_h: 2 kernel_w: 4 stride_h: 2 stride_w: 3', (2, 2, 7, 11), 'MAX', (2, 4), (2, 3),
+                   (0, 0), True),
+    'ave_rect_s_pad': ('pool: AVE kernel_h: 4 kernel_w: 3 stride_h: 3 stride_w: 2 pad_h: 1 pad_w: 2', (1, 2, 9, 7),
+                       'AVE', (4, 3), (3, 2), (1, 2), True),
 }
 
 
@@ -661,6 +670,45 @@ def test_pooling_max_ties_go_to_the_first_element_as_caffe(mode):
         for m in top[1].data.ravel():
             want.flat[int(m)] += 1
         np.testing.assert_array_equal(bottom[0].diff[0, 0], want)
+
+
+def test_pooling_max_ignores_nan_and_padding_as_caffe(mode):
+    """Caffe's scan: the maximum starts at -FLT_MAX and takes an element only when strictly
+    greater, so NaN never wins and -inf padding never wins; a window of NaN and -inf alone
+    gives -FLT_MAX and mask -1 (Caffe's), and its gradient goes nowhere."""
+    nan, inf = np.nan, np.inf
+    x = np.array([[1, nan, 2, 0, nan],
+                  [nan, 3, nan, -inf, nan],
+                  [-inf, -1, 4, nan, nan],
+                  [5, 4, 6, nan, nan]], np.float32)[None, None]
+    layer, bottom, top = forward_layer('type: "Pooling" pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 }',
+                                       x, ntop=2)
+    fmax = np.finfo(np.float32).max
+    np.testing.assert_array_equal(top[0].data[0, 0], [[3, 3, 0], [5, 6, -fmax], [5, 6, -fmax]])
+    np.testing.assert_array_equal(top[1].data[0, 0], [[6, 6, 3], [15, 17, -1], [15, 17, -1]])
+    dy = np.float32([1, 2, 4, 8, 16, 32, 64, 128, 256]).reshape(1, 1, 3, 3)
+    backward_layer(layer, bottom, top, dy, zero_param_diffs=True)
+    want = np.zeros((4, 5), np.float32)
+    want.flat[[6, 3, 15, 17]] = [1 + 2, 4, 8 + 64, 16 + 128]   # the windows of NaN and -inf alone route nowhere
+    np.testing.assert_array_equal(bottom[0].diff[0, 0], want)
+
+
+def test_pooling_chunks_of_images_give_the_same_numbers(monkeypatch):
+    """On the CPU the phase planes are built for a few images at a time; one image per chunk
+    (and a last, shorter chunk) changes no number."""
+    from caffeine.layers import pool_phases
+    x = gauss((5, 3, 9, 8), seed=4)
+    dy = gauss((5, 3, 5, 5), seed=6)
+    out = []
+    for kb in (pool_phases.CHUNK_KB, 1):
+        monkeypatch.setattr(pool_phases, 'CHUNK_KB', kb)
+        for param in ('pool: MAX kernel_size: 3 stride: 2 pad: 1', 'pool: AVE kernel_size: 3 stride: 2 pad: 1'):
+            layer, bottom, top = forward_layer('type: "Pooling" pooling_param { %s }' % param, x)
+            assert layer.phase_pool.cpu_chunk == (5 if kb > 1 else 1)
+            out.append((top[0].data.copy(), backward_layer(layer, bottom, top, dy, zero_param_diffs=True)[0]))
+    for (y0, d0), (y1, d1) in zip(out[:2], out[2:]):
+        np.testing.assert_array_equal(y0, y1)
+        np.testing.assert_array_equal(d0, d1)
 
 
 @pytest.mark.parametrize('phase', [TRAIN, TEST])

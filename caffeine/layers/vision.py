@@ -7,8 +7,9 @@ Written once for NumPy and CuPy with ``xp = backend.get_xp()``.
   1x1 convolutions with stride 1 and no pad use the input as its own column matrix
   (see :mod:`caffeine.layers.conv_engine`).  Column and padding buffers live in a shared
   workspace that grows once and is reused, as Caffe's shared column buffer.
-- Pooling: loops over kernel offsets only (each step a whole-array op on a strided
-  view); windows that cover the whole plane (global pooling) are plain reductions.
+- Pooling: MAX and AVE loop over kernel offsets only, each step one contiguous pass over
+  the input's stride-phase planes (see :mod:`caffeine.layers.pool_phases`); STOCHASTIC over
+  strided views; windows that cover the whole plane (global pooling) are plain reductions.
 - LRN: loops over the ``local_size`` offsets only.
 
 On the GPU, :mod:`caffeine.engines` may run Convolution, Deconvolution and Pooling on cuDNN
@@ -25,6 +26,7 @@ from ..proto import caffe_pb2
 from ..workspace import workspace
 from . import conv_engine as _ic
 from .conv_engine import ConvEngine
+from .pool_phases import PhasePool
 from ._util import canonical_axis, shape_count
 
 _F32 = np.float32
@@ -365,7 +367,8 @@ class PoolingLayer(Layer):
     """2-D pooling, as Caffe's: MAX (optional mask top), AVE, STOCHASTIC.
 
     bottom: (N, C, H, W).  top: (N, C, PH, PW) and, for MAX, optionally the mask
-    (the flat index h * W + w of each maximum in its input plane, as float).
+    (the flat index h * W + w of each maximum in its input plane, as float; -1 where
+    no element is above -FLT_MAX: NaN never wins).
     PH = ceil((H + 2 pad - kernel) / stride) + 1 (floor with round_mode FLOOR, or
     OpenCV's ceil_mode: false), less one
     when padding makes the last window start outside the input + pad.
@@ -464,7 +467,7 @@ class PoolingLayer(Layer):
                       and self.method in (_PP.MAX, _PP.AVE))
         self.offsets = [(a, b) for a in range(kh) for b in range(kw)]
         nk = kh * kw
-        self.koff_dtype = np.int8 if nk <= 127 else (np.int16 if nk < 32000 else np.int32)
+        self.koff_dtype = np.int8 if nk < 127 else (np.int16 if nk < 32000 else np.int32)  # 1 + offset
         hs = np.arange(PH) * sh - ph
         ws = np.arange(PW) * sw - pw
         # AVE: divide by the window clipped to the padded input (Caffe's pool_size)
@@ -477,7 +480,10 @@ class PoolingLayer(Layer):
         # base[ph, pw] + delta[k] (the mask top); plane[n, c] is the plane's start
         self._c.set('base', (hs[:, None] * W + ws[None, :]).astype(np.int64))
         self._c.set('delta', np.array([a * W + b for a, b in self.offsets], dtype=np.int64))
+        self._c.set('delta1', np.array([0] + [a * W + b for a, b in self.offsets], dtype=np.int64))
         self._c.set('plane', (np.arange(N * C, dtype=np.int64) * (H * W)).reshape(N, C, 1, 1))
+        self.phase_pool = None if self.plane or self.method not in (_PP.MAX, _PP.AVE) else PhasePool(
+            shape, self.k, self.strides, self.pads, (PH, PW), self.koff_dtype)
         self._key = tuple(shape)
         self._koff_valid = False
         self._engine_key = None
@@ -521,35 +527,15 @@ class PoolingLayer(Layer):
     def _koff(self):
         return self._c.buf('koff', (self.N, self.C, self.PH, self.PW), self.koff_dtype)
 
-    def _max_into(self, xp, src, y):
-        """y = the maximum of each window (NaN ignored, as Caffe's strict '>')."""
-        y.fill(-_FLT_MAX)
-        for off in self.offsets:
-            xp.fmax(y, self._view(src, off), out=y)
+    def _phase_koff(self):
+        """MAX's 1 + window offsets, in the phase planes' extended layout (kept for backward)."""
+        return self._c.buf('koff_ext', (self.N * self.C * self.phase_pool.L,), self.koff_dtype)
 
-    def _max_argmax_into(self, xp, src, y):
-        """y = the maximum of each window, koff = the window offset of its first
-        occurrence in raster order (Caffe's scan with a strict '>')."""
-        koff = self._koff()
-        koff.fill(0)
-        y.fill(-_FLT_MAX)
-        gt = workspace('pool_bool', y.size, np.bool_).reshape(y.shape)
-        tmp = workspace('pool_koff_tmp', y.size, self.koff_dtype).reshape(y.shape)
-        for k, off in enumerate(self.offsets):
-            v = self._view(src, off)
-            if k:
-                xp.greater(v, y, out=gt)
-                # offsets only grow: the last offset where v beat y is max(koff, k * gt)
-                xp.multiply(gt, self.koff_dtype(k), out=tmp)
-                xp.maximum(koff, tmp, out=koff)
-            xp.fmax(y, v, out=y)
-        self._koff_valid = True
-        return koff
-
-    def _index_in_plane(self, xp, koff):
-        """The flat index h * W + w of each window's chosen element (int64 workspace)."""
+    def _index_in_plane(self, xp, koff, table='delta'):
+        """The flat index h * W + w of each window's chosen element (int64 workspace);
+        koff (N, C, PH, PW): the window offsets (1 + the offsets with table 'delta1')."""
         idx = workspace('pool_idx', koff.size, np.int64).reshape(koff.shape)
-        xp.take(self._c.get('delta'), koff, out=idx)
+        xp.take(self._c.get(table), koff, out=idx)
         xp.add(idx, self._c.get('base'), out=idx)
         return idx
 
@@ -589,24 +575,26 @@ class PoolingLayer(Layer):
                     if len(top) > 1:
                         top[1].xdata.reshape(-1)[...] = koff
                 return
-            src = self._src(xp, x, -np.inf)
             if not want_idx:
-                self._max_into(xp, src, y)
+                self.phase_pool.max_forward(xp, x, y)
                 return
-            koff = self._max_argmax_into(xp, src, y)
+            koff = self._phase_koff()
+            self.phase_pool.max_forward(xp, x, y, koff)
+            self._koff_valid = True
             if len(top) > 1:
-                top[1].xdata[...] = self._index_in_plane(xp, koff)
+                kv = self.phase_pool.koff_ext(koff)  # 1 + offset
+                idx = self._index_in_plane(xp, kv, 'delta1')
+                none = workspace('pool_bool', kv.size, np.bool_).reshape(kv.shape)
+                xp.equal(kv, 0, out=none)
+                xp.copyto(idx, -1, where=none)  # Caffe's mask where no element beat -FLT_MAX
+                top[1].xdata[...] = idx
         elif self.method == _PP.AVE:
             if self.plane:
                 y1 = y.reshape(-1)
                 xp.sum(self._plane2d(x), axis=1, out=y1)
                 y1 *= _F32(1.0 / (self.H * self.W))
                 return
-            src = self._src(xp, x, 0.0)
-            y[...] = self._view(src, self.offsets[0])
-            for off in self.offsets[1:]:
-                xp.add(y, self._view(src, off), out=y)
-            xp.multiply(y, self._c.get('inv'), out=y)
+            self.phase_pool.ave_forward(xp, x, y, self._c.get('inv'))
         elif self.method == _PP.STOCHASTIC:
             src = self._src(xp, x, 0.0)
             if self.phase == caffe_pb2.TRAIN:
@@ -676,12 +664,19 @@ class PoolingLayer(Layer):
             dx.fill(0)
             dx.reshape(-1)[idx] = dy.reshape(-1)
             return
-        if self.method == _PP.MAX or (self.method == _PP.STOCHASTIC and self.phase == caffe_pb2.TRAIN):
-            # route each gradient to the element chosen
-            if not self._koff_valid:
-                src = self._src(xp, bottom[0].xdata, -np.inf)
+        if self.method == _PP.MAX:
+            koff = self._phase_koff()
+            if not self._koff_valid:  # TEST-phase forward: the argmax of the bottom, as forward's
                 ymax = workspace('pool_tmp2', dy.size).reshape(dy.shape)
-                self._max_argmax_into(xp, src, ymax)
+                self.phase_pool.max_forward(xp, bottom[0].xdata, ymax, koff)
+                self._koff_valid = True
+            self.phase_pool.max_backward(xp, koff, dy, dx)
+            return
+        if self.method == _PP.AVE:
+            self.phase_pool.ave_backward(xp, self._c.get('inv'), dy, dx)
+            return
+        if self.method == _PP.STOCHASTIC and self.phase == caffe_pb2.TRAIN:
+            # route each gradient to the element drawn
             koff = self._koff()
             add_at = getattr(xp.add, 'at', None)
             if add_at is not None:
@@ -703,27 +698,21 @@ class PoolingLayer(Layer):
             if dpad is not dx:
                 dx[...] = self._interior(dpad)
             return
+        # STOCHASTIC, TEST phase: d/dx_i of sum(x^2) / sum(x) = (2 x_i - y) / sum(x)
         shape = dy.shape
         tmp = workspace('pool_tmp', dy.size).reshape(shape)
         dpad = self._dpad(dx)
-        if self.method == _PP.AVE:
-            xp.multiply(dy, self._c.get('inv'), out=tmp)
-            for off in self.offsets:
-                v = self._view(dpad, off)
-                xp.add(v, tmp, out=v)
-        elif self.method == _PP.STOCHASTIC and self.phase != caffe_pb2.TRAIN:
-            # d/dx_i of sum(x^2) / sum(x) = (2 x_i - y) / sum(x)
-            src = self._src(xp, bottom[0].xdata, 0.0)
-            y = top[0].xdata
-            g = workspace('pool_tmp2', dy.size).reshape(shape)
-            xp.divide(dy, self._c.buf('s1', shape), out=g)
-            for off in self.offsets:
-                xv = self._view(src, off)
-                xp.multiply(xv, 2, out=tmp)
-                xp.subtract(tmp, y, out=tmp)
-                xp.multiply(tmp, g, out=tmp)
-                v = self._view(dpad, off)
-                xp.add(v, tmp, out=v)
+        src = self._src(xp, bottom[0].xdata, 0.0)
+        y = top[0].xdata
+        g = workspace('pool_tmp2', dy.size).reshape(shape)
+        xp.divide(dy, self._c.buf('s1', shape), out=g)
+        for off in self.offsets:
+            xv = self._view(src, off)
+            xp.multiply(xv, 2, out=tmp)
+            xp.subtract(tmp, y, out=tmp)
+            xp.multiply(tmp, g, out=tmp)
+            v = self._view(dpad, off)
+            xp.add(v, tmp, out=v)
         if dpad is not dx:
             dx[...] = self._interior(dpad)
 
