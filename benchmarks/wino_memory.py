@@ -6,7 +6,8 @@
 Each child sets module constants of ``caffeine.layers.conv_engine`` (as ``ab_nets.py``
 does), builds the benchmark net as ``bench_cpu.py`` does, runs one iteration and prints
 the workspace buffers by name (``caffeine.workspace.buffers()``), bench_cpu's "layer
-buffers" total (``internal_bytes``) and the chunking of every Winograd convolution
+buffers" total (``internal_bytes``), the peak RSS above the baseline (as bench_cpu's
+memory subprocess measures it) and the chunking of every Winograd convolution
 against the im2col workspace the same layer would take.
 """
 from __future__ import annotations
@@ -16,6 +17,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -30,8 +33,12 @@ def child(name, spec):
     from caffeine import workspace
     for k, v in _settings(spec).items():
         setattr(engine, k, v)
+    a = np.ones((256, 256), np.float32)   # the BLAS's own buffers before the baseline, as bench_cpu
+    np.dot(a, a)
+    base = bench_cpu.proc_status('VmRSS') or 0
     run = bench_cpu.CaffeineRun(name, calibrate=False)
     run.step()
+    peak = bench_cpu.peak_rss() - base
     bufs = {}
     for (bname, _, _, _), v in workspace.buffers().items():
         bufs[bname] = bufs.get(bname, 0) + v.nbytes
@@ -43,7 +50,7 @@ def child(name, spec):
             layers.append('%s: %d images x %d rows x %d outputs; uses %s of im2col %s' % (
                 ln, w.wchunk, w.wrows, w.mblock, w.used, e.im2col_workspace()))
     print('CHILD ' + json.dumps({'workspace': bufs, 'internal': sum(bench_cpu.internal_bytes(run.net).values()),
-                                 'layers': layers}))
+                                 'peak': peak, 'layers': layers}))
 
 
 def main(argv=None):
@@ -65,11 +72,11 @@ def main(argv=None):
                 print('  %s: failed\n%s' % (v, p.stderr[-2000:]))
                 continue
             r = out[0]
-            print('  %-28s workspace %7.1f MiB (%s); layer buffers %7.1f MiB; %d Winograd convolutions' % (
-                v, sum(r['workspace'].values()) * mib,
+            print('  %-14s workspace %6.1f MiB (%s); layer buffers %6.1f MiB; peak RSS %6.1f MiB; %d Winograd convolutions'
+                  % (v, sum(r['workspace'].values()) * mib,
                 ', '.join('%s %.1f' % kv for kv in sorted(((k, b * mib) for k, b in r['workspace'].items()),
                                                           key=lambda kv: -kv[1])),
-                r['internal'] * mib, len(r['layers'])), flush=True)
+                     r['internal'] * mib, r['peak'] * mib, len(r['layers'])), flush=True)
             if args.plans:
                 for line in r['layers']:
                     print('      ' + line)
