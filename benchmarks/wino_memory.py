@@ -72,11 +72,11 @@ def main(argv=None):
                 print('  %s: failed\n%s' % (v, p.stderr[-2000:]))
                 continue
             r = out[0]
-            print('  %-14s workspace %6.1f MiB (%s); layer buffers %6.1f MiB; peak RSS %6.1f MiB; %d Winograd convolutions'
-                  % (v, sum(r['workspace'].values()) * mib,
-                ', '.join('%s %.1f' % kv for kv in sorted(((k, b * mib) for k, b in r['workspace'].items()),
-                                                          key=lambda kv: -kv[1])),
-                     r['internal'] * mib, r['peak'] * mib, len(r['layers'])), flush=True)
+            ws = sorted(r['workspace'].items(), key=lambda kv: -kv[1])
+            print('  %-14s workspace %6.1f MiB (%s); layer buffers %6.1f MiB; peak RSS %6.1f MiB; '
+                  '%d Winograd convolutions' % (v, sum(r['workspace'].values()) * mib,
+                                                ', '.join('%s %.1f' % (k, b * mib) for k, b in ws),
+                                                r['internal'] * mib, r['peak'] * mib, len(r['layers'])), flush=True)
             if args.plans:
                 for line in r['layers']:
                     print('      ' + line)
