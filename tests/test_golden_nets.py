@@ -23,6 +23,8 @@ def test_golden_net(case, mode, algorithm, monkeypatch):
     monkeypatch.setattr(conv_engine, 'WINOGRAD_ON_GPU', True)  # on CuPy too, where a GPU is present
     monkeypatch.setattr(conv_engine, 'WINOGRAD_MIN_CHANNELS', 1)
     monkeypatch.setattr(conv_engine, 'WINOGRAD_MAX_WASTE', 1e9)
+    monkeypatch.setattr(conv_engine, 'WINOGRAD_MIN_TILES', 1)   # within im2col's workspace at any cost
+    monkeypatch.setattr(conv_engine, 'WINOGRAD_MIN_BLOCK', 1)
     net = check_golden_net(case, rtol=1e-4)
     convs = [layer.engine for layer in net.layers if layer.type == 'Convolution']
     if case in ('caffenet_deploy', 'googlenet_deploy'):  # they have 3x3 stride-1 convolutions

@@ -287,6 +287,7 @@ def test_convolution_winograd(mode, monkeypatch, algorithm, shape, pad, flip):
     if algorithm == 'winograd_by_rows':
         monkeypatch.setattr(engine_mod, 'WINOGRAD_CHUNK_MB', 1e-9)
     monkeypatch.setattr(engine_mod, 'WINOGRAD_MIN_CHANNELS', 1)
+    monkeypatch.setattr(engine_mod, 'WINOGRAD_MIN_TILES', 1)
     monkeypatch.setattr(engine_mod, 'WINOGRAD_MAX_WASTE', 1e9)
     monkeypatch.setattr(engine_mod, 'FLIP_MIN_CHANNELS', 1 if flip else 1 << 20)
     monkeypatch.setattr(engine_mod, 'FLIP_MAX_RATIO', 1e9)
@@ -331,6 +332,43 @@ def test_convolution_winograd_choice(monkeypatch, param, size, fewer, want):
     layer, _, _ = forward_layer(_conv_text('Convolution', param, 8), gauss((2, cin, size, size)))
     assert layer.engine.winograd == want
     assert layer.engine_name().startswith('numpy winograd' if want else 'numpy im2col-')
+
+
+@pytest.mark.parametrize('budget, mblock, wchunk, wrows', [
+    ({'conv_col': 1 << 20}, 10, 3, 4),                       # everything at once
+    ({'conv_col': 5000, 'conv_pad': 700}, 10, 1, 4),         # one image a time
+    ({'conv_col': 2500, 'conv_pad': 600}, 10, 1, 1),         # one row of tiles a time
+    ({'conv_col': 1000, 'conv_pad': 600}, 3, 1, 1)])         # ... and blocks of 3, 3, 3, 1 outputs
+def test_winograd_chunks_within_a_budget(budget, mblock, wchunk, wrows):
+    """WinogradF2x3.plan fits its regions in the buffers it is given (blocks of output
+    channels, chunks of images and of tile rows), and the blocked forward pass still
+    equals the direct sums, bias included; with too little room there is no plan."""
+    from caffeine.layers.winograd import WinogradF2x3
+    x, W, b = gauss((3, 5, 7, 8)), gauss((10, 5, 3, 3), seed=1), gauss((10,), seed=2)
+    w = WinogradF2x3.plan(5, 10, (1, 1), (7, 8), 3, budget, chunk_floats=1 << 20, min_tiles=1, min_block=1)
+    assert (w.mblock, w.wchunk, w.wrows) == (mblock, wchunk, wrows)
+    for name, used in w.used.items():
+        assert used <= budget[name]
+    y = np.zeros((3, 10, 7, 8), np.float32)
+    w.forward(np, W, x, y, b)
+    np.testing.assert_allclose(y, ref_conv(x, W, b, (1, 1), (1, 1), (1, 1), 1), rtol=1e-4, atol=1e-4)
+    assert WinogradF2x3.plan(5, 10, (1, 1), (7, 8), 3, {'conv_col': 500}, 1 << 20, 1, 1) is None
+
+
+@pytest.mark.parametrize('shape, nout', [((2, 512, 14, 14), 512), ((2, 256, 56, 56), 256), ((8, 128, 28, 28), 128),
+                                         ((10, 256, 13, 13), 384), ((1, 256, 13, 13), 384)])
+def test_winograd_needs_no_more_workspace_than_im2col(shape, nout):
+    """Where chosen, Winograd takes only the workspace buffers (names and sizes) that the
+    im2col path of the same convolution would (VGG-16's, ResNet-50's, CaffeNet's 3x3 layers at
+    their benchmark batches); CaffeNet's conv3 at batch 1 cannot fit and stays on im2col."""
+    N, C, H, Wd = shape
+    eng = engine_mod.ConvEngine(C, nout, 1, (3, 3), (1, 1), (1, 1), (1, 1), (H, Wd), (H, Wd), N)
+    assert eng.winograd == (N > 1)
+    if eng.winograd:
+        im2col = eng.im2col_workspace()
+        assert set(eng.wino.used) <= set(im2col)
+        for name, used in eng.wino.used.items():
+            assert used <= im2col[name]
 
 
 def test_convolution_winograd_stays_off_on_the_gpu(monkeypatch):

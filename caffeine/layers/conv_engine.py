@@ -113,8 +113,11 @@ CHUNK_MIN_COLS = 2048
 WINOGRAD = True             # 3x3 stride-1 convolutions by Winograd F(2x2,3x3) (forward, and the flipped
 WINOGRAD_MIN_CHANNELS = 96  # ... backward to the data) when both sides have this many channels,
 WINOGRAD_MAX_WASTE = 1.2    # ... the 2x2 tiles cover at most this much more than the output (7x7: 1.31),
-WINOGRAD_CHUNK_MB = 8       # ... over chunks of images whose transformed tiles take about this much
+WINOGRAD_CHUNK_MB = 8       # ... over chunks whose transformed tiles and products take at most this much,
+WINOGRAD_MIN_TILES = 96     # ... of at least this many tiles (or all), within the workspace that im2col
+WINOGRAD_MIN_BLOCK = 32     # ... would take (kernels transformed for blocks of this many outputs or more),
 WINOGRAD_ON_GPU = False     # ... on the CPU only: on CuPy it is tested but has never been timed
+
 
 class ConvEngine:
     """Caffe's BaseConvolutionLayer GEMMs over whole batch chunks.
@@ -142,8 +145,9 @@ class ConvEngine:
 
     ``self.winograd``: forward() by Winograd F(2x2,3x3) (3x3, stride 1, dilation 1, one
     group, at least WINOGRAD_MIN_CHANNELS on both sides, tiles wasting at most
-    WINOGRAD_MAX_WASTE, the CPU unless WINOGRAD_ON_GPU); the weight gradient keeps the
-    columns of ``self.layout``.
+    WINOGRAD_MAX_WASTE, the CPU unless WINOGRAD_ON_GPU) where its transforms fit in the
+    workspace that im2col would take (:meth:`im2col_workspace`; ``self.wino`` holds the
+    chunking); the weight gradient keeps the columns of ``self.layout``.
 
     With stride 1 (and pad <= kernel extent - 1), the gradient to the input side,
     col2im(W^T dy), is computed as what it equals: a convolution of dy with the
@@ -206,18 +210,31 @@ class ConvEngine:
             self.flip_ok = f.out_ch * f.OUTc <= FLIP_MAX_RATIO * self.in_ch * self.OUTc
             if not self.flip_ok:
                 self._flip = None
-        # the algorithm of forward(): Winograd F(2x2,3x3) where it applies, else im2col + GEMM
-        # (the weight gradient always uses the columns of self.layout)
+        # the algorithm of forward(): Winograd F(2x2,3x3) where it applies and fits in the
+        # workspace that im2col would take, else im2col + GEMM (the weight gradient always
+        # uses the columns of self.layout)
         tiles = tuple(-(-o // 2) for o in self.out_sp)               # 2x2 output tiles per axis
-        self.winograd = (WINOGRAD and (WINOGRAD_ON_GPU or not backend.is_gpu())
-                         and self.nd == 2 and self.kernel == (3, 3) and self.stride == (1, 1)
-                         and self.dilation == (1, 1) and self.G == 1
-                         and min(self.in_ch, self.out_ch) >= WINOGRAD_MIN_CHANNELS
-                         and 4 * shape_count(tiles) <= WINOGRAD_MAX_WASTE * self.OUT)
         self.wino = None         # the Winograd transforms and their chunking, where chosen
-        if self.winograd:
+        if (WINOGRAD and (WINOGRAD_ON_GPU or not backend.is_gpu())
+                and self.nd == 2 and self.kernel == (3, 3) and self.stride == (1, 1)
+                and self.dilation == (1, 1) and self.G == 1
+                and min(self.in_ch, self.out_ch) >= WINOGRAD_MIN_CHANNELS
+                and 4 * shape_count(tiles) <= WINOGRAD_MAX_WASTE * self.OUT):
             target = int(min(WINOGRAD_CHUNK_MB * (1 << 20) // 4, limit_floats()))
-            self.wino = WinogradF2x3(self.in_ch, self.out_ch, self.pad, self.out_sp, self.N, target)
+            self.wino = WinogradF2x3.plan(self.in_ch, self.out_ch, self.pad, self.out_sp, self.N,
+                                          self.im2col_workspace(), target, WINOGRAD_MIN_TILES, WINOGRAD_MIN_BLOCK)
+        self.winograd = self.wino is not None
+
+    def im2col_workspace(self):
+        """The workspace buffers im2col + GEMM's forward() takes, {name: floats}: the columns,
+        the transposed outputs (unless the GEMM writes the top itself) and the padded input."""
+        nb = self.chunk
+        ws = {'conv_col': self.CK * nb * self.OUTc}
+        if nb > 1 or self.layout in ('wide', 'chwn'):
+            ws['conv_out'] = self.out_ch * nb * self.OUTc
+        if any(self.pad) or self.layout in ('wide', 'chwn'):
+            ws['conv_pad'] = nb * self.in_ch * self.P + self.slack
+        return ws
 
     def describe(self):
         """The algorithm, as ``caffeine time`` prints it: forward, and the backward to the data
@@ -439,7 +456,6 @@ class ConvEngine:
         dW3 = dW.reshape(G, Mg, CKg)
         xp.add(dW3, tmpT.transpose(0, 2, 1), out=dW3)
 
-    # -- Winograd F(2x2,3x3) ------------------------------------------------------
     # -- the passes ------------------------------------------------------------
     def forward(self, xp, W, x, y, bias=None):
         """y = W * x (+ bias): x (N, in_ch, *in_sp) -> y (N, out_ch, *out_sp)."""
