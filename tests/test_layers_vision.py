@@ -186,6 +186,8 @@ CONV_CASES = {
     'per_axis': ('kernel_size: 2 kernel_size: 3 pad: 0 pad: 2 stride: 2 stride: 1', (2, 2, 5, 4),
                  ((2, 3), (2, 1), (0, 2), (1, 1)), 1, 3),
     'dilation': ('kernel_size: 3 dilation: 2 pad: 1', (2, 2, 7, 7), ((3, 3), (1, 1), (1, 1), (2, 2)), 1, 3),
+    'rect_dilated': ('kernel_h: 3 kernel_w: 2 pad_h: 2 pad_w: 1 dilation: 2 dilation: 1', (3, 3, 7, 6),
+                     ((3, 2), (1, 1), (2, 1), (2, 1)), 1, 4),
     'dilation_per_axis': ('kernel_size: 2 dilation: 1 dilation: 3 stride: 2', (1, 2, 6, 8),
                           ((2, 2), (2, 2), (0, 0), (1, 3)), 1, 2),
     'group': ('kernel_size: 3 group: 2 pad: 1', (2, 4, 5, 5), ((3, 3), (1, 1), (1, 1), (1, 1)), 2, 6),
@@ -236,12 +238,14 @@ def test_convolution_forward_backward(mode, name, bias):
 
 
 @pytest.mark.parametrize('layout', ['narrow', 'wide', 'chwn', 'narrow_col2im', 'wide_col2im', 'chwn_col2im',
-                                    'batched_1x1'])
+                                    'chwn_rows', 'chwn_rows_col2im', 'batched_1x1'])
 @pytest.mark.parametrize('name', ['basic', 'group', 'dilation_per_axis', '1x1', '1x1_group', 'conv_1d', 'conv_3d',
-                                  'per_axis'])
+                                  'per_axis', 'rect_dilated'])
 def test_convolution_column_layouts(mode, monkeypatch, layout, name):
-    """Every column layout of the engine (narrow, wide, batch-innermost, per-image 1x1) computes the same."""
+    """Every column layout of the engine (narrow, wide, batch-innermost with full columns or one GEMM
+    per kernel row, per-image 1x1) computes the same."""
     monkeypatch.setattr(engine_mod, 'CHWN', layout.startswith('chwn'))
+    monkeypatch.setattr(engine_mod, 'ROWS_MIN_K', 1 if layout.startswith('chwn_rows') else 1 << 30)
     monkeypatch.setattr(engine_mod, 'CHWN_MAX_ROW', 1 << 30)
     monkeypatch.setattr(engine_mod, 'CHWN_MIN_IMAGES', 2)
     monkeypatch.setattr(engine_mod, 'WIDE_MAX_WASTE', 1e9 if layout.startswith('wide') else 0.0)
@@ -260,6 +264,10 @@ def test_convolution_column_layouts(mode, monkeypatch, layout, name):
         if want == 'narrow' and layout.startswith('chwn') and eng.chunk > 1 and s[-1] == 1:
             want = 'chwn'     # (one image at a time, or strided rows, stay narrow)
         assert eng.layout == want
+        # rows: 2-D, stride 1, one group (the layout's other conditions) and on the CPU
+        rows = (layout.startswith('chwn_rows') and want == 'chwn' and len(k) == 2 and s[0] == 1 and group == 1
+                and mode == 'cpu')
+        assert eng.rows == rows and ('-rows' in eng.describe()) == rows
         W, b = layer.blobs[0].data.copy(), layer.blobs[1].data.copy()
         dy = gauss(top[0].shape, seed=1)
         backward_layer(layer, bottom, top, dy, zero_param_diffs=True)

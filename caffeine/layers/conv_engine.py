@@ -105,6 +105,8 @@ BATCHED_1X1_MIN = 128   # 1x1 convolutions: per-image GEMMs (no copies) from thi
 CHWN = True             # batch-innermost columns where the layout would otherwise be narrow,
 CHWN_MAX_ROW = 16       # ... for output rows of at most this many values (stride 1)
 CHWN_MIN_IMAGES = 8     # ... and chunks of at least this many images
+ROWS = True             # 2-D batch-innermost convolutions: one GEMM per kernel row (forward and weight gradient)
+ROWS_MIN_K = 128        # ... when a row's GEMM has this inner size (in_ch * kernel_w) at least
 FLIP_BACKWARD = True    # stride-1 gradients to the input as a convolution with the flipped kernel
 FLIP_MIN_CHANNELS = 32  # ... when the input has this many channels per group, and
 FLIP_MAX_RATIO = 1.05   # ... its column matrix is at most this much larger than col2im's
@@ -139,6 +141,12 @@ class ConvEngine:
     - ``'1x1'`` (kernel 1, stride 1, no pad): the input is its own column matrix; with
       at least BATCHED_1X1_MIN pixels per image, per-image GEMMs in one batched matmul,
       with no copy at all; below, one GEMM over the transposed batch.
+
+    ``self.rows`` (``'chwn'``, 2-D, stride 1 on the rows, one group, on the CPU, a row's GEMM
+    inner size ``in_ch * kernel_w`` at least ROWS_MIN_K): forward() and the weight gradient
+    run one GEMM per kernel row, over columns built along the kernel's last axis only
+    (kernel_w copies of the input instead of kernel_h * kernel_w; see _row_matrices); the
+    gradient to the data keeps the full columns.
 
     ``self.winograd``: forward() by Winograd F(2x2,3x3) (3x3, stride 1, dilation 1, one
     group, at least WINOGRAD_MIN_CHANNELS on both sides, tiles wasting at most
@@ -197,6 +205,10 @@ class ConvEngine:
         # strides (in elements) of the padded input's spatial axes
         self._pstr = tuple(shape_count(self.pad_sp[i + 1:]) for i in range(self.nd))
         self.ext = tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel))
+        # one GEMM per kernel row over columns built along the last kernel axis only
+        # (5x fewer column values for a 5x5 kernel; see _row_matrices)
+        self.rows = (ROWS and not backend.is_gpu() and self.layout == 'chwn' and self.nd == 2
+                     and self.G == 1 and self.stride[0] == 1 and self.in_ch * self.kernel[-1] >= ROWS_MIN_K)
         self._flip = None
         self.flip_ok = (allow_flip and FLIP_BACKWARD and self.layout != '1x1' and all(s == 1 for s in self.stride)
                         and all(p <= e - 1 for p, e in zip(self.pad, self.ext))
@@ -223,6 +235,8 @@ class ConvEngine:
         """The algorithm, as ``caffeine time`` prints it: forward, and the backward to the data
         where it differs (``winograd``, ``im2col-<layout>``, ``1x1``)."""
         fwd = 'winograd' if self.winograd else ('1x1' if self.layout == '1x1' else 'im2col-' + self.layout)
+        if self.rows:
+            fwd += '-rows'
         if self.flip_ok:
             return '%s; backward data: flipped %s' % (fwd, self._flip_engine().describe())
         return fwd
@@ -328,6 +342,52 @@ class ConvEngine:
             im2col(xp, xs, col.reshape((self.in_ch,) + self.kernel + (nb,) + self.out_sp),
                    self.kernel, self.pad, self.stride, self.dilation, self.out_sp, pad_buf)
         return col.reshape(self.CK, nb * self.OUTc)
+
+    def _row_matrices(self, xp, x, n0, n1):
+        """The kernel rows' column matrices of x[n0:n1] (``self.rows``): a (KH, in_ch * KW, OUT * nb)
+        view, matrix r holding the rows (c, kw) of Caffe's column matrix for kernel row r, with
+        the chwn column order (o.., n).
+
+        Built from the padded (in_ch, Hp, Wp, nb) buffer as B (in_ch, KW, Hp, OW, nb) with
+        B[c, kw, h, w, n] = xpad[c, h, w + kw * dilation_w, n] (KW copies of the input, not KH * KW):
+        kernel row r's matrix starts at h = r * dilation_h, its rows (c, kw) a plane of B apart,
+        its columns (oh, ow, n) one contiguous run."""
+        nb = n1 - n0
+        C, (KH, KW), (Hp, Wp), OW = self.in_ch, self.kernel, self.pad_sp, self.out_sp[-1]
+        flat, xt = self._chwn_buffer(nb)
+        pad_into(xp, x[n0:n1], xt, self.pad)
+        b = workspace('conv_col', C * KW * Hp * OW * nb)
+        it = flat.itemsize
+        sw, sh = nb * it, Wp * nb * it                      # the padded buffer's strides
+        b.reshape(C, KW, Hp, OW, nb)[...] = as_strided(
+            xp, flat, (C, KW, Hp, OW, nb), (Hp * sh, self.dilation[1] * sw, sh, sw, it))
+        rs = OW * nb * it                                   # one row h of B
+        return as_strided(xp, b, (KH, C * KW, self.OUT * nb), (self.dilation[0] * rs, Hp * rs, it))
+
+    def _row_weights(self, xp, W):
+        """W (out_ch, in_ch, KH, KW) as (KH, out_ch, in_ch * KW): each kernel row's GEMM operand."""
+        C, (KH, KW), M = self.in_ch, self.kernel, self.out_ch
+        buf = workspace('conv_wrows', W.size).reshape(KH, M, C, KW)
+        buf[...] = W.reshape(M, C, KH, KW).transpose(2, 0, 1, 3)
+        return buf.reshape(KH, M, C * KW)
+
+    def _rows_gemm(self, xp, Wr, V, o):
+        """o = sum over kernel rows r of Wr[r] @ V[r]."""
+        xp.matmul(Wr[0], V[0], out=o)
+        if len(Wr) > 1:
+            tmp = workspace('conv_rows_tmp', o.size).reshape(o.shape)
+            for r in range(1, len(Wr)):
+                xp.matmul(Wr[r], V[r], out=tmp)
+                xp.add(o, tmp, out=o)
+
+    def _rows_wgrad(self, xp, d, V, dW, dW_tmp):
+        """dW += d @ V[r]^T for every kernel row r (as _wgrad, with the columns as the left operand)."""
+        C, (KH, KW), M = self.in_ch, self.kernel, self.out_ch
+        tmp = dW_tmp.reshape(-1)[:dW.size].reshape(KH, C * KW, M)
+        for r in range(KH):
+            xp.matmul(V[r], d.T, out=tmp[r])
+        dW4 = dW.reshape(M, C, KH, KW)
+        xp.add(dW4, tmp.reshape(KH, C, KW, M).transpose(3, 1, 0, 2), out=dW4)
 
     def col2im(self, xp, col, dx, n0, n1):
         """dx[n0:n1] = col2im of the (CK, nb * OUTc) matrix col (overwrites)."""
@@ -453,11 +513,14 @@ class ConvEngine:
                 y3 = y.reshape(self.N, self.out_ch, self.OUT)
                 xp.add(y3, bias.reshape(1, self.out_ch, 1), out=y3)
             return y
+        Wr = self._row_weights(xp, W) if self.rows else None
         for n0, n1 in self.chunks():
             nb = n1 - n0
-            col = self.columns(xp, x, n0, n1)
             o = self._out_matrix(y, n0, n1)
-            self._gemm(xp, W3, col, o, nb)
+            if self.rows:
+                self._rows_gemm(xp, Wr, self._row_matrices(xp, x, n0, n1), o)
+            else:
+                self._gemm(xp, W3, self.columns(xp, x, n0, n1), o, nb)
             self._store(xp, o, y, n0, n1, bias)
         return y
 
@@ -496,8 +559,10 @@ class ConvEngine:
             for n0, n1 in self.chunks():
                 nb = n1 - n0
                 d = self._load(xp, dy, n0, n1)
-                col = self.columns(xp, x, n0, n1)
-                self._wgrad(xp, d, col, dW, dW_tmp, nb)
+                if self.rows:
+                    self._rows_wgrad(xp, d, self._row_matrices(xp, x, n0, n1), dW, dW_tmp)
+                else:
+                    self._wgrad(xp, d, self.columns(xp, x, n0, n1), dW, dW_tmp, nb)
                 if fused:
                     self._data_from(xp, W3, d, dx, n0, n1)
         if dx is not None and not fused:
