@@ -246,6 +246,7 @@ def test_convolution_column_layouts(mode, monkeypatch, layout, name):
     per kernel row, per-image 1x1) computes the same."""
     monkeypatch.setattr(engine_mod, 'CHWN', layout.startswith('chwn'))
     monkeypatch.setattr(engine_mod, 'ROWS_MIN_K', 1 if layout.startswith('chwn_rows') else 1 << 30)
+    monkeypatch.setattr(engine_mod, 'ROWS_MAX_K', 1 << 30)
     monkeypatch.setattr(engine_mod, 'CHWN_MAX_ROW', 1 << 30)
     monkeypatch.setattr(engine_mod, 'CHWN_MIN_IMAGES', 2)
     monkeypatch.setattr(engine_mod, 'WIDE_MAX_WASTE', 1e9 if layout.startswith('wide') else 0.0)
@@ -281,6 +282,24 @@ def test_convolution_column_layouts(mode, monkeypatch, layout, name):
             dW = ref_conv_grads(dy, W, x, s, p, d, group)[1]
         np.testing.assert_allclose(bottom[0].diff, dx, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(layer.blobs[0].diff, dW, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('param, shape, want', [('num_output: 32 kernel_size: 5 pad: 2', (100, 32, 16, 16), True),
+                                                ('num_output: 50 kernel_size: 5', (64, 20, 12, 12), True),
+                                                ('num_output: 32 kernel_size: 5 pad: 2', (100, 3, 32, 32), False),
+                                                ('num_output: 8 kernel_size: 5 pad: 2', (16, 8, 8, 8), False),
+                                                ('num_output: 8 kernel_size: 3 pad: 1', (16, 96, 7, 7), False),
+                                                ('num_output: 8 kernel_size: 5 pad: 2 group: 2', (16, 32, 8, 8), False),
+                                                ('num_output: 8 kernel_size: 5 stride: 2', (16, 32, 9, 9), False)])
+def test_convolution_rows_choice(param, shape, want):
+    """One GEMM per kernel row for the thin 2-D batch-innermost convolutions (CIFAR10-quick's conv2, LeNet's
+    conv2: in_ch * kernel_w from ROWS_MIN_K 64 to ROWS_MAX_K 256), full columns otherwise (CIFAR10-quick's conv1
+    is wide; 8 * 5 = 40 and 96 * 3 = 288 out of range; groups; strides)."""
+    caffeine.set_mode_cpu()
+    layer = make_layer('type: "Convolution" convolution_param { %s }' % param)
+    layer.SetUp([Blob(shape)], [Blob()])
+    assert layer.engine.rows == want
+    assert ('-rows' in layer.engine_name()) == want
 
 
 @pytest.mark.parametrize('algorithm', ['winograd', 'winograd_by_rows', 'im2col'])

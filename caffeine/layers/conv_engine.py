@@ -106,7 +106,8 @@ CHWN = True             # batch-innermost columns where the layout would otherwi
 CHWN_MAX_ROW = 16       # ... for output rows of at most this many values (stride 1)
 CHWN_MIN_IMAGES = 8     # ... and chunks of at least this many images
 ROWS = True             # 2-D batch-innermost convolutions: one GEMM per kernel row (forward and weight gradient)
-ROWS_MIN_K = 64         # ... when a row's GEMM has this inner size (in_ch * kernel_w) at least
+ROWS_MIN_K = 64         # ... when a row's GEMM has an inner size (in_ch * kernel_w) of at least this
+ROWS_MAX_K = 256        # ... and at most this (thin convolutions: with more channels the full columns win)
 FLIP_BACKWARD = True    # stride-1 gradients to the input as a convolution with the flipped kernel
 FLIP_MIN_CHANNELS = 32  # ... when the input has this many channels per group, and
 FLIP_MAX_RATIO = 1.05   # ... its column matrix is at most this much larger than col2im's
@@ -143,7 +144,7 @@ class ConvEngine:
       with no copy at all; below, one GEMM over the transposed batch.
 
     ``self.rows`` (``'chwn'``, 2-D, stride 1 on the rows, one group, on the CPU, a row's GEMM
-    inner size ``in_ch * kernel_w`` at least ROWS_MIN_K): forward() and the weight gradient
+    inner size ``in_ch * kernel_w`` from ROWS_MIN_K to ROWS_MAX_K): forward() and the weight gradient
     run one GEMM per kernel row, over columns built along the kernel's last axis only
     (kernel_w copies of the input instead of kernel_h * kernel_w; see _row_matrices); the
     gradient to the data keeps the full columns.
@@ -208,7 +209,8 @@ class ConvEngine:
         # one GEMM per kernel row over columns built along the last kernel axis only
         # (5x fewer column values for a 5x5 kernel; see _row_matrices)
         self.rows = (ROWS and not backend.is_gpu() and self.layout == 'chwn' and self.nd == 2
-                     and self.G == 1 and self.stride[0] == 1 and self.in_ch * self.kernel[-1] >= ROWS_MIN_K)
+                     and self.G == 1 and self.stride[0] == 1
+                     and ROWS_MIN_K <= self.in_ch * self.kernel[-1] <= ROWS_MAX_K)
         self._flip = None
         self.flip_ok = (allow_flip and FLIP_BACKWARD and self.layout != '1x1' and all(s == 1 for s in self.stride)
                         and all(p <= e - 1 for p, e in zip(self.pad, self.ext))
@@ -235,7 +237,7 @@ class ConvEngine:
         """The algorithm, as ``caffeine time`` prints it: forward, and the backward to the data
         where it differs (``winograd``, ``im2col-<layout>``, ``1x1``)."""
         fwd = 'winograd' if self.winograd else ('1x1' if self.layout == '1x1' else 'im2col-' + self.layout)
-        if self.rows:
+        if self.rows and not self.winograd:
             fwd += '-rows'
         if self.flip_ok:
             return '%s; backward data: flipped %s' % (fwd, self._flip_engine().describe())
