@@ -288,13 +288,13 @@ def test_convolution_column_layouts(mode, monkeypatch, layout, name):
                                                 ('num_output: 50 kernel_size: 5', (64, 20, 12, 12), True),
                                                 ('num_output: 32 kernel_size: 5 pad: 2', (100, 3, 32, 32), False),
                                                 ('num_output: 8 kernel_size: 5 pad: 2', (16, 8, 8, 8), False),
-                                                ('num_output: 8 kernel_size: 3 pad: 1', (16, 96, 7, 7), False),
+                                                ('num_output: 8 kernel_size: 3 pad: 1', (16, 192, 7, 7), False),
                                                 ('num_output: 8 kernel_size: 5 pad: 2 group: 2', (16, 32, 8, 8), False),
                                                 ('num_output: 8 kernel_size: 5 stride: 2', (16, 32, 9, 9), False)])
 def test_convolution_rows_choice(param, shape, want):
     """One GEMM per kernel row for the thin 2-D batch-innermost convolutions (CIFAR10-quick's conv2, LeNet's
-    conv2: in_ch * kernel_w from ROWS_MIN_K 64 to ROWS_MAX_K 256), full columns otherwise (CIFAR10-quick's conv1
-    is wide; 8 * 5 = 40 and 96 * 3 = 288 out of range; groups; strides)."""
+    conv2: in_ch * kernel_w from ROWS_MIN_K 64 to ROWS_MAX_K 512), full columns otherwise (CIFAR10-quick's conv1
+    is wide; 8 * 5 = 40 and 192 * 3 = 576 out of range; groups; strides)."""
     caffeine.set_mode_cpu()
     layer = make_layer('type: "Convolution" convolution_param { %s }' % param)
     layer.SetUp([Blob(shape)], [Blob()])
@@ -464,6 +464,31 @@ def test_convolution_chunked_batches_equal_whole(mode, monkeypatch):
     for a, b in zip(res[:2], res[2:]):
         for u, v in zip(a, b):
             np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('rows', [True, False])
+def test_convolution_uneven_chunks(mode, monkeypatch, rows):
+    """A batch runs in the fewest chunks of at most ``chunk`` images, their sizes within one of each
+    other (7 images, at most 3 a chunk: 2, 2, 3); every chunk's columns, by kernel rows or full, give
+    the direct sums."""
+    per_image = 20 * 25 * 36                       # column values per image: 20 channels, 5x5, 6x6 outputs
+    monkeypatch.setattr(engine_mod, 'CHUNK_TARGET_MB', 3 * per_image * 4 / (1 << 20))
+    monkeypatch.setattr(engine_mod, 'CHUNK_MIN_COLS', 1)
+    monkeypatch.setattr(engine_mod, 'CHWN_MIN_IMAGES', 2)
+    monkeypatch.setattr(engine_mod, 'ROWS_MIN_K', 1 if rows else 1 << 30)
+    x = gauss((7, 20, 6, 6))
+    layer, bottom, top = forward_layer(_conv_text('Convolution', 'kernel_size: 5 pad: 2', 4), x)
+    eng = layer.engine
+    assert eng.chunk == 3 and list(eng.chunks()) == [(0, 2), (2, 4), (4, 7)]
+    assert eng.layout == 'chwn' and eng.rows == (rows and mode == 'cpu')
+    W, b = layer.blobs[0].data.copy(), layer.blobs[1].data.copy()
+    s, p, d = (1, 1), (2, 2), (1, 1)
+    np.testing.assert_allclose(top[0].data, ref_conv(x, W, b, s, p, d, 1), rtol=1e-4, atol=1e-4)
+    dy = gauss(top[0].shape, seed=1)
+    backward_layer(layer, bottom, top, dy, zero_param_diffs=True)
+    dx, dW = ref_conv_grads(x, W, dy, s, p, d, 1)
+    np.testing.assert_allclose(bottom[0].diff, dx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(layer.blobs[0].diff, dW, rtol=1e-4, atol=1e-4)
 
 
 def test_convolution_reshape_follows_the_input(mode):

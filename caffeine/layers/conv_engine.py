@@ -107,11 +107,11 @@ CHWN_MAX_ROW = 16       # ... for output rows of at most this many values (strid
 CHWN_MIN_IMAGES = 8     # ... and chunks of at least this many images
 ROWS = True             # 2-D batch-innermost convolutions: one GEMM per kernel row (forward and weight gradient)
 ROWS_MIN_K = 64         # ... when a row's GEMM has an inner size (in_ch * kernel_w) of at least this
-ROWS_MAX_K = 256        # ... and at most this (thin convolutions: with more channels the full columns win)
+ROWS_MAX_K = 512        # ... and at most this (thin convolutions: with more channels the full columns win)
 FLIP_BACKWARD = True    # stride-1 gradients to the input as a convolution with the flipped kernel
 FLIP_MIN_CHANNELS = 32  # ... when the input has this many channels per group, and
 FLIP_MAX_RATIO = 1.05   # ... its column matrix is at most this much larger than col2im's
-CHUNK_TARGET_MB = 8
+CHUNK_TARGET_MB = 2.0
 CHUNK_MIN_COLS = 2048
 WINOGRAD = True             # 3x3 stride-1 convolutions by Winograd F(2x2,3x3) (forward, and the flipped
 WINOGRAD_MIN_CHANNELS = 96  # ... backward to the data) when both sides have this many channels,
@@ -248,7 +248,7 @@ class ConvEngine:
         for the GEMM), but at least CHUNK_MIN_COLS columns (GEMM efficiency), and never
         more than the workspace limit."""
         per_image = max(self.CK * cols_per_image, 1)
-        nb = max(CHUNK_TARGET_MB * (1 << 20) // 4 // per_image, -(-CHUNK_MIN_COLS // max(cols_per_image, 1)))
+        nb = max(int(CHUNK_TARGET_MB * (1 << 20) // 4 // per_image), -(-CHUNK_MIN_COLS // max(cols_per_image, 1)))
         nb = min(nb, limit_floats() // per_image)
         return max(1, min(self.N, nb))
 
@@ -270,8 +270,11 @@ class ConvEngine:
         return buf.reshape((self.in_ch, Mg) + self.kernel)
 
     def chunks(self):
-        for n0 in range(0, self.N, self.chunk):
-            yield n0, min(self.N, n0 + self.chunk)
+        """(n0, n1) of the fewest chunks of at most ``self.chunk`` images, their sizes within one
+        of each other (64 images by 31: 21, 21, 22, not 31, 31, 2)."""
+        k = -(-self.N // self.chunk)
+        for i in range(k):
+            yield i * self.N // k, (i + 1) * self.N // k
 
     # -- columns ---------------------------------------------------------------
     def _pad_buffer(self, nb):
