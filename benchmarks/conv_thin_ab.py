@@ -11,10 +11,16 @@ difference of the convolution weights to the first variant's is printed (the var
 compute the same numbers); then the SGD steps (forward, backward, update) alternate
 ``--reps`` times per round, and each round prints the best and the median per variant and
 the ratio of the first variant's to each other's (> 1: faster than the first).
+
+With ``--memory``, each variant instead runs three steps in a fresh subprocess, which prints
+its peak resident memory (VmHWM) above its size after the imports, and the bytes of the
+shared workspace buffers (columns, padded inputs, transposed outputs) it ends with.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,14 +52,46 @@ def _build(param, settings, inputs):
     return trainer
 
 
+def _memory_child(name, variant):
+    from bench_cpu import peak_rss, proc_status
+    from caffeine import workspace
+    a = np.ones((256, 256), np.float32)
+    np.dot(a, a)                             # the BLAS's own buffers before the baseline
+    base = proc_status('VmRSS') or 0
+    param = M.net_param(name)
+    trainer = _build(param, _settings(variant), M.make_inputs(name, param, seed=0))
+    trainer.step(3)
+    ws = sum(b.nbytes for b in workspace.buffers().values())
+    print('MEMORY ' + json.dumps({'peak': peak_rss() - base, 'workspace': ws}))
+
+
+def _memory(nets, variants):
+    print('MiB: peak resident memory above the size after imports; the shared workspace buffers')
+    for name in nets:
+        row = []
+        for v in variants:
+            p = subprocess.run([sys.executable, __file__, '--_memory', name, v], capture_output=True, text=True)
+            got = [json.loads(ln[7:]) for ln in p.stdout.splitlines() if ln.startswith('MEMORY ')]
+            if not got:
+                sys.exit('memory subprocess for %s %s failed:\n%s' % (name, v, p.stderr[-2000:]))
+            row.append('%s peak %.1f, workspace %.1f' % (v, got[0]['peak'] / 2 ** 20, got[0]['workspace'] / 2 ** 20))
+        print('  %-14s %s' % (name, '   '.join(row)), flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--nets', default='lenet,cifar10_quick')
     ap.add_argument('--variants', nargs='+', default=['ROWS=0', 'ROWS=1'])
     ap.add_argument('--reps', type=int, default=10)
     ap.add_argument('--rounds', type=int, default=2)
+    ap.add_argument('--memory', action='store_true', help='peak memory per variant (fresh processes), no timing')
+    ap.add_argument('--_memory', nargs=2, metavar=('NET', 'VARIANT'), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     caffeine.set_mode_cpu()
+    if args._memory:
+        return _memory_child(*args._memory)
+    if args.memory:
+        return _memory(args.nets.split(','), args.variants)
     print('ms per solver step, best / median of %d alternating steps per round' % args.reps)
     for name in args.nets.split(','):
         param = M.net_param(name)
