@@ -30,6 +30,7 @@ from ._util import pad_into, shape_count
 from .winograd import WinogradF2x3
 
 _F32 = np.float32
+_ALIGN_FLOATS = 16   # offsets within a workspace buffer: multiples of 64 bytes
 
 
 def as_strided(xp, a, shape, strides):
@@ -211,6 +212,10 @@ class ConvEngine:
         self.rows = (ROWS and not backend.is_gpu() and self.layout == 'chwn' and self.nd == 2
                      and self.G == 1 and self.stride[0] == 1
                      and ROWS_MIN_K <= self.in_ch * self.kernel[-1] <= ROWS_MAX_K)
+        if self.rows:    # the 'conv_col' workspace holds [row weights | accumulator | B] (see _rows_space)
+            up = _ALIGN_FLOATS
+            self._rows_w = -(-self.out_ch * self.CK // up) * up
+            self._rows_o = -(-self.out_ch * self.chunk * self.OUT // up) * up
         self._flip = None
         self.flip_ok = (allow_flip and FLIP_BACKWARD and self.layout != '1x1' and all(s == 1 for s in self.stride)
                         and all(p <= e - 1 for p, e in zip(self.pad, self.ext))
@@ -348,6 +353,14 @@ class ConvEngine:
                    self.kernel, self.pad, self.stride, self.dilation, self.out_sp, pad_buf)
         return col.reshape(self.CK, nb * self.OUTc)
 
+    def _rows_space(self, nb):
+        """The 'conv_col' workspace as (row weights, accumulator, B) for chunks of nb images:
+        one buffer, smaller than the full columns, so that the rows path takes no memory of its own."""
+        C, KW, Hp, OW = self.in_ch, self.kernel[-1], self.pad_sp[0], self.out_sp[-1]
+        w, o = self._rows_w, self._rows_o
+        buf = workspace('conv_col', w + o + C * KW * Hp * OW * self.chunk)
+        return buf[:w], buf[w:w + o], buf[w + o:w + o + C * KW * Hp * OW * nb]
+
     def _row_matrices(self, xp, x, n0, n1):
         """The kernel rows' column matrices of x[n0:n1] (``self.rows``): a (KH, in_ch * KW, OUT * nb)
         view, matrix r holding the rows (c, kw) of Caffe's column matrix for kernel row r, with
@@ -361,7 +374,7 @@ class ConvEngine:
         C, (KH, KW), (Hp, Wp), OW = self.in_ch, self.kernel, self.pad_sp, self.out_sp[-1]
         flat, xt = self._chwn_buffer(nb)
         pad_into(xp, x[n0:n1], xt, self.pad)
-        b = workspace('conv_col', C * KW * Hp * OW * nb)
+        b = self._rows_space(nb)[2]
         it = flat.itemsize
         sw, sh = nb * it, Wp * nb * it                      # the padded buffer's strides
         b.reshape(C, KW, Hp, OW, nb)[...] = as_strided(
@@ -372,7 +385,7 @@ class ConvEngine:
     def _row_weights(self, xp, W):
         """W (out_ch, in_ch, KH, KW) as (KH, out_ch, in_ch * KW): each kernel row's GEMM operand."""
         C, (KH, KW), M = self.in_ch, self.kernel, self.out_ch
-        buf = workspace('conv_wrows', W.size).reshape(KH, M, C, KW)
+        buf = self._rows_space(1)[0][:W.size].reshape(KH, M, C, KW)
         buf[...] = W.reshape(M, C, KH, KW).transpose(2, 0, 1, 3)
         return buf.reshape(KH, M, C * KW)
 
@@ -380,7 +393,7 @@ class ConvEngine:
         """o = sum over kernel rows r of Wr[r] @ V[r]."""
         xp.matmul(Wr[0], V[0], out=o)
         if len(Wr) > 1:
-            tmp = workspace('conv_rows_tmp', o.size).reshape(o.shape)
+            tmp = self._rows_space(1)[1][:o.size].reshape(o.shape)
             for r in range(1, len(Wr)):
                 xp.matmul(Wr[r], V[r], out=tmp)
                 xp.add(o, tmp, out=o)
