@@ -148,7 +148,8 @@ class ConvEngine:
     inner size ``in_ch * kernel_w`` from ROWS_MIN_K to ROWS_MAX_K): forward() and the weight gradient
     run one GEMM per kernel row, over columns built along the kernel's last axis only
     (kernel_w copies of the input instead of kernel_h * kernel_w; see _row_matrices); the
-    gradient to the data keeps the full columns.
+    gradient to the data keeps its path (col2im of the full columns, or the flipped
+    convolution, itself by rows where it qualifies).
 
     ``self.winograd``: forward() by Winograd F(2x2,3x3) (3x3, stride 1, dilation 1, one
     group, at least WINOGRAD_MIN_CHANNELS on both sides, tiles wasting at most
