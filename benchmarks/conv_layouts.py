@@ -4,6 +4,7 @@ benchmark nets, in one process (the machine's noise hits both sides alike).
     python benchmarks/conv_layouts.py                      # batch-innermost columns off vs on
     python benchmarks/conv_layouts.py --cases lenet_conv2 --variants CHWN=0 CHWN=1,CHWN_MAX_ROW=64
     python benchmarks/conv_layouts.py --cases res4_3x3,vgg_conv3_2 --variants WINOGRAD=0 WINOGRAD=1
+    python benchmarks/conv_layouts.py --cases cifar_conv1 --no-data-grad --variants CHUNK_TARGET_MB=8 CHUNK_TARGET_MB=2
 
 Each variant sets module constants of ``caffeine.layers.conv_engine`` (``CHWN``,
 ``CHWN_MAX_ROW``, ``CHWN_MIN_IMAGES``, ``WIDE_MAX_WASTE``, ``FLIP_BACKWARD``,
@@ -42,6 +43,8 @@ CASES = {
     'cifar_conv1': (_conv(32, 5, 2), (100, 3, 32, 32)),
     'cifar_conv2': (_conv(32, 5, 2), (100, 32, 16, 16)),
     'cifar_conv3': (_conv(64, 5, 2), (100, 32, 8, 8)),
+    'thin_3x3': (_conv(32, 3, 1), (100, 32, 16, 16)),
+    'mid_5x5': (_conv(64, 5, 2), (32, 96, 12, 12)),
     'caffenet_conv2': (_conv(256, 5, 2, 2), (10, 96, 27, 27)),
     'caffenet_conv3': (_conv(384, 3, 1), (10, 256, 13, 13)),
     'res3_3x3': (_conv(128, 3, 1, bias=False), (8, 128, 28, 28)),
@@ -89,6 +92,8 @@ def main(argv=None):
     ap.add_argument('--variants', nargs='+', default=['CHWN=0', 'CHWN=1'])
     ap.add_argument('--reps', type=int, default=15)
     ap.add_argument('--forward-only', action='store_true', help='time the forward pass alone')
+    ap.add_argument('--no-data-grad', action='store_true',
+                    help='backward to the weights only (as a net\'s first convolution)')
     args = ap.parse_args(argv)
     caffeine.set_mode_cpu()
     rng = np.random.default_rng(0)
@@ -103,7 +108,7 @@ def main(argv=None):
                 layer.Forward([bottom], [top])
                 t1 = time.perf_counter()
                 if not args.forward_only:
-                    layer.Backward([top], [True], [bottom])
+                    layer.Backward([top], [not args.no_data_grad], [bottom])
                 t2 = time.perf_counter()
                 times[v][0].append(t1 - t0)
                 times[v][1].append(t2 - t1)

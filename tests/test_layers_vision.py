@@ -186,6 +186,8 @@ CONV_CASES = {
     'per_axis': ('kernel_size: 2 kernel_size: 3 pad: 0 pad: 2 stride: 2 stride: 1', (2, 2, 5, 4),
                  ((2, 3), (2, 1), (0, 2), (1, 1)), 1, 3),
     'dilation': ('kernel_size: 3 dilation: 2 pad: 1', (2, 2, 7, 7), ((3, 3), (1, 1), (1, 1), (2, 2)), 1, 3),
+    'rect_dilated': ('kernel_h: 3 kernel_w: 2 pad_h: 2 pad_w: 1 dilation: 2 dilation: 1', (3, 3, 7, 6),
+                     ((3, 2), (1, 1), (2, 1), (2, 1)), 1, 4),
     'dilation_per_axis': ('kernel_size: 2 dilation: 1 dilation: 3 stride: 2', (1, 2, 6, 8),
                           ((2, 2), (2, 2), (0, 0), (1, 3)), 1, 2),
     'group': ('kernel_size: 3 group: 2 pad: 1', (2, 4, 5, 5), ((3, 3), (1, 1), (1, 1), (1, 1)), 2, 6),
@@ -236,12 +238,15 @@ def test_convolution_forward_backward(mode, name, bias):
 
 
 @pytest.mark.parametrize('layout', ['narrow', 'wide', 'chwn', 'narrow_col2im', 'wide_col2im', 'chwn_col2im',
-                                    'batched_1x1'])
+                                    'chwn_rows', 'chwn_rows_col2im', 'batched_1x1'])
 @pytest.mark.parametrize('name', ['basic', 'group', 'dilation_per_axis', '1x1', '1x1_group', 'conv_1d', 'conv_3d',
-                                  'per_axis'])
+                                  'per_axis', 'rect_dilated'])
 def test_convolution_column_layouts(mode, monkeypatch, layout, name):
-    """Every column layout of the engine (narrow, wide, batch-innermost, per-image 1x1) computes the same."""
+    """Every column layout of the engine (narrow, wide, batch-innermost with full columns or one GEMM
+    per kernel row, per-image 1x1) computes the same."""
     monkeypatch.setattr(engine_mod, 'CHWN', layout.startswith('chwn'))
+    monkeypatch.setattr(engine_mod, 'ROWS_MIN_K', 1 if layout.startswith('chwn_rows') else 1 << 30)
+    monkeypatch.setattr(engine_mod, 'ROWS_MAX_K', 1 << 30)
     monkeypatch.setattr(engine_mod, 'CHWN_MAX_ROW', 1 << 30)
     monkeypatch.setattr(engine_mod, 'CHWN_MIN_IMAGES', 2)
     monkeypatch.setattr(engine_mod, 'WIDE_MAX_WASTE', 1e9 if layout.startswith('wide') else 0.0)
@@ -260,6 +265,10 @@ def test_convolution_column_layouts(mode, monkeypatch, layout, name):
         if want == 'narrow' and layout.startswith('chwn') and eng.chunk > 1 and s[-1] == 1:
             want = 'chwn'     # (one image at a time, or strided rows, stay narrow)
         assert eng.layout == want
+        # rows: 2-D, stride 1, one group (the layout's other conditions) and on the CPU
+        rows = (layout.startswith('chwn_rows') and want == 'chwn' and len(k) == 2 and s[0] == 1 and group == 1
+                and mode == 'cpu')
+        assert eng.rows == rows and ('-rows' in eng.describe()) == rows
         W, b = layer.blobs[0].data.copy(), layer.blobs[1].data.copy()
         dy = gauss(top[0].shape, seed=1)
         backward_layer(layer, bottom, top, dy, zero_param_diffs=True)
@@ -273,6 +282,24 @@ def test_convolution_column_layouts(mode, monkeypatch, layout, name):
             dW = ref_conv_grads(dy, W, x, s, p, d, group)[1]
         np.testing.assert_allclose(bottom[0].diff, dx, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(layer.blobs[0].diff, dW, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('param, shape, want', [('num_output: 32 kernel_size: 5 pad: 2', (100, 32, 16, 16), True),
+                                                ('num_output: 50 kernel_size: 5', (64, 20, 12, 12), True),
+                                                ('num_output: 32 kernel_size: 5 pad: 2', (100, 3, 32, 32), False),
+                                                ('num_output: 8 kernel_size: 5 pad: 2', (16, 8, 8, 8), False),
+                                                ('num_output: 8 kernel_size: 3 pad: 1', (16, 192, 7, 7), False),
+                                                ('num_output: 8 kernel_size: 5 pad: 2 group: 2', (16, 32, 8, 8), False),
+                                                ('num_output: 8 kernel_size: 5 stride: 2', (16, 32, 9, 9), False)])
+def test_convolution_rows_choice(param, shape, want):
+    """One GEMM per kernel row for the thin 2-D batch-innermost convolutions (CIFAR10-quick's conv2, LeNet's
+    conv2: in_ch * kernel_w from ROWS_MIN_K 64 to ROWS_MAX_K 512), full columns otherwise (CIFAR10-quick's conv1
+    is wide; 8 * 5 = 40 and 192 * 3 = 576 out of range; groups; strides)."""
+    caffeine.set_mode_cpu()
+    layer = make_layer('type: "Convolution" convolution_param { %s }' % param)
+    layer.SetUp([Blob(shape)], [Blob()])
+    assert layer.engine.rows == want
+    assert ('-rows' in layer.engine_name()) == want
 
 
 @pytest.mark.parametrize('algorithm', ['winograd', 'winograd_by_rows', 'im2col'])
@@ -475,6 +502,31 @@ def test_convolution_chunked_batches_equal_whole(mode, monkeypatch):
     for a, b in zip(res[:2], res[2:]):
         for u, v in zip(a, b):
             np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('rows', [True, False])
+def test_convolution_uneven_chunks(mode, monkeypatch, rows):
+    """A batch runs in the fewest chunks of at most ``chunk`` images, their sizes within one of each
+    other (7 images, at most 3 a chunk: 2, 2, 3); every chunk's columns, by kernel rows or full, give
+    the direct sums."""
+    per_image = 20 * 25 * 36                       # column values per image: 20 channels, 5x5, 6x6 outputs
+    monkeypatch.setattr(engine_mod, 'CHUNK_TARGET_MB', 3 * per_image * 4 / (1 << 20))
+    monkeypatch.setattr(engine_mod, 'CHUNK_MIN_COLS', 1)
+    monkeypatch.setattr(engine_mod, 'CHWN_MIN_IMAGES', 2)
+    monkeypatch.setattr(engine_mod, 'ROWS_MIN_K', 1 if rows else 1 << 30)
+    x = gauss((7, 20, 6, 6))
+    layer, bottom, top = forward_layer(_conv_text('Convolution', 'kernel_size: 5 pad: 2', 4), x)
+    eng = layer.engine
+    assert eng.chunk == 3 and list(eng.chunks()) == [(0, 2), (2, 4), (4, 7)]
+    assert eng.layout == 'chwn' and eng.rows == (rows and mode == 'cpu')
+    W, b = layer.blobs[0].data.copy(), layer.blobs[1].data.copy()
+    s, p, d = (1, 1), (2, 2), (1, 1)
+    np.testing.assert_allclose(top[0].data, ref_conv(x, W, b, s, p, d, 1), rtol=1e-4, atol=1e-4)
+    dy = gauss(top[0].shape, seed=1)
+    backward_layer(layer, bottom, top, dy, zero_param_diffs=True)
+    dx, dW = ref_conv_grads(x, W, dy, s, p, d, 1)
+    np.testing.assert_allclose(bottom[0].diff, dx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(layer.blobs[0].diff, dW, rtol=1e-4, atol=1e-4)
 
 
 def test_convolution_reshape_follows_the_input(mode):

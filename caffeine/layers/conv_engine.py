@@ -30,6 +30,7 @@ from ._util import pad_into, shape_count
 from .winograd import WinogradF2x3
 
 _F32 = np.float32
+_ALIGN_FLOATS = 16   # offsets within a workspace buffer: multiples of 64 bytes
 
 
 def as_strided(xp, a, shape, strides):
@@ -105,10 +106,13 @@ BATCHED_1X1_MIN = 128   # 1x1 convolutions: per-image GEMMs (no copies) from thi
 CHWN = True             # batch-innermost columns where the layout would otherwise be narrow,
 CHWN_MAX_ROW = 16       # ... for output rows of at most this many values (stride 1)
 CHWN_MIN_IMAGES = 8     # ... and chunks of at least this many images
+ROWS = True             # 2-D batch-innermost convolutions: one GEMM per kernel row (forward and weight gradient)
+ROWS_MIN_K = 64         # ... when a row's GEMM has an inner size (in_ch * kernel_w) of at least this
+ROWS_MAX_K = 512        # ... and at most this (thin convolutions: with more channels the full columns win)
 FLIP_BACKWARD = True    # stride-1 gradients to the input as a convolution with the flipped kernel
 FLIP_MIN_CHANNELS = 32  # ... when the input has this many channels per group, and
 FLIP_MAX_RATIO = 1.05   # ... its column matrix is at most this much larger than col2im's
-CHUNK_TARGET_MB = 8
+CHUNK_TARGET_MB = 8.0    # (2 speeds up thin convolutions by 15-25% with one BLAS thread, but loses with two)
 CHUNK_MIN_COLS = 2048
 WINOGRAD = True             # 3x3 stride-1 convolutions by Winograd F(2x2,3x3) (forward, and the flipped
 WINOGRAD_MIN_CHANNELS = 96  # ... backward to the data) when both sides have this many channels,
@@ -142,6 +146,13 @@ class ConvEngine:
     - ``'1x1'`` (kernel 1, stride 1, no pad): the input is its own column matrix; with
       at least BATCHED_1X1_MIN pixels per image, per-image GEMMs in one batched matmul,
       with no copy at all; below, one GEMM over the transposed batch.
+
+    ``self.rows`` (``'chwn'``, 2-D, stride 1 on the rows, one group, on the CPU, a row's GEMM
+    inner size ``in_ch * kernel_w`` from ROWS_MIN_K to ROWS_MAX_K): forward() and the weight gradient
+    run one GEMM per kernel row, over columns built along the kernel's last axis only
+    (kernel_w copies of the input instead of kernel_h * kernel_w; see _row_matrices); the
+    gradient to the data keeps its path (col2im of the full columns, or the flipped
+    convolution, itself by rows where it qualifies).
 
     ``self.winograd``: forward() by Winograd F(2x2,3x3) (3x3, stride 1, dilation 1, one
     group, at least WINOGRAD_MIN_CHANNELS on both sides, tiles wasting at most
@@ -201,6 +212,15 @@ class ConvEngine:
         # strides (in elements) of the padded input's spatial axes
         self._pstr = tuple(shape_count(self.pad_sp[i + 1:]) for i in range(self.nd))
         self.ext = tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel))
+        # one GEMM per kernel row over columns built along the last kernel axis only
+        # (5x fewer column values for a 5x5 kernel; see _row_matrices)
+        self.rows = (ROWS and not backend.is_gpu() and self.layout == 'chwn' and self.nd == 2
+                     and self.G == 1 and self.stride[0] == 1
+                     and ROWS_MIN_K <= self.in_ch * self.kernel[-1] <= ROWS_MAX_K)
+        if self.rows:    # the 'conv_col' workspace holds [row weights | accumulator | B] (see _rows_space)
+            up = _ALIGN_FLOATS
+            self._rows_w = -(-self.out_ch * self.CK // up) * up
+            self._rows_o = -(-self.out_ch * self.chunk * self.OUT // up) * up
         self._flip = None
         self.flip_ok = (allow_flip and FLIP_BACKWARD and self.layout != '1x1' and all(s == 1 for s in self.stride)
                         and all(p <= e - 1 for p, e in zip(self.pad, self.ext))
@@ -240,6 +260,8 @@ class ConvEngine:
         """The algorithm, as ``caffeine time`` prints it: forward, and the backward to the data
         where it differs (``winograd``, ``im2col-<layout>``, ``1x1``)."""
         fwd = 'winograd' if self.winograd else ('1x1' if self.layout == '1x1' else 'im2col-' + self.layout)
+        if self.rows and not self.winograd:
+            fwd += '-rows'
         if self.flip_ok:
             return '%s; backward data: flipped %s' % (fwd, self._flip_engine().describe())
         return fwd
@@ -249,7 +271,7 @@ class ConvEngine:
         for the GEMM), but at least CHUNK_MIN_COLS columns (GEMM efficiency), and never
         more than the workspace limit."""
         per_image = max(self.CK * cols_per_image, 1)
-        nb = max(CHUNK_TARGET_MB * (1 << 20) // 4 // per_image, -(-CHUNK_MIN_COLS // max(cols_per_image, 1)))
+        nb = max(int(CHUNK_TARGET_MB * (1 << 20) // 4 // per_image), -(-CHUNK_MIN_COLS // max(cols_per_image, 1)))
         nb = min(nb, limit_floats() // per_image)
         return max(1, min(self.N, nb))
 
@@ -271,8 +293,11 @@ class ConvEngine:
         return buf.reshape((self.in_ch, Mg) + self.kernel)
 
     def chunks(self):
-        for n0 in range(0, self.N, self.chunk):
-            yield n0, min(self.N, n0 + self.chunk)
+        """(n0, n1) of the fewest chunks of at most ``self.chunk`` images, their sizes within one
+        of each other (64 images by 31: 21, 21, 22, not 31, 31, 2)."""
+        k = -(-self.N // self.chunk)
+        for i in range(k):
+            yield i * self.N // k, (i + 1) * self.N // k
 
     # -- columns ---------------------------------------------------------------
     def _pad_buffer(self, nb):
@@ -345,6 +370,60 @@ class ConvEngine:
             im2col(xp, xs, col.reshape((self.in_ch,) + self.kernel + (nb,) + self.out_sp),
                    self.kernel, self.pad, self.stride, self.dilation, self.out_sp, pad_buf)
         return col.reshape(self.CK, nb * self.OUTc)
+
+    def _rows_space(self, nb):
+        """The 'conv_col' workspace as (row weights, accumulator, B) for chunks of nb images:
+        one buffer, smaller than the full columns, so that the rows path takes no memory of its own."""
+        C, KW, Hp, OW = self.in_ch, self.kernel[-1], self.pad_sp[0], self.out_sp[-1]
+        w, o = self._rows_w, self._rows_o
+        buf = workspace('conv_col', w + o + C * KW * Hp * OW * self.chunk)
+        return buf[:w], buf[w:w + o], buf[w + o:w + o + C * KW * Hp * OW * nb]
+
+    def _row_matrices(self, xp, x, n0, n1):
+        """The kernel rows' column matrices of x[n0:n1] (``self.rows``): a (KH, in_ch * KW, OUT * nb)
+        view, matrix r holding the rows (c, kw) of Caffe's column matrix for kernel row r, with
+        the chwn column order (o.., n).
+
+        Built from the padded (in_ch, Hp, Wp, nb) buffer as B (in_ch, KW, Hp, OW, nb) with
+        B[c, kw, h, w, n] = xpad[c, h, w + kw * dilation_w, n] (KW copies of the input, not KH * KW):
+        kernel row r's matrix starts at h = r * dilation_h, its rows (c, kw) a plane of B apart,
+        its columns (oh, ow, n) one contiguous run."""
+        nb = n1 - n0
+        C, (KH, KW), (Hp, Wp), OW = self.in_ch, self.kernel, self.pad_sp, self.out_sp[-1]
+        flat, xt = self._chwn_buffer(nb)
+        pad_into(xp, x[n0:n1], xt, self.pad)
+        b = self._rows_space(nb)[2]
+        it = flat.itemsize
+        sw, sh = nb * it, Wp * nb * it                      # the padded buffer's strides
+        b.reshape(C, KW, Hp, OW, nb)[...] = as_strided(
+            xp, flat, (C, KW, Hp, OW, nb), (Hp * sh, self.dilation[1] * sw, sh, sw, it))
+        rs = OW * nb * it                                   # one row h of B
+        return as_strided(xp, b, (KH, C * KW, self.OUT * nb), (self.dilation[0] * rs, Hp * rs, it))
+
+    def _row_weights(self, xp, W):
+        """W (out_ch, in_ch, KH, KW) as (KH, out_ch, in_ch * KW): each kernel row's GEMM operand."""
+        C, (KH, KW), M = self.in_ch, self.kernel, self.out_ch
+        buf = self._rows_space(1)[0][:W.size].reshape(KH, M, C, KW)
+        buf[...] = W.reshape(M, C, KH, KW).transpose(2, 0, 1, 3)
+        return buf.reshape(KH, M, C * KW)
+
+    def _rows_gemm(self, xp, Wr, V, o):
+        """o = sum over kernel rows r of Wr[r] @ V[r]."""
+        xp.matmul(Wr[0], V[0], out=o)
+        if len(Wr) > 1:
+            tmp = self._rows_space(1)[1][:o.size].reshape(o.shape)
+            for r in range(1, len(Wr)):
+                xp.matmul(Wr[r], V[r], out=tmp)
+                xp.add(o, tmp, out=o)
+
+    def _rows_wgrad(self, xp, d, V, dW, dW_tmp):
+        """dW += d @ V[r]^T for every kernel row r (as _wgrad, with the columns as the left operand)."""
+        C, (KH, KW), M = self.in_ch, self.kernel, self.out_ch
+        tmp = dW_tmp.reshape(-1)[:dW.size].reshape(KH, C * KW, M)
+        for r in range(KH):
+            xp.matmul(V[r], d.T, out=tmp[r])
+        dW4 = dW.reshape(M, C, KH, KW)
+        xp.add(dW4, tmp.reshape(KH, C, KW, M).transpose(3, 1, 0, 2), out=dW4)
 
     def col2im(self, xp, col, dx, n0, n1):
         """dx[n0:n1] = col2im of the (CK, nb * OUTc) matrix col (overwrites)."""
@@ -469,11 +548,14 @@ class ConvEngine:
                 y3 = y.reshape(self.N, self.out_ch, self.OUT)
                 xp.add(y3, bias.reshape(1, self.out_ch, 1), out=y3)
             return y
+        Wr = self._row_weights(xp, W) if self.rows else None
         for n0, n1 in self.chunks():
             nb = n1 - n0
-            col = self.columns(xp, x, n0, n1)
             o = self._out_matrix(y, n0, n1)
-            self._gemm(xp, W3, col, o, nb)
+            if self.rows:
+                self._rows_gemm(xp, Wr, self._row_matrices(xp, x, n0, n1), o)
+            else:
+                self._gemm(xp, W3, self.columns(xp, x, n0, n1), o, nb)
             self._store(xp, o, y, n0, n1, bias)
         return y
 
@@ -512,8 +594,10 @@ class ConvEngine:
             for n0, n1 in self.chunks():
                 nb = n1 - n0
                 d = self._load(xp, dy, n0, n1)
-                col = self.columns(xp, x, n0, n1)
-                self._wgrad(xp, d, col, dW, dW_tmp, nb)
+                if self.rows:
+                    self._rows_wgrad(xp, d, self._row_matrices(xp, x, n0, n1), dW, dW_tmp)
+                else:
+                    self._wgrad(xp, d, self.columns(xp, x, n0, n1), dW, dW_tmp, nb)
                 if fused:
                     self._data_from(xp, W3, d, dx, n0, n1)
         if dx is not None and not fused:
