@@ -35,41 +35,62 @@ def _n(param, shape):
     return float(fan_in)
 
 
-def filler_values(param, shape):
-    """A float32 NumPy array of ``shape`` filled as ``param`` says."""
+# Values are drawn in chunks of this many, straight into the float32 result: the stream
+# (and so every value) is the same as one draw of the whole shape, without a float64
+# temporary of the whole blob (VGG-16's fc6 would take 822 MB).
+DRAW_CHUNK = 1 << 20
+
+
+def _draw(out, draw):
+    """out (float32, C-contiguous) <- draw(n) (float64 values, cast), chunk by chunk in order."""
+    flat = out.reshape(-1)
+    for i in range(0, flat.size, DRAW_CHUNK):
+        n = min(DRAW_CHUNK, flat.size - i)
+        flat[i:i + n] = draw(n)
+    return out
+
+
+def filler_values(param, shape, out=None):
+    """A float32 NumPy array of ``shape`` filled as ``param`` says (``out``, when given: a
+    C-contiguous float32 host array of that shape, filled in place)."""
     if isinstance(param, dict):
         p = caffe_pb2.FillerParameter()
         for k, v in param.items():
             setattr(p, k, v)
         param = p
     shape = tuple(int(s) for s in shape)
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
     if 0 in shape:      # nothing to fill (and no fan to divide by)
-        return np.zeros(shape, dtype=np.float32)
+        return out
     rng = backend.rng()
     t = param.type
     if t == 'constant':
-        out = np.full(shape, param.value, dtype=np.float32)
+        out.fill(param.value)
     elif t == 'uniform':
-        out = rng.uniform(param.min, param.max, size=shape).astype(np.float32)
+        _draw(out, lambda n: rng.uniform(param.min, param.max, size=n))
     elif t == 'gaussian':
-        out = rng.normal(param.mean, param.std, size=shape).astype(np.float32)
+        _draw(out, lambda n: rng.normal(param.mean, param.std, size=n))
         if param.sparse >= 0:
             if len(shape) < 1:
                 raise CaffeineError('gaussian filler: sparse needs a blob with at least one axis')
             num_outputs = shape[0]
             p = param.sparse / float(num_outputs)
-            out *= (rng.random(size=shape) < p).astype(np.float32)
+            flat = out.reshape(-1)
+            for i in range(0, flat.size, DRAW_CHUNK):
+                n = min(DRAW_CHUNK, flat.size - i)
+                flat[i:i + n] *= rng.random(size=n) < p
     elif t == 'positive_unitball':
-        out = rng.uniform(0.0, 1.0, size=shape).astype(np.float32)
+        _draw(out, lambda n: rng.uniform(0.0, 1.0, size=n))
         num = shape[0] if shape else 1
         flat = out.reshape(num, -1)
         flat /= flat.sum(axis=1, keepdims=True)
     elif t == 'xavier':
         scale = math.sqrt(3.0 / _n(param, shape))
-        out = rng.uniform(-scale, scale, size=shape).astype(np.float32)
+        _draw(out, lambda n: rng.uniform(-scale, scale, size=n))
     elif t == 'msra':
         std = math.sqrt(2.0 / _n(param, shape))
-        out = rng.normal(0.0, std, size=shape).astype(np.float32)
+        _draw(out, lambda n: rng.normal(0.0, std, size=n))
     elif t == 'bilinear':
         if len(shape) != 4:
             raise CaffeineError('bilinear filler needs a 4-D blob, got shape %s' % (list(shape),))
@@ -80,7 +101,6 @@ def filler_values(param, shape):
         c = (2 * f - 1 - f % 2) / (2.0 * f)
         x = np.arange(k)
         wx = 1 - np.abs(x / f - c)
-        out = np.empty(shape, dtype=np.float32)
         out[...] = (wx[:, None] * wx[None, :]).astype(np.float32)
     else:
         raise CaffeineError('unknown filler type %r (known: constant, uniform, gaussian, '
@@ -90,6 +110,9 @@ def filler_values(param, shape):
 
 def fill(blob, param):
     """Fill ``blob``'s data in place from a FillerParameter (or dict)."""
-    values = filler_values(param, blob.shape)
-    blob.data[...] = values
+    data = blob.data
+    if data.flags.c_contiguous and data.dtype == np.float32:
+        filler_values(param, blob.shape, out=data)
+    else:
+        data[...] = filler_values(param, blob.shape)
     return blob

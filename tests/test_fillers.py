@@ -71,3 +71,44 @@ def test_seed_makes_fills_repeatable():
 def test_unknown_filler_is_an_error():
     with pytest.raises(CaffeineError, match="unknown filler type 'foo'"):
         filler_values(fp(type='foo'), (2,))
+
+
+@pytest.mark.parametrize('kw', [dict(type='uniform', min=-2, max=3), dict(type='gaussian', std=2, sparse=3),
+                                dict(type='xavier'), dict(type='msra'), dict(type='positive_unitball')])
+def test_chunked_draws_equal_one_draw_of_the_whole_blob(monkeypatch, kw):
+    """Fillers draw in chunks (no float64 copy of a whole large blob), and the values are
+    exactly those of one draw of the whole shape from the same generator."""
+    shape = (6, 5, 7)
+    caffeine.set_random_seed(7)
+    whole = filler_values(fp(**kw), shape)
+    monkeypatch.setattr(caffeine.fillers, 'DRAW_CHUNK', 4)
+    caffeine.set_random_seed(7)
+    chunked = filler_values(fp(**kw), shape)
+    np.testing.assert_array_equal(chunked, whole)
+    caffeine.set_random_seed(7)
+    ref = caffeine.backend.rng()
+    if kw['type'] == 'gaussian':
+        expect = ref.normal(0, 2, size=shape).astype(np.float32)
+        expect *= (ref.random(size=shape) < 3 / 6).astype(np.float32)
+        np.testing.assert_array_equal(whole, expect)
+
+
+def test_fill_writes_the_blob_in_place_without_a_whole_blob_temporary(monkeypatch):
+    import tracemalloc
+
+    from caffeine.blob import Blob
+    from caffeine.fillers import fill
+    b = Blob((1000, 1000))                       # 4 MB of float32; one float64 draw would be 8 MB
+    before = b.data
+    monkeypatch.setattr(caffeine.fillers, 'DRAW_CHUNK', 10000)
+    caffeine.set_random_seed(3)
+    tracemalloc.start()
+    try:
+        fill(b, fp(type='gaussian', std=0.5))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    assert np.shares_memory(b.data, before)
+    caffeine.set_random_seed(3)
+    np.testing.assert_array_equal(b.data, filler_values(fp(type='gaussian', std=0.5), (1000, 1000)))
