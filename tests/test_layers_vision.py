@@ -268,7 +268,7 @@ def test_convolution_column_layouts(mode, monkeypatch, layout, name):
         # rows: 2-D, stride 1, one group (the layout's other conditions) and on the CPU
         rows = (layout.startswith('chwn_rows') and want == 'chwn' and len(k) == 2 and s[0] == 1 and group == 1
                 and mode == 'cpu')
-        assert eng.rows == rows and ('-rows' in eng.describe()) == rows
+        assert eng.rows == rows and ('-rows' in eng.describe()) == rows and (eng.by_rows is not None) == rows
         W, b = layer.blobs[0].data.copy(), layer.blobs[1].data.copy()
         dy = gauss(top[0].shape, seed=1)
         backward_layer(layer, bottom, top, dy, zero_param_diffs=True)

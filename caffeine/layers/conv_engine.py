@@ -13,8 +13,9 @@ contiguous, so a convolution is one GEMM per group over the chunk of images:
   (forward, backward to data, backward to weights) for Convolution and
   Deconvolution, with 1x1 / stride 1 / no pad convolutions skipping im2col,
   and chooses the algorithm: Winograd F(2x2,3x3) (16 GEMMs over transformed
-  tiles) for the forward pass of large 3x3 stride-1 convolutions, im2col + GEMM
-  otherwise.
+  tiles, :mod:`.winograd`) for the forward pass of large 3x3 stride-1 convolutions,
+  one GEMM per kernel row (:mod:`.conv_rows`) for the forward pass and weight
+  gradient of thin batch-innermost ones, im2col + GEMM otherwise.
 
 Buffers (padded input, columns, transposed outputs) come from the shared
 workspace (:mod:`caffeine.workspace`); batches whose column buffer would exceed
@@ -27,10 +28,10 @@ import numpy as np
 from .. import backend
 from ..workspace import limit_floats, workspace
 from ._util import pad_into, shape_count
+from .conv_rows import RowsGemm
 from .winograd import WinogradF2x3
 
 _F32 = np.float32
-_ALIGN_FLOATS = 16   # offsets within a workspace buffer: multiples of 64 bytes
 
 
 def as_strided(xp, a, shape, strides):
@@ -147,12 +148,10 @@ class ConvEngine:
       at least BATCHED_1X1_MIN pixels per image, per-image GEMMs in one batched matmul,
       with no copy at all; below, one GEMM over the transposed batch.
 
-    ``self.rows`` (``'chwn'``, 2-D, stride 1 on the rows, one group, on the CPU, a row's GEMM
-    inner size ``in_ch * kernel_w`` from ROWS_MIN_K to ROWS_MAX_K): forward() and the weight gradient
-    run one GEMM per kernel row, over columns built along the kernel's last axis only
-    (kernel_w copies of the input instead of kernel_h * kernel_w; see _row_matrices); the
-    gradient to the data keeps its path (col2im of the full columns, or the flipped
-    convolution, itself by rows where it qualifies).
+    ``self.rows`` (``'chwn'``, 2-D, stride 1 on the rows, one group, on the CPU, a row's GEMM inner
+    size ``in_ch * kernel_w`` from ROWS_MIN_K to ROWS_MAX_K): forward() and the weight gradient by one
+    GEMM per kernel row (``self.by_rows``, :mod:`.conv_rows`); the gradient to the data keeps its path
+    (col2im of the full columns, or the flipped convolution, itself by rows where it qualifies).
 
     ``self.winograd``: forward() by Winograd F(2x2,3x3) (3x3, stride 1, dilation 1, one
     group, at least WINOGRAD_MIN_CHANNELS on both sides, tiles wasting at most
@@ -213,14 +212,12 @@ class ConvEngine:
         self._pstr = tuple(shape_count(self.pad_sp[i + 1:]) for i in range(self.nd))
         self.ext = tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel))
         # one GEMM per kernel row over columns built along the last kernel axis only
-        # (5x fewer column values for a 5x5 kernel; see _row_matrices)
+        # (5x fewer column values for a 5x5 kernel; see conv_rows.py)
         self.rows = (ROWS and not backend.is_gpu() and self.layout == 'chwn' and self.nd == 2
                      and self.G == 1 and self.stride[0] == 1
                      and ROWS_MIN_K <= self.in_ch * self.kernel[-1] <= ROWS_MAX_K)
-        if self.rows:    # the 'conv_col' workspace holds [row weights | accumulator | B] (see _rows_space)
-            up = _ALIGN_FLOATS
-            self._rows_w = -(-self.out_ch * self.CK // up) * up
-            self._rows_o = -(-self.out_ch * self.chunk * self.OUT // up) * up
+        self.by_rows = RowsGemm(self.in_ch, self.out_ch, self.kernel, self.dilation, self.pad_sp,
+                                self.out_sp, self.chunk) if self.rows else None
         self._flip = None
         self.flip_ok = (allow_flip and FLIP_BACKWARD and self.layout != '1x1' and all(s == 1 for s in self.stride)
                         and all(p <= e - 1 for p, e in zip(self.pad, self.ext))
@@ -329,6 +326,12 @@ class ConvEngine:
         strides = (self.P * nb * it,) + ostr + (it,)
         return as_strided(xp, flat[start:], shape, strides)
 
+    def _chwn_input(self, xp, x, n0, n1):
+        """x[n0:n1] padded into the (in_ch, *pad_sp, nb) workspace; returns the flat buffer."""
+        flat, xt = self._chwn_buffer(n1 - n0)
+        pad_into(xp, x[n0:n1], xt, self.pad)
+        return flat
+
     def _wide_view(self, xp, flat, nb, start=0):
         """(nb, C, *col_sp) view of a flat padded buffer from element ``start``:
         [n, c, o.., w] is flat[start + n*C*P + c*P + sum o_i*s_i*pstr_i + w]."""
@@ -348,8 +351,7 @@ class ConvEngine:
         if self.layout == '1x1':
             col.reshape(self.CK, nb, self.OUT)[...] = xs.reshape(nb, self.CK, self.OUT).transpose(1, 0, 2)
         elif self.layout == 'chwn':
-            flat, xt = self._chwn_buffer(nb)
-            pad_into(xp, xs, xt, self.pad)
+            flat = self._chwn_input(xp, x, n0, n1)
             col.reshape((self.in_ch,) + self.kernel + self.out_sp + (nb,))[...] = self._chwn_windows(xp, flat, nb)
         elif self.layout == 'wide':
             flat, xpad = self._pad_buffer(nb)
@@ -370,60 +372,6 @@ class ConvEngine:
             im2col(xp, xs, col.reshape((self.in_ch,) + self.kernel + (nb,) + self.out_sp),
                    self.kernel, self.pad, self.stride, self.dilation, self.out_sp, pad_buf)
         return col.reshape(self.CK, nb * self.OUTc)
-
-    def _rows_space(self, nb):
-        """The 'conv_col' workspace as (row weights, accumulator, B) for chunks of nb images:
-        one buffer, smaller than the full columns, so that the rows path takes no memory of its own."""
-        C, KW, Hp, OW = self.in_ch, self.kernel[-1], self.pad_sp[0], self.out_sp[-1]
-        w, o = self._rows_w, self._rows_o
-        buf = workspace('conv_col', w + o + C * KW * Hp * OW * self.chunk)
-        return buf[:w], buf[w:w + o], buf[w + o:w + o + C * KW * Hp * OW * nb]
-
-    def _row_matrices(self, xp, x, n0, n1):
-        """The kernel rows' column matrices of x[n0:n1] (``self.rows``): a (KH, in_ch * KW, OUT * nb)
-        view, matrix r holding the rows (c, kw) of Caffe's column matrix for kernel row r, with
-        the chwn column order (o.., n).
-
-        Built from the padded (in_ch, Hp, Wp, nb) buffer as B (in_ch, KW, Hp, OW, nb) with
-        B[c, kw, h, w, n] = xpad[c, h, w + kw * dilation_w, n] (KW copies of the input, not KH * KW):
-        kernel row r's matrix starts at h = r * dilation_h, its rows (c, kw) a plane of B apart,
-        its columns (oh, ow, n) one contiguous run."""
-        nb = n1 - n0
-        C, (KH, KW), (Hp, Wp), OW = self.in_ch, self.kernel, self.pad_sp, self.out_sp[-1]
-        flat, xt = self._chwn_buffer(nb)
-        pad_into(xp, x[n0:n1], xt, self.pad)
-        b = self._rows_space(nb)[2]
-        it = flat.itemsize
-        sw, sh = nb * it, Wp * nb * it                      # the padded buffer's strides
-        b.reshape(C, KW, Hp, OW, nb)[...] = as_strided(
-            xp, flat, (C, KW, Hp, OW, nb), (Hp * sh, self.dilation[1] * sw, sh, sw, it))
-        rs = OW * nb * it                                   # one row h of B
-        return as_strided(xp, b, (KH, C * KW, self.OUT * nb), (self.dilation[0] * rs, Hp * rs, it))
-
-    def _row_weights(self, xp, W):
-        """W (out_ch, in_ch, KH, KW) as (KH, out_ch, in_ch * KW): each kernel row's GEMM operand."""
-        C, (KH, KW), M = self.in_ch, self.kernel, self.out_ch
-        buf = self._rows_space(1)[0][:W.size].reshape(KH, M, C, KW)
-        buf[...] = W.reshape(M, C, KH, KW).transpose(2, 0, 1, 3)
-        return buf.reshape(KH, M, C * KW)
-
-    def _rows_gemm(self, xp, Wr, V, o):
-        """o = sum over kernel rows r of Wr[r] @ V[r]."""
-        xp.matmul(Wr[0], V[0], out=o)
-        if len(Wr) > 1:
-            tmp = self._rows_space(1)[1][:o.size].reshape(o.shape)
-            for r in range(1, len(Wr)):
-                xp.matmul(Wr[r], V[r], out=tmp)
-                xp.add(o, tmp, out=o)
-
-    def _rows_wgrad(self, xp, d, V, dW, dW_tmp):
-        """dW += d @ V[r]^T for every kernel row r (as _wgrad, with the columns as the left operand)."""
-        C, (KH, KW), M = self.in_ch, self.kernel, self.out_ch
-        tmp = dW_tmp.reshape(-1)[:dW.size].reshape(KH, C * KW, M)
-        for r in range(KH):
-            xp.matmul(V[r], d.T, out=tmp[r])
-        dW4 = dW.reshape(M, C, KH, KW)
-        xp.add(dW4, tmp.reshape(KH, C, KW, M).transpose(3, 1, 0, 2), out=dW4)
 
     def col2im(self, xp, col, dx, n0, n1):
         """dx[n0:n1] = col2im of the (CK, nb * OUTc) matrix col (overwrites)."""
@@ -548,12 +496,13 @@ class ConvEngine:
                 y3 = y.reshape(self.N, self.out_ch, self.OUT)
                 xp.add(y3, bias.reshape(1, self.out_ch, 1), out=y3)
             return y
-        Wr = self._row_weights(xp, W) if self.rows else None
+        Wr = self.by_rows.weights(xp, W) if self.rows else None
         for n0, n1 in self.chunks():
             nb = n1 - n0
             o = self._out_matrix(y, n0, n1)
             if self.rows:
-                self._rows_gemm(xp, Wr, self._row_matrices(xp, x, n0, n1), o)
+                V = self.by_rows.matrices(xp, self._chwn_input(xp, x, n0, n1), nb)
+                self.by_rows.forward(xp, Wr, V, o)
             else:
                 self._gemm(xp, W3, self.columns(xp, x, n0, n1), o, nb)
             self._store(xp, o, y, n0, n1, bias)
@@ -595,7 +544,8 @@ class ConvEngine:
                 nb = n1 - n0
                 d = self._load(xp, dy, n0, n1)
                 if self.rows:
-                    self._rows_wgrad(xp, d, self._row_matrices(xp, x, n0, n1), dW, dW_tmp)
+                    V = self.by_rows.matrices(xp, self._chwn_input(xp, x, n0, n1), nb)
+                    self.by_rows.wgrad(xp, d, V, dW, dW_tmp)
                 else:
                     self._wgrad(xp, d, self.columns(xp, x, n0, n1), dW, dW_tmp, nb)
                 if fused:
