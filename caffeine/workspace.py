@@ -19,6 +19,13 @@ _ws = threading.local()
 _ALIGN = 64  # bytes: BLAS and SIMD loops run faster on cache-line aligned operands
 
 
+def align_floats(n):
+    """``n`` float32 values rounded up to a whole number of cache lines: where a region
+    carved out of a workspace buffer may start so that it stays aligned."""
+    per = _ALIGN // 4
+    return -(-int(n) // per) * per
+
+
 def limit_floats():
     """The column buffer's bound in float32 values (``CAFFEINE_CONV_WORKSPACE_MB``, 256 MB by default)."""
     try:

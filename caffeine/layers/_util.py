@@ -26,6 +26,11 @@ def canonical_axis(layer, blob, axis, what='axis'):
                           % (what, axis, blob.num_axes, list(blob.shape)))
 
 
+def as_strided(xp, a, shape, strides):
+    """A view of ``a`` with the given shape and byte strides (NumPy's or CuPy's as_strided)."""
+    return xp.lib.stride_tricks.as_strided(a, shape=tuple(shape), strides=tuple(strides))
+
+
 def shape_count(shape, start=0, end=None):
     """The number of values in ``shape[start:end]`` (1 for no axes), as Caffe's ``count(start, end)``."""
     return math.prod(int(s) for s in shape[start:end])

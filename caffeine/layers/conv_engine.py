@@ -27,15 +27,11 @@ import numpy as np
 
 from .. import backend
 from ..workspace import limit_floats, workspace
-from ._util import pad_into, shape_count
+from ._util import as_strided, pad_into, shape_count
 from .conv_rows import RowsGemm
 from .winograd import WinogradF2x3
 
 _F32 = np.float32
-
-
-def as_strided(xp, a, shape, strides):
-    return xp.lib.stride_tricks.as_strided(a, shape=tuple(shape), strides=tuple(strides))
 
 
 def window_view(xp, xpad, kernel, stride, dilation, out):

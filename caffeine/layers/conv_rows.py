@@ -20,14 +20,8 @@ which is smaller than the full columns would take, so the rows path takes no mem
 """
 from __future__ import annotations
 
-from ..workspace import workspace
-from ._util import shape_count
-
-_ALIGN_FLOATS = 16   # offsets within a workspace buffer: multiples of 64 bytes
-
-
-def _up(n):
-    return -(-int(n) // _ALIGN_FLOATS) * _ALIGN_FLOATS
+from ..workspace import align_floats, workspace
+from ._util import as_strided, shape_count
 
 
 class RowsGemm:
@@ -44,8 +38,8 @@ class RowsGemm:
         self.kernel, self.dilation = tuple(kernel), tuple(dilation)
         self.pad_sp, self.out_sp = tuple(pad_sp), tuple(out_sp)
         self.OUT = shape_count(self.out_sp)
-        self._w = _up(self.out_ch * self.in_ch * shape_count(self.kernel))
-        self._o = _up(self.out_ch * self.chunk * self.OUT)
+        self._w = align_floats(self.out_ch * self.in_ch * shape_count(self.kernel))
+        self._o = align_floats(self.out_ch * self.chunk * self.OUT)
 
     def space(self, nb):
         """The 'conv_col' workspace as (row weights, accumulator, B) for chunks of nb images."""
@@ -65,11 +59,10 @@ class RowsGemm:
         b = self.space(nb)[2]
         it = flat.itemsize
         sw, sh = nb * it, Wp * nb * it                      # the padded buffer's strides
-        b.reshape(C, KW, Hp, OW, nb)[...] = xp.lib.stride_tricks.as_strided(
-            flat, shape=(C, KW, Hp, OW, nb), strides=(Hp * sh, self.dilation[1] * sw, sh, sw, it))
+        b.reshape(C, KW, Hp, OW, nb)[...] = as_strided(
+            xp, flat, (C, KW, Hp, OW, nb), (Hp * sh, self.dilation[1] * sw, sh, sw, it))
         rs = OW * nb * it                                   # one row h of B
-        return xp.lib.stride_tricks.as_strided(
-            b, shape=(KH, C * KW, self.OUT * nb), strides=(self.dilation[0] * rs, Hp * rs, it))
+        return as_strided(xp, b, (KH, C * KW, self.OUT * nb), (self.dilation[0] * rs, Hp * rs, it))
 
     def weights(self, xp, W):
         """W (out_ch, in_ch, KH, KW) as (KH, out_ch, in_ch * KW): each kernel row's GEMM operand."""

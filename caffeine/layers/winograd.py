@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..workspace import workspace
+from ..workspace import align_floats, workspace
 from ._util import pad_into
 
 _F32 = np.float32
-_ALIGN = 16   # floats: regions start on 64-byte boundaries of their buffer
 
 # Winograd F(2x2,3x3) (Lavin & Gray, 2015): with d a 4x4 input tile and g a 3x3 kernel,
 # the 2x2 output tile is A^T [(G g G^T) * (B^T d B)] A, * element-wise, where
@@ -31,10 +30,6 @@ _ALIGN = 16   # floats: regions start on 64-byte boundaries of their buffer
 # the kernels' is one GEMM with kron(G, G): U[(i, j)] = sum_(a, b) G[i, a] G[j, b] g[a, b].
 _G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], dtype=_F32)
 _KRON_GG = np.kron(_G, _G)  # (16, 9)
-
-
-def _up(n):
-    return -(-int(n) // _ALIGN) * _ALIGN
 
 
 class WinogradF2x3:
@@ -206,7 +201,7 @@ def _pack(sizes, budget):
         for name, cap in budget.items():
             if free[name] + size <= cap:
                 where[key] = (name, free[name], size)
-                free[name] = _up(free[name] + size)
+                free[name] = align_floats(free[name] + size)  # regions start on cache lines
                 break
         else:
             return None
