@@ -100,11 +100,11 @@ def device_count() -> int:
         return 0
 
 
-def _size_memory_pool(cp):
-    """Limit CuPy's memory pool on the current device, once per device, to
+def _size_memory_pool(cp, device_id):
+    """Limit CuPy's memory pool on ``device_id`` (the current device), once per device, to
     ``CAFFEINE_GPU_MEMORY_FRACTION`` (in (0, 1]) of the device's memory; unset: no limit
     (CuPy's default: the pool grows as needed and keeps what it freed for reuse)."""
-    if _device_id in _pool_sized:
+    if device_id in _pool_sized:
         return
     raw = os.environ.get('CAFFEINE_GPU_MEMORY_FRACTION', '')
     if raw.strip():
@@ -115,7 +115,7 @@ def _size_memory_pool(cp):
         if not 0 < fraction <= 1:
             raise BackendError('CAFFEINE_GPU_MEMORY_FRACTION must be a number in (0, 1], got %r' % raw)
         cp.get_default_memory_pool().set_limit(fraction=fraction)
-    _pool_sized.add(_device_id)
+    _pool_sized.add(device_id)
 
 
 def set_mode_cpu():
@@ -127,7 +127,7 @@ def set_mode_gpu():
     global _mode
     cp = _import_cupy()
     cp.cuda.Device(_device_id).use()
-    _size_memory_pool(cp)
+    _size_memory_pool(cp, _device_id)
     if _mode != 'gpu' and _last_seed is not None:
         cp.random.seed(_last_seed & 0xFFFFFFFF)
     _mode = 'gpu'
@@ -144,8 +144,7 @@ def set_device(device_id: int):
         if device_id >= n:
             raise BackendError('GPU %d does not exist: %d device(s) found' % (device_id, n))
         cp.cuda.Device(device_id).use()
-        _device_id = device_id
-        _size_memory_pool(cp)
+        _size_memory_pool(cp, device_id)
     _device_id = device_id
 
 

@@ -41,12 +41,18 @@ def _n(param, shape):
 DRAW_CHUNK = 1 << 20
 
 
+def _chunks(size):
+    """(slice, length) of DRAW_CHUNK values at a time over ``size`` values, in order."""
+    for i in range(0, size, DRAW_CHUNK):
+        n = min(DRAW_CHUNK, size - i)
+        yield slice(i, i + n), n
+
+
 def _draw(out, draw):
     """out (float32, C-contiguous) <- draw(n) (float64 values, cast), chunk by chunk in order."""
     flat = out.reshape(-1)
-    for i in range(0, flat.size, DRAW_CHUNK):
-        n = min(DRAW_CHUNK, flat.size - i)
-        flat[i:i + n] = draw(n)
+    for s, n in _chunks(flat.size):
+        flat[s] = draw(n)
     return out
 
 
@@ -77,9 +83,8 @@ def filler_values(param, shape, out=None):
             num_outputs = shape[0]
             p = param.sparse / float(num_outputs)
             flat = out.reshape(-1)
-            for i in range(0, flat.size, DRAW_CHUNK):
-                n = min(DRAW_CHUNK, flat.size - i)
-                flat[i:i + n] *= rng.random(size=n) < p
+            for s, n in _chunks(flat.size):
+                flat[s] *= rng.random(size=n) < p
     elif t == 'positive_unitball':
         _draw(out, lambda n: rng.uniform(0.0, 1.0, size=n))
         num = shape[0] if shape else 1

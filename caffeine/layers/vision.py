@@ -479,7 +479,7 @@ class PoolingLayer(Layer):
         # MAX: the flat index in its plane of window offset k at output (ph, pw) is
         # base[ph, pw] + delta[k] (the mask top); plane[n, c] is the plane's start
         self._c.set('base', (hs[:, None] * W + ws[None, :]).astype(np.int64))
-        self._c.set('delta', np.array([a * W + b for a, b in self.offsets], dtype=np.int64))
+        # delta1[1 + k]: the in-plane shift of window offset k (delta1[0] for MAX's "none")
         self._c.set('delta1', np.array([0] + [a * W + b for a, b in self.offsets], dtype=np.int64))
         self._c.set('plane', (np.arange(N * C, dtype=np.int64) * (H * W)).reshape(N, C, 1, 1))
         self.phase_pool = None if self.plane or self.method not in (_PP.MAX, _PP.AVE) else PhasePool(
@@ -531,11 +531,12 @@ class PoolingLayer(Layer):
         """MAX's 1 + window offsets, in the phase planes' extended layout (kept for backward)."""
         return self._c.buf('koff_ext', (self.N * self.C * self.phase_pool.L,), self.koff_dtype)
 
-    def _index_in_plane(self, xp, koff, table='delta'):
+    def _index_in_plane(self, xp, koff, one_based=False):
         """The flat index h * W + w of each window's chosen element (int64 workspace);
-        koff (N, C, PH, PW): the window offsets (1 + the offsets with table 'delta1')."""
+        koff (N, C, PH, PW): the window offsets (1 + the offsets with ``one_based``)."""
         idx = workspace('pool_idx', koff.size, np.int64).reshape(koff.shape)
-        xp.take(self._c.get(table), koff, out=idx)
+        delta1 = self._c.get('delta1')
+        xp.take(delta1 if one_based else delta1[1:], koff, out=idx)
         xp.add(idx, self._c.get('base'), out=idx)
         return idx
 
@@ -583,7 +584,7 @@ class PoolingLayer(Layer):
             self._koff_valid = True
             if len(top) > 1:
                 kv = self.phase_pool.koff_ext(koff)  # 1 + offset
-                idx = self._index_in_plane(xp, kv, 'delta1')
+                idx = self._index_in_plane(xp, kv, one_based=True)
                 none = workspace('pool_bool', kv.size, np.bool_).reshape(kv.shape)
                 xp.equal(kv, 0, out=none)
                 xp.copyto(idx, -1, where=none)  # Caffe's mask where no element beat -FLT_MAX
